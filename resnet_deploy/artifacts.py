@@ -1,0 +1,218 @@
+"""Artifacts on disk: naming, the manifest that describes them, and committing them.
+
+An export folder holds ``STEM.onnx`` (and ``STEM.fp16.onnx``, ``STEM.int8.onnx``,
+``STEM.engine``) beside ``STEM.json``, the manifest. Every later step (verify,
+build, bench, serving) reads the manifest instead of asking the user again.
+The manifest is written last and removed first, so it never describes a file
+that is missing or different.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError
+from .fileio import atomic_open, sha256_file
+
+SCHEMA = "resnet-deploy/manifest"
+SCHEMA_VERSION = 1
+STEM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# precision -> file suffix after the stem
+ARTIFACT_SUFFIXES = {"fp32": ".onnx", "fp16": ".fp16.onnx", "int8": ".int8.onnx", "engine": ".engine"}
+
+
+def check_stem(stem: str) -> str:
+    if not STEM_PATTERN.match(stem):
+        raise ArtifactError(
+            f"invalid artifact name {stem!r}: use letters, digits, '_' and '-' (no dots, they separate the precision)"
+        )
+    return stem
+
+
+def artifact_filename(stem: str, precision: str) -> str:
+    """``resnet50`` + ``fp16`` -> ``resnet50.fp16.onnx``."""
+    return check_stem(stem) + ARTIFACT_SUFFIXES[precision]
+
+
+def split_artifact_name(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """``artifacts/resnet50.fp16.onnx`` -> (``resnet50``, ``fp16``)."""
+    name = Path(path).name
+    for precision, suffix in sorted(ARTIFACT_SUFFIXES.items(), key=lambda item: -len(item[1])):
+        if name.endswith(suffix) and STEM_PATTERN.match(name[: -len(suffix)]):
+            return name[: -len(suffix)], precision
+    raise ArtifactError(f"{name} is not an artifact name this toolkit writes (STEM.onnx, STEM.fp16.onnx, ...)")
+
+
+def manifest_path(folder: str | os.PathLike[str], stem: str) -> Path:
+    return Path(folder) / f"{stem}.json"
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list[int | str]  # symbolic dims by name ("batch", "height", "width")
+    dtype: str = "float32"
+
+
+@dataclass
+class BatchProfile:
+    """TensorRT-style min/opt/max batch sizes the artifact is built and checked for."""
+
+    min: int = 1
+    opt: int = 8
+    max: int = 32
+
+    @classmethod
+    def parse(cls, text: str) -> BatchProfile:
+        """``"1:8:32"`` -> BatchProfile(1, 8, 32); ``"4"`` -> fixed 4:4:4."""
+        parts = text.split(":")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) == 1:
+            values = values * 3
+        if len(values) != 3:
+            raise ArtifactError(f"invalid batch profile {text!r}: expected MIN:OPT:MAX, e.g. 1:8:32")
+        profile = cls(*values)
+        if not 1 <= profile.min <= profile.opt <= profile.max:
+            raise ArtifactError(f"invalid batch profile {text!r}: need 1 <= MIN <= OPT <= MAX")
+        return profile
+
+    def __str__(self) -> str:
+        return f"{self.min}:{self.opt}:{self.max}"
+
+
+@dataclass
+class ArtifactEntry:
+    file: str  # name inside the manifest's folder
+    precision: str
+    bytes: int
+    sha256: str
+
+    @classmethod
+    def describe(cls, path: Path, precision: str) -> ArtifactEntry:
+        return cls(file=path.name, precision=precision, bytes=path.stat().st_size, sha256=sha256_file(path))
+
+
+@dataclass
+class Manifest:
+    """Everything needed to rebuild the reference and to run an artifact."""
+
+    stem: str
+    arch: str
+    num_classes: int
+    model_options: dict[str, Any]  # in_chans, last_stride, features_only
+    weights: dict[str, Any]  # {"file", "sha256"} or {"init": "random", "seed": N}
+    input: TensorSpec
+    preprocess: dict[str, Any]
+    outputs: list[TensorSpec]
+    batch: BatchProfile
+    dynamic_hw: bool
+    opset: int
+    exporter: str
+    simplified: bool
+    artifacts: list[ArtifactEntry] = field(default_factory=list)
+    parity: list[dict[str, Any]] = field(default_factory=list)
+    tools: dict[str, str] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "manifest") -> Manifest:
+        if data.get("schema") != SCHEMA:
+            raise ArtifactError(f"{source} is not a resnet-deploy manifest")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ArtifactError(
+                f"{source} has manifest schema version {data.get('schema_version')}; "
+                f"this resnet-deploy reads version {SCHEMA_VERSION}: re-export the model"
+            )
+        try:
+            fields = dict(data)
+            fields["input"] = TensorSpec(**data["input"])
+            fields["outputs"] = [TensorSpec(**o) for o in data["outputs"]]
+            fields["batch"] = BatchProfile(**data["batch"])
+            fields["artifacts"] = [ArtifactEntry(**a) for a in data.get("artifacts", [])]
+            return cls(**fields)
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"{source} is malformed: {exc}") from None
+
+    def artifact(self, precision: str) -> ArtifactEntry | None:
+        return next((a for a in self.artifacts if a.precision == precision), None)
+
+
+def write_manifest(manifest: Manifest, folder: str | os.PathLike[str]) -> Path:
+    path = manifest_path(folder, manifest.stem)
+    with atomic_open(path, "w") as handle:
+        json.dump(manifest.to_dict(), handle, indent=2)
+        handle.write("\n")
+    return path
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"manifest {path} not found: export the model with `resnet-deploy export`") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"cannot read manifest {path}: {exc}") from None
+    return Manifest.from_dict(data, source=str(path))
+
+
+def manifest_for(artifact: str | os.PathLike[str]) -> tuple[Manifest, str]:
+    """The manifest beside an artifact file, and the artifact's precision.
+
+    Refuses an artifact whose bytes differ from what the manifest recorded.
+    """
+    artifact = Path(artifact)
+    if not artifact.is_file():
+        raise ArtifactError(f"artifact {artifact} does not exist")
+    stem, precision = split_artifact_name(artifact)
+    manifest = read_manifest(manifest_path(artifact.parent, stem))
+    entry = manifest.artifact(precision)
+    if entry is None or entry.file != artifact.name:
+        raise ArtifactError(f"{artifact.name} is not listed in {stem}.json: re-export it")
+    if sha256_file(artifact) != entry.sha256:
+        raise ArtifactError(f"{artifact} changed since export (sha256 differs from {stem}.json): re-export it")
+    return manifest, precision
+
+
+def commit_artifacts(folder: Path, staged: dict[str, Path], manifest: Manifest) -> Path:
+    """Move staged temporary files to their final names and write the manifest.
+
+    ``staged`` maps precision -> temporary file in ``folder``. The old manifest
+    goes first, then files the old export had and this one does not, then the
+    new files, then the new manifest: at no moment does a manifest describe a
+    file that is not there.
+    """
+    old = manifest_path(folder, manifest.stem)
+    previous: list[str] = []
+    if old.exists():
+        try:
+            previous = [a["file"] for a in json.loads(old.read_text()).get("artifacts", [])]
+        except (OSError, ValueError, TypeError, KeyError):
+            previous = []
+        old.unlink()
+    entries = []
+    for precision, tmp in staged.items():
+        final = folder / artifact_filename(manifest.stem, precision)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an artifact is meant to be shared
+        os.replace(tmp, final)
+        entries.append(ArtifactEntry.describe(final, precision))
+    kept = {e.file for e in entries}
+    for name in previous:
+        if name not in kept and "/" not in name:
+            (folder / name).unlink(missing_ok=True)
+    manifest.artifacts = entries
+    return write_manifest(manifest, folder)

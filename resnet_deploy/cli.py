@@ -1,0 +1,145 @@
+"""The ``resnet-deploy`` command line: thin click commands over the Python API.
+
+Exit codes: 0 success, 1 a parity failure, 2 bad input or an environment
+limit (one line on stderr, no traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from .errors import DeployError
+
+
+class _Group(click.Group):
+    """Turns a DeployError anywhere below into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DeployError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _table(rows: list[list[str]], headers: list[str], right: set[int] = frozenset()) -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = []
+    for row in [headers, *rows]:
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="resnet-deploy")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Ship ResNet-family models from PyTorch to ONNX Runtime and TensorRT, with proof of parity."""
+    ctx.obj = {"debug": debug}
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_command(as_json: bool) -> None:
+    """The architecture table: params, GMACs at the default input, family."""
+    from .models import get_model_info, list_models
+
+    infos = [get_model_info(name) for name in list_models()]
+    if as_json:
+        _print_json([info.to_dict() for info in infos])
+        return
+    rows = [
+        [i.name, f"{i.params:,}", f"{i.gmacs:.2f}", f"{i.input_size[1]}x{i.input_size[2]}", str(i.num_classes),
+         i.family, i.compat]
+        for i in infos
+    ]
+    click.echo(_table(rows, ["arch", "params", "GMACs", "input", "classes", "family", "weights from"], right={1, 2, 4}))
+
+
+@main.command("export")
+@click.option("--arch", required=True, help="Architecture name (see `resnet-deploy list`).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint (.pt/.pth/.safetensors); default random init.")
+@click.option("--num-classes", type=int, help="Classifier size; 0 exports the pooled-feature backbone.")
+@click.option("--input-size", help="N or HxW (default: the arch's, e.g. 224).")
+@click.option("--batch", default="1:8:32", show_default=True, help="Batch profile MIN:OPT:MAX.")
+@click.option("--dynamic-hw", is_flag=True, help="Make height and width symbolic too.")
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
+@click.option("--no-simplify", is_flag=True, help="Skip onnxsim (BatchNorm is still folded).")
+@click.option("--features-only", is_flag=True, help="Export the four stage maps (layer1..layer4).")
+@click.option("--last-stride", type=click.Choice(["1", "2"]), default="2", show_default=True,
+              help="Stride of layer4 (1 for re-identification backbones).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random init and of parity inputs.")
+@click.option("--out", default="artifacts", show_default=True, help="Output folder.")
+@click.option("--name", help="Artifact stem (default: the arch name).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def export_command(arch: str, weights: str | None, num_classes: int | None, input_size: str | None, batch: str,
+                   dynamic_hw: bool, opset: int, exporter: str, no_simplify: bool, features_only: bool,
+                   last_stride: str, seed: int, out: str, name: str | None, as_json: bool, quiet: bool) -> None:
+    """Export an arch to ONNX (dynamic batch), simplify, check, and gate on parity with PyTorch."""
+    from .export import export
+
+    result = export(
+        arch, weights=weights, num_classes=num_classes, input_size=input_size, batch=batch, dynamic_hw=dynamic_hw,
+        opset=opset, exporter=exporter, simplify=not no_simplify, out=out, name=name, seed=seed,
+        features_only=features_only, last_stride=int(last_stride), quiet=quiet,
+    )
+    if as_json:
+        _print_json(result.to_dict())
+    elif not quiet:
+        worst = max((p["rel_to_scale"] for p in result.manifest.parity), default=0.0)
+        click.echo(
+            f"exported {result.onnx_path} ({result.manifest.artifacts[0].bytes / 1e6:.1f} MB) in {result.seconds:.1f} s; "
+            f"ONNX Runtime matches PyTorch (max |error| {worst:.1e} of output scale); manifest {result.manifest_path}",
+            err=True,
+        )
+
+
+@main.command("inspect")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect_command(path: str, as_json: bool) -> None:
+    """Inputs, outputs, opset, op histogram, parameters and precision of an ONNX file."""
+    from .export.graph import describe
+
+    info = describe(path)
+    if as_json:
+        _print_json(info)
+        return
+
+    def io_line(v: dict[str, Any]) -> str:
+        return f"  {v['name']}: {v['dtype']} [{', '.join(map(str, v['shape']))}]"
+
+    lines = [
+        f"file:       {info['file']} ({info['bytes'] / 1e6:.1f} MB)",
+        f"producer:   {info['producer']} (IR {info['ir_version']})",
+        f"opset:      {', '.join(f'{d} {v}' for d, v in info['opset'].items())}",
+        "inputs:", *map(io_line, info["inputs"]),
+        "outputs:", *map(io_line, info["outputs"]),
+        f"parameters: {info['parameters']:,}",
+        f"precision:  {'FP16 tensors' if info['fp16_tensors'] else 'no FP16 tensors'}, "
+        f"{info['qdq_nodes']} Q/DQ nodes",
+        f"nodes:      {info['nodes']} ({', '.join(f'{op} {n}' for op, n in info['ops'].items())})",
+    ]
+    click.echo("\n".join(lines))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

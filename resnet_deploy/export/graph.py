@@ -1,0 +1,137 @@
+"""Passes over an ONNX graph: simplification, BatchNorm folding, validity checks."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import ArtifactError, ExportError
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxsim's constant folding and dead-node removal; symbolic axes are kept."""
+    import onnxsim
+
+    try:
+        simplified, ok = onnxsim.simplify(model, check_n=0)
+    except Exception as exc:  # onnxsim raises RuntimeError and friends from C++
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ExportError(f"onnxsim failed: {first}") from exc
+    if not ok:
+        raise ExportError("onnxsim could not validate the simplified model")
+    return simplified
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> int:
+    """Fold every BatchNormalization that directly follows a Conv into the Conv's weights.
+
+    The exporters fold most of them already; this catches the rest so no
+    arch pays for a separate normalisation at inference. A BatchNormalization
+    that does not follow a Conv (IBN's BN half follows a Split) stays: the
+    arch needs it by design. Returns the number folded.
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers = Counter(name for node in graph.node for name in node.input)
+    consumers.update(o.name for o in graph.output)
+    folded = []
+    for bn in graph.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
+            continue
+        conv = producers.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or consumers[conv.output[0]] != 1:
+            continue
+        if not all(name in inits for name in list(bn.input[1:5]) + list(conv.input[1:])):
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
+        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        bias = (
+            numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+            if len(conv.input) > 2 and conv.input[2]
+            else np.zeros(weight.shape[0])
+        )
+        factor = gamma / np.sqrt(var + eps)
+        new_w = (weight * factor.reshape(-1, 1, 1, 1)).astype(np.float32)
+        new_b = ((bias - mean) * factor + beta).astype(np.float32)
+        w_name, b_name = f"{conv.name or conv.output[0]}.folded_weight", f"{conv.name or conv.output[0]}.folded_bias"
+        graph.initializer.extend([numpy_helper.from_array(new_w, w_name), numpy_helper.from_array(new_b, b_name)])
+        del conv.input[1:]
+        conv.input.extend([w_name, b_name])
+        conv.output[0] = bn.output[0]
+        folded.append(bn)
+    for bn in folded:
+        graph.node.remove(bn)
+    _drop_unused_initializers(model)
+    return len(folded)
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def check(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx.checker's full check (with strict shape inference); returns the shape-inferred model."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ExportError(f"the ONNX model is invalid: {first}") from exc
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(Counter(node.op_type for node in model.graph.node).most_common())
+
+
+def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What `resnet-deploy inspect` prints: I/O with symbolic dims, opset, ops, size, precision."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors
+        raise ArtifactError(f"{path} is not a readable ONNX model: {type(exc).__name__}") from None
+    if not model.graph.node:
+        raise ArtifactError(f"{path} is not a readable ONNX model: it has no graph")
+
+    def io(values: Any) -> list[dict[str, Any]]:
+        init_names = {t.name for t in model.graph.initializer}
+        return [
+            {
+                "name": v.name,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                "shape": [d.dim_param or d.dim_value or "?" for d in v.type.tensor_type.shape.dim],
+            }
+            for v in values
+            if v.name not in init_names
+        ]
+
+    ops = op_histogram(model)
+    fp16 = onnx.TensorProto.FLOAT16
+    return {
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "ir_version": model.ir_version,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "inputs": io(model.graph.input),
+        "outputs": io(model.graph.output),
+        "nodes": len(model.graph.node),
+        "ops": ops,
+        "parameters": int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer)),
+        "fp16_tensors": any(t.data_type == fp16 for t in model.graph.initializer)
+        or any(a.name == "to" and a.i == fp16 for n in model.graph.node if n.op_type == "Cast" for a in n.attribute),
+        "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
+    }

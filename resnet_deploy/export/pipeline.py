@@ -1,0 +1,251 @@
+"""The export pipeline: model -> ONNX -> simplified, checked ONNX -> parity gate -> manifest.
+
+Nothing reaches its final name before every check has passed: files are
+written under temporary names in the output folder and committed together,
+manifest last, by :func:`resnet_deploy.artifacts.commit_artifacts`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from ..artifacts import BatchProfile, Manifest, TensorSpec, check_stem, commit_artifacts
+from ..backends.onnxrt import OnnxRuntimeRunner
+from ..backends.pytorch import TorchRunner
+from ..data import random_images
+from ..environment import tool_versions
+from ..errors import ExportError, ParityError
+from ..fileio import TEMP_PREFIX, sha256_file
+from ..models import create_model, get_spec
+from ..parity.metrics import compare_arrays
+from ..parity.tolerances import DEFAULT_TOLERANCES
+from ..progress import StepLog
+from . import graph
+from .torch2onnx import export_onnx, output_names
+
+DEFAULT_OPSET = 18
+DEFAULT_BATCH = "1:8:32"
+# simplified vs unsimplified graph, both on ONNX Runtime: only reordering may differ
+SIMPLIFY_TOLERANCE = 1e-5
+
+
+@dataclass
+class ExportResult:
+    onnx_path: Path
+    manifest_path: Path
+    manifest: Manifest
+    timings: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        entry = self.manifest.artifact("fp32")
+        return {
+            "arch": self.manifest.arch,
+            "onnx": str(self.onnx_path),
+            "manifest": str(self.manifest_path),
+            "bytes": entry.bytes if entry else None,
+            "sha256": entry.sha256 if entry else None,
+            "seconds": round(self.seconds, 3),
+            "timings": self.timings,
+            "parity": self.manifest.parity,
+        }
+
+
+def parse_input_size(value: int | str | tuple[int, int] | None, default: int) -> tuple[int, int]:
+    """``224`` or ``"224"`` -> (224, 224); ``"256x192"`` -> (256, 192)."""
+    if value is None:
+        return default, default
+    if isinstance(value, tuple):
+        height, width = value
+    elif isinstance(value, int):
+        height = width = value
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", value)
+        if not match:
+            raise ExportError(f"invalid input size {value!r}: expected N or HxW, e.g. 224 or 256x192")
+        height = int(match.group(1))
+        width = int(match.group(2) or height)
+    if height < 8 or width < 8:
+        raise ExportError(f"input size {height}x{width} is too small: each side must be at least 8")
+    return height, width
+
+
+def _prepare_folder(out: str | os.PathLike[str]) -> Path:
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=TEMP_PREFIX, delete=True)
+        probe.close()
+    except OSError as exc:
+        raise ExportError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
+def _staged_file(folder: Path, suffix: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
+    os.close(fd)
+    return Path(name)
+
+
+def _tensor_specs(values: Any) -> list[TensorSpec]:
+    specs = []
+    for value in values:
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+        specs.append(TensorSpec(name=value.name, shape=dims, dtype=dtype))
+    return specs
+
+
+def _gate_batches(profile: BatchProfile) -> list[int]:
+    """Batch 1 and one more inside the profile (the opt size, else the max)."""
+    second = profile.opt if profile.opt > 1 else profile.max
+    return sorted({1, second})
+
+
+def export(
+    arch: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    num_classes: int | None = None,
+    input_size: int | str | tuple[int, int] | None = None,
+    batch: str | BatchProfile = DEFAULT_BATCH,
+    dynamic_hw: bool = False,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
+    simplify: bool = True,
+    out: str | os.PathLike[str] = "artifacts",
+    name: str | None = None,
+    seed: int = 0,
+    features_only: bool = False,
+    last_stride: int = 2,
+    quiet: bool = False,
+) -> ExportResult:
+    """Export ``arch`` to ``out/STEM.onnx`` with its manifest ``out/STEM.json``.
+
+    Raises :class:`ExportError` (or another :class:`DeployError`) on bad input
+    and :class:`ParityError` when ONNX Runtime disagrees with PyTorch; in every
+    failure case no new file is left in ``out``.
+    """
+    start = time.perf_counter()
+    profile = batch if isinstance(batch, BatchProfile) else BatchProfile.parse(batch)
+    stem = check_stem(name or arch)
+    spec = get_spec(arch)
+    height, width = parse_input_size(input_size, spec.preprocess.input_size)
+    if opset < 13:
+        raise ExportError(f"opset {opset} is too old: 13 or newer is needed (per-channel quantization, Split)")
+    folder = _prepare_folder(out)
+    log = StepLog(5, quiet=quiet)
+    staged: list[Path] = []
+    try:
+        with log.step(f"build {arch}"):
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                model = create_model(
+                    arch, num_classes=num_classes, weights=weights, features_only=features_only, last_stride=last_stride
+                )
+        classes = 0 if features_only else model.num_classes
+        outputs = output_names(num_classes=classes, features_only=features_only)
+
+        raw_path = _staged_file(folder, ".raw.onnx")
+        staged.append(raw_path)
+        with log.step(f"export to ONNX ({exporter}, opset {opset})"):
+            export_onnx(
+                model, raw_path, input_hw=(height, width), in_chans=3, outputs=outputs,
+                opset=opset, exporter=exporter, dynamic_hw=dynamic_hw,
+            )
+
+        final_path = _staged_file(folder, ".onnx")
+        staged.append(final_path)
+        with log.step("simplify and check" if simplify else "check"):
+            raw = onnx.load(str(raw_path))
+            final = graph.simplify(raw) if simplify else raw
+            folded = graph.fold_batchnorm(final)
+            final = graph.check(final)
+            onnx.save(final, str(final_path))
+            probe = random_images(2, (3, height, width), spec.preprocess.mean, spec.preprocess.std, seed=seed)
+            before = OnnxRuntimeRunner(raw_path)(probe)
+            after = OnnxRuntimeRunner(final_path)(probe)
+            for out_name in outputs:
+                figures = compare_arrays(before[out_name], after[out_name])
+                if not figures.finite or figures.rel_to_scale > SIMPLIFY_TOLERANCE:
+                    raise ExportError(
+                        f"the simplified graph differs from the exported one on {out_name!r} "
+                        f"(max |error| {figures.rel_to_scale:.2e} of output scale); retry with --no-simplify"
+                    )
+            raw_path.unlink()
+            staged.remove(raw_path)
+            log.note(f"{len(final.graph.node)} nodes, BatchNorm folded here: {folded}, "
+                     f"left: {graph.op_histogram(final).get('BatchNormalization', 0)}")
+
+        parity = []
+        with log.step(f"parity gate: ONNX Runtime vs PyTorch at batch {', '.join(map(str, _gate_batches(profile)))}"):
+            reference = TorchRunner(model, outputs)
+            candidate = OnnxRuntimeRunner(final_path)
+            tolerance = DEFAULT_TOLERANCES["fp32"]
+            for size in _gate_batches(profile):
+                inputs = random_images(size, (3, height, width), spec.preprocess.mean, spec.preprocess.std, seed=seed)
+                expected, got = reference(inputs), candidate(inputs)
+                for out_name in outputs:
+                    figures = compare_arrays(expected[out_name], got[out_name])
+                    parity.append({
+                        "artifact": "fp32", "backend": candidate.name, "reference": reference.name,
+                        "batch": size, "output": out_name, **figures.to_dict(),
+                    })
+                    failures = tolerance.failures(figures)
+                    if failures:
+                        raise ParityError(
+                            f"ONNX Runtime disagrees with PyTorch on {out_name!r} at batch {size}: {'; '.join(failures)}"
+                        )
+
+        with log.step("write manifest"):
+            manifest = Manifest(
+                stem=stem,
+                arch=arch,
+                num_classes=classes,
+                model_options={"features_only": features_only, "last_stride": last_stride},
+                weights=(
+                    {"file": str(Path(weights).resolve()), "sha256": sha256_file(weights)}
+                    if weights is not None
+                    else {"init": "random", "seed": seed}
+                ),
+                input=_tensor_specs(final.graph.input)[0],
+                preprocess={
+                    "resize": int(round(min(height, width) / spec.preprocess.crop_pct)),
+                    "crop": [height, width],
+                    "interpolation": spec.preprocess.interpolation,
+                    "scale": 1 / 255,
+                    "mean": list(spec.preprocess.mean),
+                    "std": list(spec.preprocess.std),
+                    "layout": "NCHW",
+                    "color": "RGB",
+                },
+                outputs=_tensor_specs(final.graph.output),
+                batch=profile,
+                dynamic_hw=dynamic_hw,
+                opset=opset,
+                exporter=exporter,
+                simplified=simplify,
+                parity=parity,
+                tools=tool_versions(),
+            )
+            manifest_file = commit_artifacts(folder, {"fp32": final_path}, manifest)
+            staged.clear()
+    finally:
+        for path in staged:
+            path.unlink(missing_ok=True)
+    return ExportResult(
+        onnx_path=folder / manifest.artifacts[0].file,
+        manifest_path=manifest_file,
+        manifest=manifest,
+        timings=log.timings,
+        seconds=time.perf_counter() - start,
+    )

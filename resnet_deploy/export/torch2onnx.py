@@ -1,0 +1,102 @@
+"""torch.nn.Module -> ONNX file, through the dynamo exporter or the TorchScript one.
+
+The batch axis is symbolic and named ``batch`` on every input and output
+(and H, W with ``dynamic_hw``). The example batch has 2 images: with 1, the
+dynamo exporter may specialise the batch to a constant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ExportError
+
+EXPORTERS = ("dynamo", "torchscript")
+EXAMPLE_BATCH = 2
+MIN_DYNAMIC_SIDE = 32
+
+
+def output_names(*, num_classes: int, features_only: bool) -> list[str]:
+    """``logits`` for classifiers, ``features`` for pooled backbones, one name per stage map."""
+    if features_only:
+        return ["layer1", "layer2", "layer3", "layer4"]
+    return ["logits"] if num_classes > 0 else ["features"]
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch.onnx prints warnings (missing torchvision ops, deprecations) that mean nothing to our users."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: Path,
+    *,
+    input_hw: tuple[int, int],
+    in_chans: int,
+    outputs: list[str],
+    opset: int,
+    exporter: str = "dynamo",
+    dynamic_hw: bool = False,
+) -> None:
+    """Write ``model`` as ONNX to ``path`` with input ``input`` and the given output names."""
+    if exporter not in EXPORTERS:
+        raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    example = torch.randn(EXAMPLE_BATCH, in_chans, *input_hw)
+    model = model.eval()
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            if exporter == "dynamo":
+                dims = {0: torch.export.Dim("batch", min=1)}
+                if dynamic_hw:
+                    dims[2] = torch.export.Dim("height", min=MIN_DYNAMIC_SIDE)
+                    dims[3] = torch.export.Dim("width", min=MIN_DYNAMIC_SIDE)
+                program = torch.onnx.export(
+                    model,
+                    (example,),
+                    input_names=["input"],
+                    output_names=outputs,
+                    dynamic_shapes={"x": dims},
+                    opset_version=opset,
+                    dynamo=True,
+                    verbose=False,
+                )
+                program.save(str(path))
+            else:
+                axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+                dynamic_axes = {"input": axes, **{name: {0: "batch"} for name in outputs}}
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(path),
+                    input_names=["input"],
+                    output_names=outputs,
+                    dynamic_axes=dynamic_axes,
+                    opset_version=opset,
+                    dynamo=False,
+                    do_constant_folding=True,
+                )
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporters raise many types; the user needs one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ExportError(f"torch.onnx ({exporter}) export failed: {first}") from exc

@@ -1,0 +1,221 @@
+"""The arch table: one row per registered architecture, and the API over it.
+
+Each row says how to build the network and how its inputs are prepared
+(timm's per-model ``pretrained_cfg``). Parameter and MAC counts are measured
+from the built network, never typed in, so the table cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UnknownArchError
+from .checkpoints import fit_state_dict, read_state_dict
+from .resnet import ResNet
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the model's input: resize the shorter side to
+    ``input_size / crop_pct``, centre-crop ``input_size``, scale to [0, 1],
+    normalise with ``mean``/``std``, NCHW float32."""
+
+    input_size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def resize(self) -> int:
+        return int(round(self.input_size / self.crop_pct))
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    family: str
+    compat: str  # whose checkpoints load: torchvision, timm, ibn-net, native
+    block: str
+    layers: tuple[int, int, int, int]
+    model_args: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 1000
+    preprocess: Preprocess = Preprocess()
+
+
+_IMAGENET_BICUBIC = Preprocess(interpolation="bicubic")
+_CIFAR = Preprocess(input_size=32, crop_pct=1.0, mean=CIFAR_MEAN, std=CIFAR_STD)
+_DEEP_D = {"stem": "deep", "stem_width": 32, "avg_down": True}
+
+_ARCHS: tuple[ArchSpec, ...] = (
+    ArchSpec("resnet18", "resnet", "torchvision", "basic", (2, 2, 2, 2)),
+    ArchSpec("resnet34", "resnet", "torchvision", "basic", (3, 4, 6, 3)),
+    ArchSpec("resnet50", "resnet", "torchvision", "bottleneck", (3, 4, 6, 3)),
+    ArchSpec("resnet101", "resnet", "torchvision", "bottleneck", (3, 4, 23, 3)),
+    ArchSpec("resnet152", "resnet", "torchvision", "bottleneck", (3, 8, 36, 3)),
+    ArchSpec("resnext50_32x4d", "resnext", "torchvision", "bottleneck", (3, 4, 6, 3),
+             {"cardinality": 32, "base_width": 4}),
+    ArchSpec("resnext101_32x8d", "resnext", "torchvision", "bottleneck", (3, 4, 23, 3),
+             {"cardinality": 32, "base_width": 8}),
+    ArchSpec("resnext101_64x4d", "resnext", "torchvision", "bottleneck", (3, 4, 23, 3),
+             {"cardinality": 64, "base_width": 4}),
+    ArchSpec("wide_resnet50_2", "wide_resnet", "torchvision", "bottleneck", (3, 4, 6, 3), {"base_width": 128}),
+    ArchSpec("wide_resnet101_2", "wide_resnet", "torchvision", "bottleneck", (3, 4, 23, 3), {"base_width": 128}),
+    ArchSpec("resnet50d", "resnet_d", "timm", "bottleneck", (3, 4, 6, 3), _DEEP_D, preprocess=_IMAGENET_BICUBIC),
+    ArchSpec("seresnet50", "seresnet", "timm", "bottleneck", (3, 4, 6, 3),
+             {"block_args": {"attention": "se"}}, preprocess=_IMAGENET_BICUBIC),
+    ArchSpec("seresnext50_32x4d", "seresnext", "timm", "bottleneck", (3, 4, 6, 3),
+             {"cardinality": 32, "base_width": 4, "block_args": {"attention": "se"}},
+             preprocess=_IMAGENET_BICUBIC),
+    ArchSpec("res2net50_26w_4s", "res2net", "timm", "bottle2neck", (3, 4, 6, 3),
+             {"base_width": 26, "block_args": {"scale": 4}}),
+    ArchSpec("resnest50d", "resnest", "timm", "resnest", (3, 4, 6, 3),
+             {**_DEEP_D, "block_args": {"radix": 2, "avd": True}}),
+    ArchSpec("resnet50_ibn_a", "ibn", "ibn-net", "bottleneck", (3, 4, 6, 3), {"ibn_stages": (1, 2, 3)}),
+    ArchSpec("resnet18_cifar", "resnet_cifar", "native", "basic", (2, 2, 2, 2), {"stem": "cifar"},
+             num_classes=10, preprocess=_CIFAR),
+    ArchSpec("resnet34_cifar", "resnet_cifar", "native", "basic", (3, 4, 6, 3), {"stem": "cifar"},
+             num_classes=10, preprocess=_CIFAR),
+    ArchSpec("resnet50_cifar", "resnet_cifar", "native", "bottleneck", (3, 4, 6, 3), {"stem": "cifar"},
+             num_classes=10, preprocess=_CIFAR),
+)
+_REGISTRY: dict[str, ArchSpec] = {spec.name: spec for spec in _ARCHS}
+
+# Options a caller may change at build time; everything else is fixed by the arch.
+MODEL_OVERRIDES = ("in_chans", "last_stride", "features_only")
+
+
+def list_models() -> list[str]:
+    """Names of every registered architecture, in table order."""
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> ArchSpec:
+    """The table row for ``name``; an unknown name is an error naming the closest matches."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `resnet-deploy list` shows them all"
+        raise UnknownArchError(f"unknown arch {name!r}{hint}") from None
+
+
+def build_model(name: str, *, num_classes: int | None = None, **overrides: Any) -> ResNet:
+    """An untrained network of arch ``name`` in eval mode (no weights loaded)."""
+    spec = get_spec(name)
+    unknown = sorted(set(overrides) - set(MODEL_OVERRIDES))
+    if unknown:
+        raise TypeError(f"unexpected model option(s) {unknown}; allowed: {list(MODEL_OVERRIDES)}")
+    classes = spec.num_classes if num_classes is None else num_classes
+    if classes < 0:
+        raise ValueError("num_classes must be >= 0")
+    model = ResNet(spec.block, spec.layers, num_classes=classes, **spec.model_args, **overrides)
+    return model.eval()
+
+
+def count_macs(model: nn.Module, input_size: int | tuple[int, int], in_chans: int = 3) -> int:
+    """Multiply-accumulates of one image through every Conv2d and Linear, the
+    way torchvision's model metadata counts them (resnet50 at 224: 4.09 G).
+
+    Runs on the meta device: shapes only, no arithmetic, no memory.
+    """
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+    total = 0
+
+    def conv_hook(module: nn.Conv2d, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output[0].numel() * (module.in_channels // module.groups) * kh * kw
+
+    def linear_hook(module: nn.Linear, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        total += module.in_features * module.out_features
+
+    handles = [
+        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    try:
+        meta_model = model.to("meta") if next(model.parameters()).device.type != "meta" else model
+        with torch.no_grad():
+            meta_model(torch.empty(1, in_chans, height, width, device="meta"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    compat: str
+    block: str
+    layers: tuple[int, int, int, int]
+    num_classes: int
+    params: int
+    gmacs: float
+    input_size: tuple[int, int, int]
+    preprocess: Preprocess
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@functools.lru_cache(maxsize=None)
+def get_model_info(name: str) -> ModelInfo:
+    """Params, GMACs at the default input size, default input, block type, family."""
+    spec = get_spec(name)
+    with torch.device("meta"):
+        model = build_model(name)
+    params = sum(p.numel() for p in model.parameters())
+    size = spec.preprocess.input_size
+    return ModelInfo(
+        name=name,
+        family=spec.family,
+        compat=spec.compat,
+        block=spec.block,
+        layers=spec.layers,
+        num_classes=spec.num_classes,
+        params=params,
+        gmacs=round(count_macs(model, size) / 1e9, 3),
+        input_size=(3, size, size),
+        preprocess=spec.preprocess,
+    )
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    **overrides: Any,
+) -> ResNet:
+    """Build arch ``name`` in eval mode, with weights from a checkpoint file if given.
+
+    Args:
+        name: a name from :func:`list_models`.
+        num_classes: classifier size (default: the arch's, 1000 or 10 for CIFAR);
+            0 returns pooled features.
+        weights: a ``.pt``/``.pth`` (loaded with ``weights_only=True``) or
+            ``.safetensors`` file from torchvision, timm, IBN-Net or this toolkit.
+        overrides: ``in_chans``, ``last_stride``, ``features_only``.
+    """
+    model = build_model(name, num_classes=num_classes, **overrides)
+    if weights is not None:
+        state = read_state_dict(weights)
+        fit_state_dict(model, state, arch=name, source=str(weights))
+    return model

@@ -1,0 +1,1 @@
+"""Comparing outputs of two backends: metrics, tolerances, reports."""

@@ -1,0 +1,71 @@
+"""Error figures between a reference output and a candidate output.
+
+Absolute errors are also given relative to the output scale (max |reference|),
+which is what makes one tolerance usable across models whose logits span 1 or
+1000: Polygraphy's fixed atol/rtol of 1e-5 is not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ErrorFigures:
+    max_abs: float
+    mean_abs: float
+    median_abs: float
+    p99_abs: float
+    max_rel: float  # max |a - b| / (|b| + eps) elementwise
+    scale: float  # max |reference|
+    rel_to_scale: float  # max_abs / scale
+    cosine: float
+    top1_agreement: float | None  # for (N, classes) outputs
+    top5_overlap: float | None
+    finite: bool
+
+    def to_dict(self) -> dict[str, float | bool | None]:
+        return asdict(self)
+
+
+def _topk(values: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-values, axis=1, kind="stable")[:, :k]
+
+
+def compare_arrays(reference: np.ndarray, candidate: np.ndarray) -> ErrorFigures:
+    """Figures for ``candidate`` against ``reference`` (same shape, compared in float64)."""
+    if reference.shape != candidate.shape:
+        raise ValueError(f"shape mismatch: reference {reference.shape} vs candidate {candidate.shape}")
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    finite = bool(np.isfinite(cand).all())
+    diff = np.abs(ref - cand)
+    if not finite:
+        diff = np.where(np.isfinite(diff), diff, np.inf)
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    max_abs = float(diff.max()) if diff.size else 0.0
+    ref_flat, cand_flat = ref.reshape(len(ref), -1), cand.reshape(len(cand), -1)
+    norms = np.linalg.norm(ref_flat, axis=1) * np.linalg.norm(cand_flat, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_sample = np.where(norms > 0, (ref_flat * cand_flat).sum(axis=1) / norms, 1.0)
+    top1 = top5 = None
+    if ref.ndim == 2 and ref.shape[1] > 1:
+        top1 = float((ref.argmax(1) == cand.argmax(1)).mean())
+        k = min(5, ref.shape[1])
+        ref_top, cand_top = _topk(ref, k), _topk(cand, k)
+        top5 = float(np.mean([len(set(r) & set(c)) / k for r, c in zip(ref_top, cand_top)]))
+    return ErrorFigures(
+        max_abs=max_abs,
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        median_abs=float(np.median(diff)) if diff.size else 0.0,
+        p99_abs=float(np.percentile(diff, 99)) if diff.size else 0.0,
+        max_rel=float((diff / (np.abs(ref) + 1e-12)).max()) if diff.size else 0.0,
+        scale=scale,
+        rel_to_scale=max_abs / scale if scale > 0 else max_abs,
+        cosine=float(np.nan_to_num(per_sample, nan=-1.0).min()) if finite else float("nan"),
+        top1_agreement=top1,
+        top5_overlap=top5,
+        finite=finite,
+    )

@@ -1,0 +1,44 @@
+"""Pass/fail criteria by precision.
+
+fp32: the artifact computes the same function up to float32 reordering, so the
+largest error must stay within 1e-4 of the output scale and the top-1 class
+never changes. fp16 and int8 are judged by direction (cosine) and decision
+(top-1 agreement), since their elementwise error is large by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .metrics import ErrorFigures
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_rel_to_scale: float | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = None
+
+    def failures(self, figures: ErrorFigures) -> list[str]:
+        """Why ``figures`` fail this tolerance; empty when they pass."""
+        reasons = []
+        if not figures.finite:
+            reasons.append("NaN or Inf in output")
+            return reasons
+        if self.max_rel_to_scale is not None and figures.rel_to_scale > self.max_rel_to_scale:
+            reasons.append(f"max |error| = {figures.rel_to_scale:.2e} of output scale > {self.max_rel_to_scale:.0e}")
+        if self.min_cosine is not None and figures.cosine < self.min_cosine:
+            reasons.append(f"cosine {figures.cosine:.6f} < {self.min_cosine}")
+        if self.min_top1 is not None and figures.top1_agreement is not None and figures.top1_agreement < self.min_top1:
+            reasons.append(f"top-1 agreement {figures.top1_agreement:.1%} < {self.min_top1:.0%}")
+        return reasons
+
+    def to_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+DEFAULT_TOLERANCES = {
+    "fp32": Tolerance(max_rel_to_scale=1e-4, min_top1=1.0),
+    "fp16": Tolerance(min_cosine=0.9999, min_top1=0.99),
+    "int8": Tolerance(min_cosine=0.99, min_top1=0.95),
+}
