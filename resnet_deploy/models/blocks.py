@@ -227,7 +227,7 @@ class SplitAttention(nn.Module):
         attn = self.fc2(gap)
         if self.radix > 1:
             # softmax over the radix axis, separately for each cardinal group
-            attn = attn.reshape(batch, self.groups, self.radix, -1).transpose(1, 2)
+            attn = attn.reshape(batch, self.groups, self.radix, channels // self.groups).transpose(1, 2)
             attn = torch.softmax(attn, dim=1).reshape(batch, self.radix, channels, 1, 1)
             return (x * attn).sum(dim=1)
         return x * torch.sigmoid(attn)

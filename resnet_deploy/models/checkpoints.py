@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,14 +52,23 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"cannot read {path} as safetensors: {_describe(exc)}") from None
     else:
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says enough
+                warnings.simplefilter("ignore")
+                raw = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
+            text = str(exc)
+            offending = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            if offending:
                 raise CheckpointError(
-                    f"refused to load {path}: it holds Python objects that would run code when unpickled; "
-                    "re-save it as a plain state_dict (torch.save(model.state_dict(), ...)) or as safetensors"
+                    f"refused to load {path}: it holds Python objects ({offending.group(1)}) that would run code "
+                    "when unpickled; re-save it as a plain state_dict (torch.save(model.state_dict(), ...)) "
+                    "or as safetensors"
                 ) from None
-            raise CheckpointError(f"cannot read {path}: corrupted checkpoint ({_describe(exc)})") from None
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+            raise CheckpointError(
+                f"cannot read {path}: corrupted, or a pickle the safe loader refuses "
+                f"({detail.group(1).strip() if detail else _describe(exc)})"
+            ) from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as exc:
             raise CheckpointError(
                 f"cannot read {path}: not a PyTorch checkpoint or corrupted ({_describe(exc)})"

@@ -1,0 +1,107 @@
+"""Naming, the manifest, atomic writes and committing artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from resnet_deploy.artifacts import (
+    ArtifactEntry,
+    BatchProfile,
+    Manifest,
+    TensorSpec,
+    artifact_filename,
+    commit_artifacts,
+    manifest_for,
+    read_manifest,
+    split_artifact_name,
+    write_manifest,
+)
+from resnet_deploy.errors import ArtifactError
+from resnet_deploy.fileio import atomic_open, sha256_file
+
+
+@pytest.mark.parametrize("text, expected", [("1:8:32", (1, 8, 32)), ("4", (4, 4, 4)), ("2:2:64", (2, 2, 64))])
+def test_batch_profile_parse(text, expected):
+    profile = BatchProfile.parse(text)
+    assert (profile.min, profile.opt, profile.max) == expected
+    assert BatchProfile.parse(str(profile)) == profile
+
+
+@pytest.mark.parametrize("text", ["", "1:8", "a:b:c", "8:1:32", "1:64:32", "0:1:2", "1:8:32:64", "-1:2:3"])
+def test_batch_profile_rejects(text):
+    with pytest.raises(ArtifactError, match="invalid batch profile"):
+        BatchProfile.parse(text)
+
+
+def test_artifact_names():
+    assert artifact_filename("resnet50", "fp16") == "resnet50.fp16.onnx"
+    assert split_artifact_name("a/b/resnet50.int8.onnx") == ("resnet50", "int8")
+    assert split_artifact_name("resnet50.onnx") == ("resnet50", "fp32")
+    assert split_artifact_name("my-net_2.engine") == ("my-net_2", "engine")
+    with pytest.raises(ArtifactError):
+        split_artifact_name("model.pt")
+    with pytest.raises(ArtifactError, match="invalid artifact name"):
+        artifact_filename("res.net", "fp32")
+
+
+def _manifest(stem: str = "m") -> Manifest:
+    return Manifest(
+        stem=stem, arch="resnet18", num_classes=1000, model_options={}, weights={"init": "random", "seed": 0},
+        input=TensorSpec("input", ["batch", 3, 64, 64]), preprocess={}, outputs=[TensorSpec("logits", ["batch", 1000])],
+        batch=BatchProfile(), dynamic_hw=False, opset=18, exporter="dynamo", simplified=True,
+    )
+
+
+def test_manifest_round_trip_and_version_check(tmp_path):
+    path = write_manifest(_manifest(), tmp_path)
+    loaded = read_manifest(path)
+    assert loaded.to_dict() == json.loads(path.read_text())
+    assert loaded.batch == BatchProfile(1, 8, 32) and loaded.input.shape == ["batch", 3, 64, 64]
+    data = json.loads(path.read_text())
+    data["schema_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="schema version 99"):
+        read_manifest(path)
+    path.write_text("{broken")
+    with pytest.raises(ArtifactError, match="cannot read manifest"):
+        read_manifest(path)
+
+
+def test_atomic_open_keeps_old_content_on_failure(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target) as handle:
+            handle.write("new, half written")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_commit_replaces_and_removes_stale(tmp_path):
+    old_extra = tmp_path / "m.fp16.onnx"
+    old_extra.write_bytes(b"old fp16")
+    stale = _manifest()
+    stale.artifacts = [ArtifactEntry("m.fp16.onnx", "fp16", 8, "x")]
+    write_manifest(stale, tmp_path)
+    staged = tmp_path / ".tmp-new.onnx"
+    staged.write_bytes(b"new fp32 model")
+    path = commit_artifacts(tmp_path, {"fp32": staged}, _manifest())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]
+    manifest, precision = manifest_for(tmp_path / "m.onnx")
+    assert precision == "fp32" and manifest.artifacts[0].sha256 == sha256_file(tmp_path / "m.onnx")
+    assert path == tmp_path / "m.json"
+
+
+def test_manifest_for_refuses_changed_artifact(tmp_path):
+    staged = tmp_path / ".tmp-new.onnx"
+    staged.write_bytes(b"model bytes")
+    commit_artifacts(tmp_path, {"fp32": staged}, _manifest())
+    (tmp_path / "m.onnx").write_bytes(b"tampered")
+    with pytest.raises(ArtifactError, match="changed since export"):
+        manifest_for(tmp_path / "m.onnx")
+    (tmp_path / "m.json").unlink()
+    with pytest.raises(ArtifactError, match="not found"):
+        manifest_for(tmp_path / "m.onnx")
