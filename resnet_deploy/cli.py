@@ -141,5 +141,82 @@ def inspect_command(path: str, as_json: bool) -> None:
     click.echo("\n".join(lines))
 
 
+def _format_report(report: Any) -> str:
+    rows = []
+    for row in report.rows:
+        f = row.figures
+        top1 = "-" if f["top1_agreement"] is None else f"{f['top1_agreement']:.1%}"
+        top5 = "-" if f["top5_overlap"] is None else f"{f['top5_overlap']:.1%}"
+        rows.append([row.backend, str(row.batch), row.output, f"{f['max_abs']:.2e}", f"{f['rel_to_scale']:.2e}",
+                     f"{f['cosine']:.6f}", top1, top5, "PASS" if row.passed else "FAIL"])
+    lines = [
+        f"{report.artifact} ({report.precision}) vs {report.reference} [{report.arch}], inputs: "
+        + ", ".join(f"{k}={v}" for k, v in report.inputs.items()),
+        "",
+        _table(rows, ["backend", "batch", "output", "max|err|", "err/scale", "cosine", "top-1", "top-5", "result"],
+               right={1, 3, 4, 5, 6, 7}),
+    ]
+    for row in report.rows:
+        if row.failures:
+            lines.append(f"FAIL {row.backend} batch {row.batch} {row.output}: {'; '.join(row.failures)}")
+    for skip in report.skipped:
+        lines.append(f"skipped {skip['backend']}: {skip['reason']}")
+    if report.layerwise is not None:
+        lw = report.layerwise
+        lines += ["", f"layer-wise ({lw.backend}, batch {lw.batch}, tolerance {lw.tolerance:.0e} of each point's scale):"]
+        point_rows = [[p.name, f"{p.max_abs:.2e}", f"{p.rel_to_scale:.2e}", f"{p.cosine:.6f}",
+                       "<- first over tolerance" if p.name == lw.first_over_tolerance else ""] for p in lw.points]
+        lines.append(_table(point_rows, ["point", "max|err|", "err/scale", "cosine", ""], right={1, 2, 3}))
+        if lw.first_over_tolerance:
+            lines.append(f"outputs part at {lw.first_over_tolerance} (largest jump in error: {lw.largest_jump})")
+        else:
+            lines.append("every block within tolerance")
+    lines.append(f"overall: {'PASS' if report.passed else 'FAIL'}")
+    return "\n".join(lines)
+
+
+@main.command("verify")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--batch-sizes", help="Comma-separated batch sizes within the profile (default MIN,OPT).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False), help="A preprocessed NCHW float32 .npy batch.")
+@click.option("--max-error", type=float, help="Largest |error| allowed, as a fraction of the output scale.")
+@click.option("--min-cosine", type=float, help="Smallest cosine similarity allowed per sample.")
+@click.option("--min-top1", type=float, help="Smallest top-1 agreement allowed (0-1).")
+@click.option("--layerwise", is_flag=True, help="Compare every block and name the first where outputs part.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write every figure to this JSON file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def verify_command(artifact: str, batch_sizes: str | None, seed: int, inputs_file: str | None, max_error: float | None,
+                   min_cosine: float | None, min_top1: float | None, layerwise: bool, report_path: str | None,
+                   as_json: bool) -> None:
+    """Compare PyTorch, ONNX Runtime and TensorRT outputs for an artifact; exit 1 when they disagree."""
+    import dataclasses
+
+    from .artifacts import split_artifact_name
+    from .parity.tolerances import DEFAULT_TOLERANCES
+    from .parity.verify import verify
+
+    sizes = None
+    if batch_sizes:
+        try:
+            sizes = [int(b) for b in batch_sizes.split(",")]
+        except ValueError:
+            raise DeployError(f"invalid --batch-sizes {batch_sizes!r}: expected e.g. 1,8,32") from None
+    overrides = {k: v for k, v in (("max_rel_to_scale", max_error), ("min_cosine", min_cosine), ("min_top1", min_top1))
+                 if v is not None}
+    tolerance = None
+    if overrides:
+        precision = split_artifact_name(artifact)[1] if not artifact.endswith(".engine") else "fp32"
+        tolerance = dataclasses.replace(DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"]), **overrides)
+    report = verify(artifact, batch_sizes=sizes, seed=seed, inputs=inputs_file, tolerance=tolerance, layerwise=layerwise)
+    if report_path:
+        report.write(report_path)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        click.echo(_format_report(report))
+    sys.exit(0 if report.passed else 1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -44,15 +44,31 @@ def session_options(*, threads: int | None = None, optimize: bool = True) -> ort
     return options
 
 
-class OnnxRuntimeRunner:
-    """Runs an ONNX model (path or serialized bytes) on ONNX Runtime's CPU provider."""
+# execution provider -> the short name runners and reports use
+PROVIDER_NAMES = {
+    "CPUExecutionProvider": "cpu",
+    "CUDAExecutionProvider": "cuda",
+    "TensorrtExecutionProvider": "tensorrt",
+}
 
-    def __init__(self, model: str | os.PathLike[str] | bytes, *, threads: int | None = None, optimize: bool = True) -> None:
+
+class OnnxRuntimeRunner:
+    """Runs an ONNX model (path or serialized bytes) on one ONNX Runtime execution provider."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | bytes,
+        *,
+        provider: str = "CPUExecutionProvider",
+        threads: int | None = None,
+        optimize: bool = True,
+    ) -> None:
         source = model if isinstance(model, bytes) else str(Path(model))
+        providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
         self.session = ort.InferenceSession(
-            source, sess_options=session_options(threads=threads, optimize=optimize), providers=["CPUExecutionProvider"]
+            source, sess_options=session_options(threads=threads, optimize=optimize), providers=providers
         )
-        self.name = "onnxruntime-cpu"
+        self.name = f"onnxruntime-{PROVIDER_NAMES.get(provider, provider)}"
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 

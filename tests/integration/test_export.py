@@ -18,6 +18,7 @@ from resnet_deploy.export import pipeline
 from resnet_deploy.fileio import sha256_file
 from resnet_deploy.models import create_model, get_spec, list_models, save_checkpoint
 from resnet_deploy.parity.metrics import compare_arrays
+from resnet_deploy.parity.verify import verify
 from tests.conftest import assert_one_line_error
 
 HEAVY = {"resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2"}
@@ -65,6 +66,9 @@ def test_every_arch_exports_and_runs_at_unseen_batches(tmp_path, name):
         assert "BatchNormalization" not in ops
     torch.manual_seed(0)  # the export's seeded random init
     _assert_matches_torch(result.onnx_path, create_model(name), (size, size))
+    report = verify(result.onnx_path, layerwise=True)
+    assert report.passed, [r.failures for r in report.rows]
+    assert report.layerwise.first_over_tolerance is None
 
 
 @pytest.mark.slow

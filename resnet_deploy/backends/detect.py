@@ -1,0 +1,38 @@
+"""What can run here, and why not: one place that verify, bench and doctor ask."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    reason: str = ""  # why not, when not
+
+
+def torch_cuda() -> Availability:
+    import torch
+
+    if not torch.cuda.is_available():
+        cuda = torch.version.cuda
+        return Availability(False, "no CUDA GPU visible to torch" if cuda else "torch is a CPU-only build")
+    return Availability(True)
+
+
+def onnxruntime_provider(provider: str) -> Availability:
+    import onnxruntime as ort
+
+    if provider in ort.get_available_providers():
+        return Availability(True)
+    return Availability(False, f"onnxruntime has no {provider} (install onnxruntime-gpu instead of onnxruntime)")
+
+
+def tensorrt() -> Availability:
+    if importlib.util.find_spec("tensorrt") is None:
+        return Availability(False, "tensorrt is not installed (pip install 'resnet-deploy[gpu]' on a machine with an NVIDIA GPU)")
+    gpu = torch_cuda()
+    if not gpu.available:
+        return Availability(False, f"tensorrt is installed but {gpu.reason}")
+    return Availability(True)

@@ -1,0 +1,169 @@
+"""Where two backends part: per-block errors between the ONNX graph and the PyTorch model.
+
+The ONNX side is mapped by structure, not by node names (which exporters and
+onnxsim rename freely): the stem ends at the MaxPool (the first Relu for the
+CIFAR stem, which has none), and every residual block ends in an Add whose
+result feeds a Relu, in graph order. Res2Net's inner Adds feed convolutions,
+and the Casts and Q/DQ pairs of fp16/int8 graphs are looked through, so the
+count matches the PyTorch blocks one to one; the shapes are checked too.
+The PyTorch side is captured with forward hooks on the same modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ..backends.onnxrt import OnnxRuntimeRunner
+from ..errors import ArtifactError
+from .metrics import compare_arrays
+
+PASS_THROUGH = {"Cast", "QuantizeLinear", "DequantizeLinear", "Identity"}
+# error relative to the point's own scale above which a block is named as where outputs part
+LAYER_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "int8": 1e-1}
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    table: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            table.setdefault(name, []).append(node)
+    return table
+
+
+def _follow(name: str, consumers: dict[str, list[onnx.NodeProto]]) -> onnx.NodeProto | None:
+    """The single real consumer of ``name``, looking through casts and Q/DQ."""
+    while True:
+        users = consumers.get(name, [])
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if node.op_type not in PASS_THROUGH:
+            return node
+        name = node.output[0]
+
+
+def find_points(model: onnx.ModelProto) -> list[str]:
+    """ONNX tensor names of the stem output and of every residual block output, in order."""
+    graph = model.graph
+    consumers = _consumers(graph)
+    stem = next((n.output[0] for n in graph.node if n.op_type == "MaxPool"), None)
+    if stem is None:
+        stem = next((n.output[0] for n in graph.node if n.op_type == "Relu"), None)
+    blocks = []
+    for node in graph.node:
+        if node.op_type != "Add":
+            continue
+        user = _follow(node.output[0], consumers)
+        if user is not None and user.op_type == "Relu":
+            blocks.append(user.output[0])
+    if stem is None or not blocks:
+        raise ArtifactError("cannot find the stem and residual blocks in this ONNX graph")
+    return [stem, *blocks]
+
+
+def torch_points(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the stem and every residual block, matching :func:`find_points`."""
+    points: list[tuple[str, nn.Module]] = [("stem", model.maxpool)]
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        for index, block in enumerate(getattr(model, stage)):
+            points.append((f"{stage}.{index}", block))
+    return points
+
+
+def with_extra_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also returns the tensors ``names``."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    for name in names:
+        if name in existing:
+            continue
+        info = infos.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        copy.graph.output.append(info)
+    return copy
+
+
+@dataclass
+class LayerPoint:
+    name: str  # PyTorch module path, "stem" or "layer2.1"
+    onnx_tensor: str
+    max_abs: float
+    rel_to_scale: float
+    cosine: float
+
+
+@dataclass
+class LayerwiseReport:
+    backend: str
+    batch: int
+    tolerance: float
+    points: list[LayerPoint] = field(default_factory=list)
+    first_over_tolerance: str | None = None  # where outputs part: the block to look at
+    largest_jump: str | None = None  # the block whose error grew most over the one before
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def localize(
+    onnx_model: onnx.ModelProto,
+    reference: nn.Module,
+    batch: np.ndarray,
+    *,
+    precision: str,
+    tolerance: float | None = None,
+) -> LayerwiseReport:
+    """Run both sides on ``batch`` and compare them block by block."""
+    names = find_points(onnx_model)
+    modules = torch_points(reference)
+    if len(names) != len(modules):
+        raise ArtifactError(
+            f"layer-wise mapping failed: the ONNX graph has {len(names) - 1} residual blocks, "
+            f"the PyTorch model {len(modules) - 1}"
+        )
+    runner = OnnxRuntimeRunner(with_extra_outputs(onnx_model, names).SerializeToString())
+    onnx_values = runner(batch)
+
+    captured: dict[str, torch.Tensor] = {}
+    handles = [
+        module.register_forward_hook(lambda _m, _i, out, key=key: captured.__setitem__(key, out.detach()))
+        for key, module in modules
+    ]
+    try:
+        with torch.inference_mode():
+            reference.eval()(torch.from_numpy(batch))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    limit = LAYER_TOLERANCE[precision] if tolerance is None else tolerance
+    report = LayerwiseReport(backend=runner.name, batch=len(batch), tolerance=limit)
+    previous = None
+    best_ratio = 0.0
+    for (key, _module), tensor_name in zip(modules, names):
+        want = captured[key].float().numpy()
+        got = onnx_values[tensor_name].astype(np.float32)
+        if want.shape != got.shape:
+            raise ArtifactError(
+                f"layer-wise mapping failed at {key}: ONNX tensor {tensor_name} has shape {list(got.shape)}, "
+                f"PyTorch {list(want.shape)}"
+            )
+        figures = compare_arrays(want, got)
+        error = figures.rel_to_scale if figures.finite else float("inf")
+        report.points.append(LayerPoint(key, tensor_name, figures.max_abs, error, figures.cosine))
+        if report.first_over_tolerance is None and error > limit:
+            report.first_over_tolerance = key
+        if previous is not None:
+            ratio = error / max(previous, limit / 100)
+            if ratio > best_ratio:
+                best_ratio, report.largest_jump = ratio, key
+        previous = error
+    return report

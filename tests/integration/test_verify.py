@@ -1,0 +1,143 @@
+"""`resnet-deploy verify`: parity figures, failures named by block, reports and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from resnet_deploy import export
+from resnet_deploy.artifacts import ArtifactEntry, read_manifest, write_manifest
+from resnet_deploy.backends import detect
+from resnet_deploy.parity import verify as verify_module
+from resnet_deploy.models import create_model, save_checkpoint
+from resnet_deploy.parity.layerwise import find_points, torch_points
+from resnet_deploy.parity.verify import reference_model, verify
+from tests.conftest import assert_one_line_error
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("verify")
+    return export("resnet18", input_size=64, out=folder, quiet=True)
+
+
+def _reregister(path):
+    """Record the artifact's new bytes in its manifest, as a (broken) conversion tool would."""
+    manifest = read_manifest(path.with_suffix(".json"))
+    manifest.artifacts = [ArtifactEntry.describe(path, "fp32")]
+    write_manifest(manifest, path.parent)
+
+
+def _corrupt_block_conv(source, target, block):
+    """Offset the first conv weight of residual block ``block`` (e.g. "layer3.0") by half its range."""
+    model = onnx.load(str(source))
+    names = [name for name, _module in torch_points(create_model("resnet18"))]
+    points = find_points(model)
+    producer_of = {out: i for i, node in enumerate(model.graph.node) for out in node.output}
+    start = producer_of[points[names.index(block) - 1]]  # the output of the point before the block
+    conv = next(n for n in model.graph.node[start + 1:] if n.op_type == "Conv")
+    weight = next(t for t in model.graph.initializer if t.name == conv.input[1])
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array[0] += 0.5 * np.abs(array).max()
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    onnx.save(model, str(target))
+
+
+def test_untouched_artifact_passes(cli, exported, tmp_path):
+    report_path = tmp_path / "report.json"
+    result = cli("verify", str(exported.onnx_path), "--layerwise", "--report", str(report_path))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "overall: PASS" in result.stdout and "every block within tolerance" in result.stdout
+    report = json.loads(report_path.read_text())
+    assert report["passed"] is True and report["precision"] == "fp32"
+    assert [r["batch"] for r in report["rows"]] == [1, 8]
+    for key in ("max_abs", "mean_abs", "median_abs", "p99_abs", "max_rel", "cosine", "top1_agreement", "top5_overlap", "finite"):
+        assert key in report["rows"][0]["figures"]
+    assert [p["name"] for p in report["layerwise"]["points"]][:3] == ["stem", "layer1.0", "layer1.1"]
+    assert len(report["layerwise"]["points"]) == 1 + 8
+
+
+def test_backends_that_cannot_run_are_skipped_with_a_reason(exported):
+    report = verify(exported.onnx_path)
+    skipped = {s["backend"]: s["reason"] for s in report.skipped}
+    ran = {r.backend for r in report.rows}
+    assert "onnxruntime-cpu" in ran
+    if not detect.tensorrt().available:
+        assert "tensorrt" in skipped and "tensorrt" not in ran and skipped["tensorrt"]
+    if not detect.torch_cuda().available:
+        assert skipped["torch-cuda"] and "torch-cuda" not in ran
+    assert not set(skipped) & ran
+
+
+def test_changed_conv_weight_fails_and_is_located(cli, exported, tmp_path):
+    target = tmp_path / "resnet18.onnx"
+    (tmp_path / "resnet18.json").write_text(exported.manifest_path.read_text())
+    _corrupt_block_conv(exported.onnx_path, target, "layer3.0")
+    _reregister(target)
+    result = cli("verify", str(target), "--layerwise")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert "overall: FAIL" in result.stdout
+    assert "outputs part at layer3.0" in result.stdout
+    report = verify(target, layerwise=True)
+    assert not report.passed and report.layerwise.first_over_tolerance == "layer3.0"
+    errors = {p.name: p.rel_to_scale for p in report.layerwise.points}
+    assert errors["layer2.1"] < 1e-4 < errors["layer3.0"]
+
+
+def test_changed_batchnorm_eps_in_pytorch_fails_and_is_located(cli, exported, monkeypatch):
+    def altered_reference(manifest):
+        model = reference_model(manifest)
+        model.layer2[1].bn2.eps = 1.0  # running_var is 1: the block's output shrinks by 1/sqrt(2)
+        return model
+
+    monkeypatch.setattr(verify_module, "reference_model", altered_reference)
+    result = cli("verify", str(exported.onnx_path), "--layerwise")
+    assert result.exit_code == 1, result.stdout
+    assert "outputs part at layer2.1" in result.stdout
+
+
+def test_tolerance_flags_override_defaults(cli, exported):
+    strict = cli("verify", str(exported.onnx_path), "--max-error", "1e-12")
+    assert strict.exit_code == 1 and "of output scale > 1e-12" in strict.stdout
+    assert cli("verify", str(exported.onnx_path), "--min-cosine", "0.5").exit_code == 0
+
+
+def test_npy_inputs_and_json(cli, exported, tmp_path):
+    batch = np.random.default_rng(0).normal(size=(5, 3, 64, 64)).astype(np.float32)
+    np.save(tmp_path / "batch.npy", batch)
+    result = cli("verify", str(exported.onnx_path), "--inputs", str(tmp_path / "batch.npy"), "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["inputs"]["kind"] == "npy" and [r["batch"] for r in report["rows"]] == [5]
+    np.save(tmp_path / "wrong.npy", batch[:, :, :32])
+    assert_one_line_error(cli("verify", str(exported.onnx_path), "--inputs", str(tmp_path / "wrong.npy")), 2, "expected [N, 3, 64, 64]")
+
+
+def test_bad_input(cli, exported, tmp_path):
+    assert_one_line_error(cli("verify", str(exported.onnx_path), "--batch-sizes", "1,64"), 2, "outside the artifact's profile 1:8:32")
+    assert_one_line_error(cli("verify", str(exported.onnx_path), "--batch-sizes", "one"), 2, "invalid --batch-sizes")
+    assert_one_line_error(cli("verify", str(tmp_path / "missing.onnx")), 2, "does not exist")
+    stray = tmp_path / "model.onnx"
+    stray.write_bytes(exported.onnx_path.read_bytes())
+    assert_one_line_error(cli("verify", str(stray)), 2, "manifest")
+
+
+@pytest.mark.skipif(detect.tensorrt().available, reason="TensorRT is installed here: the engine would be verified")
+def test_engine_without_tensorrt_names_the_onnx(cli, exported):
+    engine = exported.onnx_path.with_suffix(".engine")
+    engine.write_bytes(b"not really an engine")
+    try:
+        result = cli("verify", str(engine))
+    finally:
+        engine.unlink()
+    assert_one_line_error(result, 2, str(exported.onnx_path))
+
+
+def test_changed_weights_file_is_refused(tmp_path, cli):
+    weights = save_checkpoint(create_model("resnet18"), tmp_path / "w.safetensors")
+    result = export("resnet18", weights=weights, input_size=32, out=tmp_path / "out", quiet=True)
+    save_checkpoint(create_model("resnet18", num_classes=1000), weights)  # same name, new init
+    assert_one_line_error(cli("verify", str(result.onnx_path)), 2, "changed since export")
