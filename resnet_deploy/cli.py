@@ -85,6 +85,7 @@ def list_command(as_json: bool) -> None:
 @click.option("--features-only", is_flag=True, help="Export the four stage maps (layer1..layer4).")
 @click.option("--last-stride", type=click.Choice(["1", "2"]), default="2", show_default=True,
               help="Stride of layer4 (1 for re-identification backbones).")
+@click.option("--fp16", is_flag=True, help="Also write STEM.fp16.onnx (float16 graph, float32 I/O).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random init and of parity inputs.")
 @click.option("--out", default="artifacts", show_default=True, help="Output folder.")
 @click.option("--name", help="Artifact stem (default: the arch name).")
@@ -92,24 +93,28 @@ def list_command(as_json: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def export_command(arch: str, weights: str | None, num_classes: int | None, input_size: str | None, batch: str,
                    dynamic_hw: bool, opset: int, exporter: str, no_simplify: bool, features_only: bool,
-                   last_stride: str, seed: int, out: str, name: str | None, as_json: bool, quiet: bool) -> None:
+                   last_stride: str, fp16: bool, seed: int, out: str, name: str | None, as_json: bool, quiet: bool) -> None:
     """Export an arch to ONNX (dynamic batch), simplify, check, and gate on parity with PyTorch."""
     from .export import export
 
     result = export(
         arch, weights=weights, num_classes=num_classes, input_size=input_size, batch=batch, dynamic_hw=dynamic_hw,
         opset=opset, exporter=exporter, simplify=not no_simplify, out=out, name=name, seed=seed,
-        features_only=features_only, last_stride=int(last_stride), quiet=quiet,
+        features_only=features_only, last_stride=int(last_stride), fp16=fp16, quiet=quiet,
     )
     if as_json:
         _print_json(result.to_dict())
     elif not quiet:
-        worst = max((p["rel_to_scale"] for p in result.manifest.parity), default=0.0)
-        click.echo(
-            f"exported {result.onnx_path} ({result.manifest.artifacts[0].bytes / 1e6:.1f} MB) in {result.seconds:.1f} s; "
-            f"ONNX Runtime matches PyTorch (max |error| {worst:.1e} of output scale); manifest {result.manifest_path}",
-            err=True,
-        )
+        for entry in result.manifest.artifacts:
+            rows = [p for p in result.manifest.parity if p["artifact"] == entry.precision]
+            worst = max(p["rel_to_scale"] for p in rows)
+            cosine = min(p["cosine"] for p in rows)
+            click.echo(
+                f"{entry.precision}: {result.paths[entry.precision]} ({entry.bytes / 1e6:.1f} MB), matches PyTorch on "
+                f"ONNX Runtime: max |error| {worst:.1e} of output scale, cosine {cosine:.6f}",
+                err=True,
+            )
+        click.echo(f"manifest {result.manifest_path}; done in {result.seconds:.1f} s", err=True)
 
 
 @main.command("inspect")

@@ -135,3 +135,24 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         or any(a.name == "to" and a.i == fp16 for n in model.graph.node if n.op_type == "Cast" for a in n.attribute),
         "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
     }
+
+
+def topological_sort(model: onnx.ModelProto) -> None:
+    """Reorder nodes so each comes after the producers of its inputs (ONNX requires it;
+    converters that append nodes, like ORT's float16 pass, break it)."""
+    graph = model.graph
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            missing = sorted({name for n in pending for name in n.input if name not in available})[:3]
+            raise ExportError(f"the ONNX graph has a cycle or dangling inputs ({', '.join(missing)})")
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+    del graph.node[:]
+    graph.node.extend(ordered)

@@ -29,7 +29,7 @@ from ..models import create_model, get_spec
 from ..parity.metrics import compare_arrays
 from ..parity.tolerances import DEFAULT_TOLERANCES
 from ..progress import StepLog
-from . import graph
+from . import graph, precision
 from .torch2onnx import export_onnx, output_names
 
 DEFAULT_OPSET = 18
@@ -46,6 +46,11 @@ class ExportResult:
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
+    @property
+    def paths(self) -> dict[str, Path]:
+        """precision -> artifact path, for every artifact this export wrote."""
+        return {a.precision: self.manifest_path.parent / a.file for a in self.manifest.artifacts}
+
     def to_dict(self) -> dict[str, Any]:
         entry = self.manifest.artifact("fp32")
         return {
@@ -54,6 +59,7 @@ class ExportResult:
             "manifest": str(self.manifest_path),
             "bytes": entry.bytes if entry else None,
             "sha256": entry.sha256 if entry else None,
+            "artifacts": [vars(a) | {"path": str(self.manifest_path.parent / a.file)} for a in self.manifest.artifacts],
             "seconds": round(self.seconds, 3),
             "timings": self.timings,
             "parity": self.manifest.parity,
@@ -111,6 +117,35 @@ def _gate_batches(profile: BatchProfile) -> list[int]:
     return sorted({1, second})
 
 
+def _parity_gate(
+    reference: TorchRunner,
+    path: Path,
+    kind: str,
+    profile: BatchProfile,
+    shape: tuple[int, int, int],
+    preprocess: Any,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """ONNX Runtime vs PyTorch on seeded images; raises ParityError beyond ``kind``'s tolerance."""
+    candidate = OnnxRuntimeRunner(path)
+    tolerance = DEFAULT_TOLERANCES[kind]
+    rows = []
+    for size in _gate_batches(profile):
+        inputs = random_images(size, shape, preprocess.mean, preprocess.std, seed=seed)
+        expected, got = reference(inputs), candidate(inputs)
+        for out_name in reference.output_names:
+            figures = compare_arrays(expected[out_name], got[out_name])
+            rows.append({"artifact": kind, "backend": candidate.name, "reference": reference.name,
+                         "batch": size, "output": out_name, **figures.to_dict()})
+            failures = tolerance.failures(figures)
+            if failures:
+                raise ParityError(
+                    f"{kind} ONNX on ONNX Runtime disagrees with PyTorch on {out_name!r} at batch {size}: "
+                    + "; ".join(failures)
+                )
+    return rows
+
+
 def export(
     arch: str,
     *,
@@ -127,9 +162,10 @@ def export(
     seed: int = 0,
     features_only: bool = False,
     last_stride: int = 2,
+    fp16: bool = False,
     quiet: bool = False,
 ) -> ExportResult:
-    """Export ``arch`` to ``out/STEM.onnx`` with its manifest ``out/STEM.json``.
+    """Export ``arch`` to ``out/STEM.onnx`` (and ``STEM.fp16.onnx`` with ``fp16``) with its manifest ``out/STEM.json``.
 
     Raises :class:`ExportError` (or another :class:`DeployError`) on bad input
     and :class:`ParityError` when ONNX Runtime disagrees with PyTorch; in every
@@ -143,8 +179,9 @@ def export(
     if opset < 13:
         raise ExportError(f"opset {opset} is too old: 13 or newer is needed (per-channel quantization, Split)")
     folder = _prepare_folder(out)
-    log = StepLog(5, quiet=quiet)
+    log = StepLog(7 if fp16 else 5, quiet=quiet)
     staged: list[Path] = []
+    artifacts: dict[str, Path] = {}
     try:
         with log.step(f"build {arch}"):
             with torch.random.fork_rng():
@@ -165,6 +202,7 @@ def export(
 
         final_path = _staged_file(folder, ".onnx")
         staged.append(final_path)
+        artifacts["fp32"] = final_path
         with log.step("simplify and check" if simplify else "check"):
             raw = onnx.load(str(raw_path))
             final = graph.simplify(raw) if simplify else raw
@@ -186,25 +224,19 @@ def export(
             log.note(f"{len(final.graph.node)} nodes, BatchNorm folded here: {folded}, "
                      f"left: {graph.op_histogram(final).get('BatchNormalization', 0)}")
 
+        if fp16:
+            fp16_path = _staged_file(folder, ".fp16.onnx")
+            staged.append(fp16_path)
+            artifacts["fp16"] = fp16_path
+            with log.step("convert to FP16 (float32 I/O; InstanceNorm and Softmax kept in float32)"):
+                onnx.save(precision.to_fp16(final), str(fp16_path))
+
         parity = []
-        with log.step(f"parity gate: ONNX Runtime vs PyTorch at batch {', '.join(map(str, _gate_batches(profile)))}"):
-            reference = TorchRunner(model, outputs)
-            candidate = OnnxRuntimeRunner(final_path)
-            tolerance = DEFAULT_TOLERANCES["fp32"]
-            for size in _gate_batches(profile):
-                inputs = random_images(size, (3, height, width), spec.preprocess.mean, spec.preprocess.std, seed=seed)
-                expected, got = reference(inputs), candidate(inputs)
-                for out_name in outputs:
-                    figures = compare_arrays(expected[out_name], got[out_name])
-                    parity.append({
-                        "artifact": "fp32", "backend": candidate.name, "reference": reference.name,
-                        "batch": size, "output": out_name, **figures.to_dict(),
-                    })
-                    failures = tolerance.failures(figures)
-                    if failures:
-                        raise ParityError(
-                            f"ONNX Runtime disagrees with PyTorch on {out_name!r} at batch {size}: {'; '.join(failures)}"
-                        )
+        reference = TorchRunner(model, outputs)
+        for kind, path in artifacts.items():
+            with log.step(f"parity gate {kind}: ONNX Runtime vs PyTorch at batch "
+                          f"{', '.join(map(str, _gate_batches(profile)))}"):
+                parity += _parity_gate(reference, path, kind, profile, (3, height, width), spec.preprocess, seed)
 
         with log.step("write manifest"):
             manifest = Manifest(
@@ -237,13 +269,13 @@ def export(
                 parity=parity,
                 tools=tool_versions(),
             )
-            manifest_file = commit_artifacts(folder, {"fp32": final_path}, manifest)
+            manifest_file = commit_artifacts(folder, artifacts, manifest)
             staged.clear()
     finally:
         for path in staged:
             path.unlink(missing_ok=True)
     return ExportResult(
-        onnx_path=folder / manifest.artifacts[0].file,
+        onnx_path=folder / manifest.artifact("fp32").file,
         manifest_path=manifest_file,
         manifest=manifest,
         timings=log.timings,
