@@ -36,3 +36,9 @@ class ParityError(DeployError):
     """Two backends disagree beyond tolerance (exit 1)."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type name), for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import ArtifactError, ExportError
+from ..errors import ArtifactError, ExportError, first_line
 
 
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -21,8 +21,7 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         simplified, ok = onnxsim.simplify(model, check_n=0)
     except Exception as exc:  # onnxsim raises RuntimeError and friends from C++
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ExportError(f"onnxsim failed: {first}") from exc
+        raise ExportError(f"onnxsim failed: {first_line(exc)}") from exc
     if not ok:
         raise ExportError("onnxsim could not validate the simplified model")
     return simplified
@@ -86,8 +85,7 @@ def check(model: onnx.ModelProto) -> onnx.ModelProto:
         onnx.checker.check_model(model, full_check=True)
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ExportError(f"the ONNX model is invalid: {first}") from exc
+        raise ExportError(f"the ONNX model is invalid: {first_line(exc)}") from exc
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:

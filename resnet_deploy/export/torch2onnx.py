@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 
 EXPORTERS = ("dynamo", "torchscript")
 EXAMPLE_BATCH = 2
@@ -98,5 +98,4 @@ def export_onnx(
     except ExportError:
         raise
     except Exception as exc:  # the exporters raise many types; the user needs one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ExportError(f"torch.onnx ({exporter}) export failed: {first}") from exc
+        raise ExportError(f"torch.onnx ({exporter}) export failed: {first_line(exc)}") from exc

@@ -52,7 +52,27 @@ class IBN(nn.Module):
         return torch.cat((self.IN(first.contiguous()), self.BN(second.contiguous())), dim=1)
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """out = relu(residual(x) + shortcut(x)); subclasses define :meth:`residual`.
+
+    Constructors share torchvision's protocol: ``(inplanes, planes, stride,
+    downsample, *, cardinality, base_width, ...)`` with ``expansion`` the ratio
+    of output channels to ``planes``; they set ``self.relu`` and ``self.downsample``.
+    """
+
+    expansion = 1
+    relu: nn.Module
+    downsample: nn.Module | None
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.residual(x) + shortcut)
+
+
+class BasicBlock(ResidualBlock):
     """Two 3x3 convolutions (ResNet-18/34)."""
 
     expansion = 1
@@ -77,14 +97,12 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+        return self.bn2(self.conv2(out))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1x1 - 3x3 (strided, grouped) - 1x1 bottleneck, torchvision's "v1.5".
 
     Covers ResNet, ResNeXt (``cardinality``), Wide ResNet (``base_width``),
@@ -121,17 +139,14 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if self.se is not None:
-            out = self.se(out)
-        return self.relu(out + shortcut)
+        return out if self.se is None else self.se(out)
 
 
-class Bottle2neck(nn.Module):
+class Bottle2neck(ResidualBlock):
     """Res2Net block: the 3x3 stage is split into ``scale`` groups of ``width``
     channels, each group's conv seeing the previous group's output
     (hierarchical residual connections); layout of timm's ``Bottle2neck``."""
@@ -171,8 +186,7 @@ class Bottle2neck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         groups = torch.split(out, self.width, dim=1)
         outs = []
@@ -183,8 +197,7 @@ class Bottle2neck(nn.Module):
             outs.append(carried)
         if self.scale > 1:
             outs.append(self.pool(groups[-1]) if self.pool is not None else groups[-1])
-        out = self.bn3(self.conv3(torch.cat(outs, dim=1)))
-        return self.relu(out + shortcut)
+        return self.bn3(self.conv3(torch.cat(outs, dim=1)))
 
 
 class SplitAttention(nn.Module):
@@ -233,7 +246,7 @@ class SplitAttention(nn.Module):
         return x * torch.sigmoid(attn)
 
 
-class ResNestBottleneck(nn.Module):
+class ResNestBottleneck(ResidualBlock):
     """ResNeSt block: a bottleneck whose 3x3 conv is a :class:`SplitAttention`;
     with ``avd`` the stride moves to a 3x3 average pool after it."""
 
@@ -265,17 +278,14 @@ class ResNestBottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.conv2(out)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.relu(self.bn1(self.conv1(x))))
         if self.avd_last is not None:
             out = self.avd_last(out)
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        return self.bn3(self.conv3(out))
 
 
-BLOCK_TYPES: dict[str, type[nn.Module]] = {
+BLOCK_TYPES: dict[str, type[ResidualBlock]] = {
     "basic": BasicBlock,
     "bottleneck": Bottleneck,
     "bottle2neck": Bottle2neck,

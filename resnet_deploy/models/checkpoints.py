@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from ..fileio import atomic_path
 
 # Keys under which training scripts commonly nest the state_dict, most specific first.
@@ -28,11 +28,6 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 HEAD_KEYS = ("fc.weight", "fc.bias")
 _SHOWN = 4  # key names quoted per category in an error
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -49,7 +44,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         try:
             raw: object = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read {path} as safetensors: {_describe(exc)}") from None
+            raise CheckpointError(f"cannot read {path} as safetensors: {first_line(exc)}") from None
     else:
         try:
             with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says enough
@@ -67,11 +62,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
             raise CheckpointError(
                 f"cannot read {path}: corrupted, or a pickle the safe loader refuses "
-                f"({detail.group(1).strip() if detail else _describe(exc)})"
+                f"({detail.group(1).strip() if detail else first_line(exc)})"
             ) from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as exc:
             raise CheckpointError(
-                f"cannot read {path}: not a PyTorch checkpoint or corrupted ({_describe(exc)})"
+                f"cannot read {path}: not a PyTorch checkpoint or corrupted ({first_line(exc)})"
             ) from None
     return unwrap_state_dict(raw, source=str(path))
 
