@@ -26,6 +26,7 @@ from ..environment import tool_versions
 from ..errors import ExportError, ParityError
 from ..fileio import TEMP_PREFIX, sha256_file
 from ..models import create_model, get_spec
+from ..parity.compare import compare_outputs
 from ..parity.metrics import compare_arrays
 from ..parity.tolerances import DEFAULT_TOLERANCES
 from ..progress import StepLog
@@ -128,20 +129,16 @@ def _parity_gate(
 ) -> list[dict[str, Any]]:
     """ONNX Runtime vs PyTorch on seeded images; raises ParityError beyond ``kind``'s tolerance."""
     candidate = OnnxRuntimeRunner(path)
-    tolerance = DEFAULT_TOLERANCES[kind]
     rows = []
     for size in _gate_batches(profile):
         inputs = random_images(size, shape, preprocess.mean, preprocess.std, seed=seed)
-        expected, got = reference(inputs), candidate(inputs)
-        for out_name in reference.output_names:
-            figures = compare_arrays(expected[out_name], got[out_name])
-            rows.append({"artifact": kind, "backend": candidate.name, "reference": reference.name,
-                         "batch": size, "output": out_name, **figures.to_dict()})
-            failures = tolerance.failures(figures)
-            if failures:
+        for row in compare_outputs(candidate.name, reference(inputs), candidate(inputs), DEFAULT_TOLERANCES[kind]):
+            rows.append({"artifact": kind, "backend": row.backend, "reference": reference.name,
+                         "batch": row.batch, "output": row.output, **row.figures})
+            if not row.passed:
                 raise ParityError(
-                    f"{kind} ONNX on ONNX Runtime disagrees with PyTorch on {out_name!r} at batch {size}: "
-                    + "; ".join(failures)
+                    f"{kind} ONNX on ONNX Runtime disagrees with PyTorch on {row.output!r} at batch {size}: "
+                    + "; ".join(row.failures)
                 )
     return rows
 

@@ -24,18 +24,8 @@ from ..errors import ArtifactError, DeployError
 from ..fileio import atomic_open, sha256_file
 from ..models import create_model
 from .layerwise import LayerwiseReport, localize
-from .metrics import compare_arrays
+from .compare import ResultRow, compare_outputs
 from .tolerances import DEFAULT_TOLERANCES, Tolerance
-
-
-@dataclass
-class ResultRow:
-    backend: str
-    batch: int
-    output: str
-    passed: bool
-    failures: list[str]
-    figures: dict[str, Any]
 
 
 @dataclass
@@ -161,11 +151,7 @@ def verify(
     expected = [reference_runner(batch) for batch in batches]
     for runner in runners:
         for batch, want in zip(batches, expected):
-            got = runner(batch)
-            for name in names:
-                figures = compare_arrays(want[name], got[name])
-                failures = tol.failures(figures)
-                report.rows.append(ResultRow(runner.name, len(batch), name, not failures, failures, figures.to_dict()))
+            report.rows += compare_outputs(runner.name, want, runner(batch), tol)
     if layerwise:
         report.layerwise = localize(onnx.load(str(artifact)), model, batches[0], precision=precision)
     return report
