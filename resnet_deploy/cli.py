@@ -166,6 +166,8 @@ def _format_report(report: Any) -> str:
             lines.append(f"FAIL {row.backend} batch {row.batch} {row.output}: {'; '.join(row.failures)}")
     for skip in report.skipped:
         lines.append(f"skipped {skip['backend']}: {skip['reason']}")
+    for backend, scores in report.accuracy.items():
+        lines.append(f"accuracy {backend}: top-1 {scores['top1']:.2%}, top-5 {scores['top5']:.2%}")
     if report.layerwise is not None:
         lw = report.layerwise
         lines += ["", f"layer-wise ({lw.backend}, batch {lw.batch}, tolerance {lw.tolerance:.0e} of each point's scale):"]
@@ -185,13 +187,16 @@ def _format_report(report: Any) -> str:
 @click.option("--batch-sizes", help="Comma-separated batch sizes within the profile (default MIN,OPT).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False), help="A preprocessed NCHW float32 .npy batch.")
+@click.option("--images", type=click.Path(file_okay=False), help="A folder of images, preprocessed as the manifest says.")
+@click.option("--data", type=click.Path(file_okay=False), help="Labelled images, one sub-folder per class: adds accuracy.")
 @click.option("--max-error", type=float, help="Largest |error| allowed, as a fraction of the output scale.")
 @click.option("--min-cosine", type=float, help="Smallest cosine similarity allowed per sample.")
 @click.option("--min-top1", type=float, help="Smallest top-1 agreement allowed (0-1).")
 @click.option("--layerwise", is_flag=True, help="Compare every block and name the first where outputs part.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write every figure to this JSON file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def verify_command(artifact: str, batch_sizes: str | None, seed: int, inputs_file: str | None, max_error: float | None,
+def verify_command(artifact: str, batch_sizes: str | None, seed: int, inputs_file: str | None, images: str | None,
+                   data: str | None, max_error: float | None,
                    min_cosine: float | None, min_top1: float | None, layerwise: bool, report_path: str | None,
                    as_json: bool) -> None:
     """Compare PyTorch, ONNX Runtime and TensorRT outputs for an artifact; exit 1 when they disagree."""
@@ -213,7 +218,8 @@ def verify_command(artifact: str, batch_sizes: str | None, seed: int, inputs_fil
     if overrides:
         precision = split_artifact_name(artifact)[1] if not artifact.endswith(".engine") else "fp32"
         tolerance = dataclasses.replace(DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"]), **overrides)
-    report = verify(artifact, batch_sizes=sizes, seed=seed, inputs=inputs_file, tolerance=tolerance, layerwise=layerwise)
+    report = verify(artifact, batch_sizes=sizes, seed=seed, inputs=inputs_file, images=images, data=data,
+                    tolerance=tolerance, layerwise=layerwise)
     if report_path:
         report.write(report_path)
     if as_json:

@@ -19,7 +19,7 @@ from ..artifacts import Manifest, artifact_filename, manifest_for
 from ..backends import detect
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner
-from ..data import load_npy_batch, random_images
+from ..data import ImagePreprocess, labelled_images, list_images, load_images, load_npy_batch, random_images
 from ..errors import ArtifactError, DeployError
 from ..fileio import atomic_open, sha256_file
 from ..models import create_model
@@ -39,6 +39,7 @@ class Report:
     rows: list[ResultRow] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     layerwise: LayerwiseReport | None = None
+    accuracy: dict[str, dict[str, float]] = field(default_factory=dict)  # backend -> top1/top5, with --data
 
     @property
     def passed(self) -> bool:
@@ -74,22 +75,63 @@ def reference_model(manifest: Manifest) -> nn.Module:
         return create_model(manifest.arch, num_classes=num_classes, **kwargs)
 
 
-def _input_batches(manifest: Manifest, batch_sizes: list[int] | None, seed: int, inputs: str | None) -> tuple[list[np.ndarray], dict[str, Any]]:
+@dataclass
+class VerifyInputs:
+    batches: list[np.ndarray]
+    description: dict[str, Any]
+    labels: np.ndarray | None = None  # with --data: one class index per image
+
+
+def _chunks(data: np.ndarray, size: int) -> list[np.ndarray]:
+    return [data[i: i + size] for i in range(0, len(data), size)]
+
+
+def _inputs(
+    manifest: Manifest,
+    *,
+    batch_sizes: list[int] | None,
+    seed: int,
+    npy: str | None,
+    images: str | None,
+    data: str | None,
+) -> VerifyInputs:
+    if sum(x is not None for x in (npy, images, data)) > 1:
+        raise DeployError("give at most one of --inputs, --images and --data")
     shape = manifest.input.shape[1:]
     if any(isinstance(d, str) for d in shape):  # dynamic H/W: check at the export size
         shape = [3, *manifest.preprocess["crop"]]
     profile = manifest.batch
-    if inputs is not None:
-        data = load_npy_batch(inputs, shape)
-        chunks = [data[i: i + profile.max] for i in range(0, len(data), profile.max)]
-        return chunks, {"kind": "npy", "file": str(inputs), "images": len(data)}
+    if npy is not None:
+        array = load_npy_batch(npy, shape)
+        return VerifyInputs(_chunks(array, profile.max), {"kind": "npy", "file": str(npy), "images": len(array)})
+    if images is not None or data is not None:
+        preprocess = ImagePreprocess.from_manifest(manifest.preprocess)
+        if data is not None:
+            paths, labels, classes = labelled_images(data)
+            if manifest.num_classes and len(classes) > manifest.num_classes:
+                raise DeployError(
+                    f"{data} has {len(classes)} class folders but the model predicts {manifest.num_classes} classes"
+                )
+            description = {"kind": "labelled images", "folder": str(data), "images": len(paths), "classes": len(classes)}
+        else:
+            paths, labels = list_images(images), None
+            description = {"kind": "images", "folder": str(images), "images": len(paths)}
+        return VerifyInputs(_chunks(load_images(paths, preprocess), profile.max), description, labels)
     sizes = batch_sizes or sorted({profile.min, profile.opt})
     outside = [b for b in sizes if not profile.min <= b <= profile.max]
     if outside:
         raise DeployError(f"batch sizes {outside} are outside the artifact's profile {profile}")
     mean, std = manifest.preprocess["mean"], manifest.preprocess["std"]
     batches = [random_images(b, shape, mean, std, seed=seed + i) for i, b in enumerate(sizes)]
-    return batches, {"kind": "random", "seed": seed, "batch_sizes": sizes, "range": "normalised uniform [0, 1] images"}
+    return VerifyInputs(batches, {"kind": "random", "seed": seed, "batch_sizes": sizes,
+                                  "range": "normalised uniform [0, 1] images"})
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of (N, classes) scores against class indices."""
+    k = min(5, logits.shape[1])
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return {"top1": float((top[:, 0] == labels).mean()), "top5": float((top == labels[:, None]).any(axis=1).mean())}
 
 
 def _onnx_runners(path: Path) -> tuple[list[Any], list[dict[str, str]]]:
@@ -109,6 +151,8 @@ def verify(
     batch_sizes: list[int] | None = None,
     seed: int = 0,
     inputs: str | None = None,
+    images: str | None = None,
+    data: str | None = None,
     tolerance: Tolerance | None = None,
     layerwise: bool = False,
     reference: nn.Module | None = None,
@@ -116,7 +160,9 @@ def verify(
     """Compare every backend that can run ``artifact`` here with the PyTorch reference.
 
     ``reference`` replaces the model rebuilt from the manifest (for a model
-    changed after export). Raises :class:`DeployError` when nothing can run;
+    changed after export). ``inputs`` is a preprocessed .npy batch, ``images``
+    a folder of images, ``data`` a folder of class folders (adds top-1/top-5
+    accuracy per backend). Raises :class:`DeployError` when nothing can run;
     a parity failure is a report with ``passed == False``.
     """
     artifact = Path(artifact)
@@ -131,14 +177,14 @@ def verify(
         raise DeployError("verifying TensorRT engines is not implemented in this version; verify the ONNX file")
     manifest, precision = manifest_for(artifact)
     tol = tolerance or DEFAULT_TOLERANCES[precision]
-    batches, input_info = _input_batches(manifest, batch_sizes, seed, inputs)
+    given = _inputs(manifest, batch_sizes=batch_sizes, seed=seed, npy=inputs, images=images, data=data)
     model = reference if reference is not None else reference_model(manifest)
     names = [o.name for o in manifest.outputs]
     reference_runner = TorchRunner(model, names)
 
     report = Report(
         artifact=str(artifact), precision=precision, arch=manifest.arch,
-        reference=f"{reference_runner.name} float32", inputs=input_info, tolerance=tol.to_dict(),
+        reference=f"{reference_runner.name} float32", inputs=given.description, tolerance=tol.to_dict(),
     )
     runners, report.skipped = _onnx_runners(artifact)
     cuda = detect.torch_cuda()
@@ -148,10 +194,18 @@ def verify(
         report.skipped.insert(0, {"backend": "torch-cuda", "reason": cuda.reason})
     report.skipped.append({"backend": "tensorrt", "reason": detect.tensorrt().reason or "no engine in the manifest"})
 
-    expected = [reference_runner(batch) for batch in batches]
+    expected = [reference_runner(batch) for batch in given.batches]
+    scored = given.labels is not None and names[0] == "logits"
+    if scored:
+        report.accuracy[reference_runner.name] = accuracy(np.concatenate([e["logits"] for e in expected]), given.labels)
     for runner in runners:
-        for batch, want in zip(batches, expected):
-            report.rows += compare_outputs(runner.name, want, runner(batch), tol)
+        logits = []
+        for batch, want in zip(given.batches, expected):
+            got = runner(batch)
+            report.rows += compare_outputs(runner.name, want, got, tol)
+            logits.append(got[names[0]])
+        if scored:
+            report.accuracy[runner.name] = accuracy(np.concatenate(logits), given.labels)
     if layerwise:
-        report.layerwise = localize(onnx.load(str(artifact)), model, batches[0], precision=precision)
+        report.layerwise = localize(onnx.load(str(artifact)), model, given.batches[0], precision=precision)
     return report

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
 
 from resnet_deploy import export
 from resnet_deploy.artifacts import ArtifactEntry, read_manifest, write_manifest
@@ -141,3 +142,36 @@ def test_changed_weights_file_is_refused(tmp_path, cli):
     result = export("resnet18", weights=weights, input_size=32, out=tmp_path / "out", quiet=True)
     save_checkpoint(create_model("resnet18", num_classes=1000), weights)  # same name, new init
     assert_one_line_error(cli("verify", str(result.onnx_path)), 2, "changed since export")
+
+
+def _image_folder(root, classes=("a", "b", "c"), per_class=4):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(48 + i, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_verify_on_images_and_labelled_data(cli, exported, tmp_path):
+    data = _image_folder(tmp_path / "data")
+    result = cli("verify", str(exported.onnx_path), "--data", str(data), "--json")
+    assert result.exit_code == 0, result.stdout
+    report = json.loads(result.stdout)
+    assert report["inputs"] == {"kind": "labelled images", "folder": str(data), "images": 12, "classes": 3}
+    accuracy = report["accuracy"]
+    assert set(accuracy) == {"torch-cpu", "onnxruntime-cpu"}
+    # an fp32 artifact that passed parity classifies exactly like its reference
+    assert accuracy["onnxruntime-cpu"] == accuracy["torch-cpu"]
+    assert 0 <= accuracy["torch-cpu"]["top1"] <= accuracy["torch-cpu"]["top5"] <= 1
+    text = cli("verify", str(exported.onnx_path), "--images", str(data / "a")).stdout
+    assert "kind=images" in text and "overall: PASS" in text and "accuracy" not in text
+    assert_one_line_error(cli("verify", str(exported.onnx_path), "--images", str(data), "--data", str(data)), 2, "at most one")
+
+
+def test_accuracy_figures():
+    from resnet_deploy.parity.verify import accuracy
+
+    logits = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
+    assert accuracy(logits, np.array([1, 1, 0])) == {"top1": 1 / 3, "top5": 1.0}

@@ -1,0 +1,66 @@
+"""The one preprocessing path: decoding, colour modes, resize and crop geometry, folders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_deploy.data import ImagePreprocess, labelled_images, list_images, load_image, load_images
+from resnet_deploy.errors import DeployError
+
+IDENTITY = ImagePreprocess(resize=64, crop=(64, 64), interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1))
+
+
+def test_values_are_scaled_and_normalised():
+    pp = ImagePreprocess(resize=73, crop=(64, 64), interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    out = pp(Image.new("RGB", (300, 200), (255, 0, 128)))
+    assert out.shape == (3, 64, 64) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 10, 10], [(1 - 0.5) / 0.25, (0 - 0.5) / 0.25, (128 / 255 - 0.5) / 0.25], atol=1e-6)
+
+
+def test_shorter_side_resize_then_centre_crop():
+    # left half black, right half white: a centre crop of a landscape image straddles the edge
+    image = Image.new("L", (400, 100), 0)
+    image.paste(255, (200, 0, 400, 100))
+    out = IDENTITY(image.convert("RGB"))
+    assert out.shape == (3, 64, 64)
+    assert out[0, :, :28].max() < 0.05 and out[0, :, 36:].min() > 0.95  # the edge sits at the crop's centre
+    tall = ImagePreprocess(resize=40, crop=(32, 24), interpolation="bicubic", mean=(0, 0, 0), std=(1, 1, 1))
+    assert tall(Image.new("RGB", (50, 500))).shape == (3, 32, 24)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P", "I;16"])
+def test_colour_modes_become_rgb(tmp_path, mode):
+    suffix = ".tiff" if mode in ("CMYK", "I;16") else ".png"
+    path = tmp_path / f"img{suffix}"
+    Image.new(mode, (40, 30)).save(path)
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (40, 30)
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "text.jpg").write_text("not an image")
+    with pytest.raises(DeployError, match="cannot read .* as an image"):
+        load_image(tmp_path / "text.jpg")
+    with pytest.raises(DeployError, match="does not exist"):
+        load_image(tmp_path / "missing.png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DeployError, match="holds no images"):
+        list_images(empty)
+    with pytest.raises(DeployError, match="no class folders"):
+        labelled_images(empty)
+
+
+def test_folders_and_parallel_loading(tmp_path):
+    for name, colour in [("cat", (255, 0, 0)), ("dog", (0, 255, 0))]:
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (80, 70), colour).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "dog" / "notes.txt").write_text("ignored")
+    paths, labels, classes = labelled_images(tmp_path)
+    assert classes == ["cat", "dog"] and labels.tolist() == [0, 0, 0, 1, 1, 1] and len(paths) == 6
+    batch = load_images(paths, IDENTITY, workers=2)
+    assert batch.shape == (6, 3, 64, 64)
+    assert batch[0, 0].min() > 0.99 and batch[5, 1].min() > 0.99  # order kept: red cats, then green dogs
