@@ -120,6 +120,7 @@ class Manifest:
     simplified: bool
     artifacts: list[ArtifactEntry] = field(default_factory=list)
     parity: list[dict[str, Any]] = field(default_factory=list)
+    precision_options: dict[str, Any] = field(default_factory=dict)  # per precision: how it was made
     tools: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema: str = SCHEMA

@@ -86,6 +86,13 @@ def list_command(as_json: bool) -> None:
 @click.option("--last-stride", type=click.Choice(["1", "2"]), default="2", show_default=True,
               help="Stride of layer4 (1 for re-identification backbones).")
 @click.option("--fp16", is_flag=True, help="Also write STEM.fp16.onnx (float16 graph, float32 I/O).")
+@click.option("--int8", is_flag=True, help="Also write STEM.int8.onnx (QDQ, per-channel weights).")
+@click.option("--calib-data", help="INT8 calibration: a folder of images, a preprocessed .npy, or 'random'.")
+@click.option("--calib-size", type=int, default=512, show_default=True, help="Calibration images to use.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True)
+@click.option("--int8-target", type=click.Choice(["trt", "cpu"]), default="trt", show_default=True,
+              help="trt: symmetric signed INT8 (TensorRT); cpu: unsigned activations (x86 VNNI).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random init and of parity inputs.")
 @click.option("--out", default="artifacts", show_default=True, help="Output folder.")
 @click.option("--name", help="Artifact stem (default: the arch name).")
@@ -93,14 +100,16 @@ def list_command(as_json: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def export_command(arch: str, weights: str | None, num_classes: int | None, input_size: str | None, batch: str,
                    dynamic_hw: bool, opset: int, exporter: str, no_simplify: bool, features_only: bool,
-                   last_stride: str, fp16: bool, seed: int, out: str, name: str | None, as_json: bool, quiet: bool) -> None:
+                   last_stride: str, fp16: bool, int8: bool, calib_data: str | None, calib_size: int,
+                   calib_method: str, int8_target: str, seed: int, out: str, name: str | None, as_json: bool, quiet: bool) -> None:
     """Export an arch to ONNX (dynamic batch), simplify, check, and gate on parity with PyTorch."""
     from .export import export
 
     result = export(
         arch, weights=weights, num_classes=num_classes, input_size=input_size, batch=batch, dynamic_hw=dynamic_hw,
         opset=opset, exporter=exporter, simplify=not no_simplify, out=out, name=name, seed=seed,
-        features_only=features_only, last_stride=int(last_stride), fp16=fp16, quiet=quiet,
+        features_only=features_only, last_stride=int(last_stride), fp16=fp16, int8=int8, calib_data=calib_data,
+        calib_size=calib_size, calib_method=calib_method, int8_target=int8_target, quiet=quiet,
     )
     if as_json:
         _print_json(result.to_dict())
@@ -166,6 +175,8 @@ def _format_report(report: Any) -> str:
             lines.append(f"FAIL {row.backend} batch {row.batch} {row.output}: {'; '.join(row.failures)}")
     for skip in report.skipped:
         lines.append(f"skipped {skip['backend']}: {skip['reason']}")
+    for note in report.notes:
+        lines.append(f"note: {note}")
     for backend, scores in report.accuracy.items():
         lines.append(f"accuracy {backend}: top-1 {scores['top1']:.2%}, top-5 {scores['top5']:.2%}")
     if report.layerwise is not None:
@@ -200,10 +211,6 @@ def verify_command(artifact: str, batch_sizes: str | None, seed: int, inputs_fil
                    min_cosine: float | None, min_top1: float | None, layerwise: bool, report_path: str | None,
                    as_json: bool) -> None:
     """Compare PyTorch, ONNX Runtime and TensorRT outputs for an artifact; exit 1 when they disagree."""
-    import dataclasses
-
-    from .artifacts import split_artifact_name
-    from .parity.tolerances import DEFAULT_TOLERANCES
     from .parity.verify import verify
 
     sizes = None
@@ -214,12 +221,8 @@ def verify_command(artifact: str, batch_sizes: str | None, seed: int, inputs_fil
             raise DeployError(f"invalid --batch-sizes {batch_sizes!r}: expected e.g. 1,8,32") from None
     overrides = {k: v for k, v in (("max_rel_to_scale", max_error), ("min_cosine", min_cosine), ("min_top1", min_top1))
                  if v is not None}
-    tolerance = None
-    if overrides:
-        precision = split_artifact_name(artifact)[1] if not artifact.endswith(".engine") else "fp32"
-        tolerance = dataclasses.replace(DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"]), **overrides)
     report = verify(artifact, batch_sizes=sizes, seed=seed, inputs=inputs_file, images=images, data=data,
-                    tolerance=tolerance, layerwise=layerwise)
+                    tolerance_overrides=overrides, layerwise=layerwise)
     if report_path:
         report.write(report_path)
     if as_json:

@@ -17,16 +17,23 @@ class StepLog:
         self.index = 0
         self.timings: dict[str, float] = {}
         self._notes: list[str] = []
+        self._header = ""
 
     def note(self, text: str) -> None:
         """A detail of the current step, printed under its timing line."""
         self._notes.append(text)
 
+    def progress(self, done: int, total: int, unit: str) -> None:
+        """Rewrite the current step's line with a count (calibration images, benchmark runs)."""
+        if not self.quiet:
+            print(f"\r{self._header} {done}/{total} {unit}", end="", file=sys.stderr, flush=True)
+
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
         self.index += 1
+        self._header = f"[{self.index}/{self.total}] {name} ..."
         if not self.quiet:
-            print(f"[{self.index}/{self.total}] {name} ...", end="", file=sys.stderr, flush=True)
+            print(self._header, end="", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:
             yield

@@ -21,14 +21,14 @@ import torch
 from ..artifacts import BatchProfile, Manifest, TensorSpec, check_stem, commit_artifacts
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner
-from ..data import random_images
+from ..data import ImagePreprocess, random_images
 from ..environment import tool_versions
 from ..errors import ExportError, ParityError
 from ..fileio import TEMP_PREFIX, sha256_file
 from ..models import create_model, get_spec
 from ..parity.compare import compare_outputs
 from ..parity.metrics import compare_arrays
-from ..parity.tolerances import DEFAULT_TOLERANCES
+from ..parity.tolerances import tolerance_for
 from ..progress import StepLog
 from . import graph, precision
 from .torch2onnx import export_onnx, output_names
@@ -126,13 +126,15 @@ def _parity_gate(
     shape: tuple[int, int, int],
     preprocess: Any,
     seed: int,
+    random_init: bool,
 ) -> list[dict[str, Any]]:
     """ONNX Runtime vs PyTorch on seeded images; raises ParityError beyond ``kind``'s tolerance."""
     candidate = OnnxRuntimeRunner(path)
+    tolerance, _note = tolerance_for(kind, random_init=random_init)
     rows = []
     for size in _gate_batches(profile):
         inputs = random_images(size, shape, preprocess.mean, preprocess.std, seed=seed)
-        for row in compare_outputs(candidate.name, reference(inputs), candidate(inputs), DEFAULT_TOLERANCES[kind]):
+        for row in compare_outputs(candidate.name, reference(inputs), candidate(inputs), tolerance):
             rows.append({"artifact": kind, "backend": row.backend, "reference": reference.name,
                          "batch": row.batch, "output": row.output, **row.figures})
             if not row.passed:
@@ -160,9 +162,20 @@ def export(
     features_only: bool = False,
     last_stride: int = 2,
     fp16: bool = False,
+    int8: bool = False,
+    calib_data: str | os.PathLike[str] | None = None,
+    calib_size: int = 512,
+    calib_method: str = "minmax",
+    int8_target: str = "trt",
     quiet: bool = False,
 ) -> ExportResult:
-    """Export ``arch`` to ``out/STEM.onnx`` (and ``STEM.fp16.onnx`` with ``fp16``) with its manifest ``out/STEM.json``.
+    """Export ``arch`` to ``out/STEM.onnx`` (``STEM.fp16.onnx`` with ``fp16``, ``STEM.int8.onnx``
+    with ``int8``) and its manifest ``out/STEM.json``.
+
+    INT8 calibrates on ``calib_data`` (a folder of images, a preprocessed .npy
+    batch, or ``"random"`` on purpose) with ``calib_method``; ``int8_target``
+    "trt" makes symmetric signed activations for TensorRT, "cpu" unsigned ones
+    for x86 VNNI kernels. The activation ranges are cached beside the artifacts.
 
     Raises :class:`ExportError` (or another :class:`DeployError`) on bad input
     and :class:`ParityError` when ONNX Runtime disagrees with PyTorch; in every
@@ -175,10 +188,27 @@ def export(
     height, width = parse_input_size(input_size, spec.preprocess.input_size)
     if opset < 13:
         raise ExportError(f"opset {opset} is too old: 13 or newer is needed (per-channel quantization, Split)")
+    preprocess = {
+        "resize": int(round(min(height, width) / spec.preprocess.crop_pct)),
+        "crop": [height, width],
+        "interpolation": spec.preprocess.interpolation,
+        "scale": 1 / 255,
+        "mean": list(spec.preprocess.mean),
+        "std": list(spec.preprocess.std),
+        "layout": "NCHW",
+        "color": "RGB",
+    }
+    calibration = None
+    if int8:  # checked before the slow steps: a missing data set should fail at once
+        calibration = precision.calibration_data(
+            calib_data, preprocess=ImagePreprocess.from_manifest(preprocess), shape=(3, height, width),
+            size=calib_size, seed=seed,
+        )
     folder = _prepare_folder(out)
-    log = StepLog(7 if fp16 else 5, quiet=quiet)
+    log = StepLog(5 + 2 * fp16 + 2 * int8, quiet=quiet)
     staged: list[Path] = []
     artifacts: dict[str, Path] = {}
+    precision_options: dict[str, Any] = {}
     try:
         with log.step(f"build {arch}"):
             with torch.random.fork_rng():
@@ -227,13 +257,34 @@ def export(
             artifacts["fp16"] = fp16_path
             with log.step("convert to FP16 (float32 I/O; InstanceNorm and Softmax kept in float32)"):
                 onnx.save(precision.to_fp16(final), str(fp16_path))
+            precision_options["fp16"] = {"keep_fp32_ops": list(precision.FP16_KEEP_FP32_OPS)}
+
+        if calibration is not None:
+            int8_path = _staged_file(folder, ".int8.onnx")
+            staged.append(int8_path)
+            artifacts["int8"] = int8_path
+            cache = folder / precision.calibration_cache_name(stem, sha256_file(final_path), calibration, calib_method)
+            with log.step(f"INT8 QDQ for {int8_target}, {calib_method} calibration on {calibration.images} images"):
+                from_cache = precision.to_int8(
+                    final_path, int8_path, calibration, target=int8_target, method=calib_method, cache_path=cache,
+                    on_progress=lambda done, total: log.progress(done, total, "images"),
+                )
+                log.note(f"activation ranges {'read from' if from_cache else 'cached in'} {cache.name}")
+            precision_options["int8"] = {
+                "target": int8_target, "method": calib_method, "calibration": calibration.describe(),
+                "range_cache": cache.name if cache.exists() else None, "weights": "per-channel",
+            }
 
         parity = []
         reference = TorchRunner(model, outputs)
         for kind, path in artifacts.items():
             with log.step(f"parity gate {kind}: ONNX Runtime vs PyTorch at batch "
                           f"{', '.join(map(str, _gate_batches(profile)))}"):
-                parity += _parity_gate(reference, path, kind, profile, (3, height, width), spec.preprocess, seed)
+                parity += _parity_gate(reference, path, kind, profile, (3, height, width), spec.preprocess, seed,
+                                       random_init=weights is None)
+                note = tolerance_for(kind, random_init=weights is None)[1]
+                if note:
+                    log.note(note)
 
         with log.step("write manifest"):
             manifest = Manifest(
@@ -247,16 +298,7 @@ def export(
                     else {"init": "random", "seed": seed}
                 ),
                 input=_tensor_specs(final.graph.input)[0],
-                preprocess={
-                    "resize": int(round(min(height, width) / spec.preprocess.crop_pct)),
-                    "crop": [height, width],
-                    "interpolation": spec.preprocess.interpolation,
-                    "scale": 1 / 255,
-                    "mean": list(spec.preprocess.mean),
-                    "std": list(spec.preprocess.std),
-                    "layout": "NCHW",
-                    "color": "RGB",
-                },
+                preprocess=preprocess,
                 outputs=_tensor_specs(final.graph.output),
                 batch=profile,
                 dynamic_hw=dynamic_hw,
@@ -264,6 +306,7 @@ def export(
                 exporter=exporter,
                 simplified=simplify,
                 parity=parity,
+                precision_options=precision_options,
                 tools=tool_versions(),
             )
             manifest_file = commit_artifacts(folder, artifacts, manifest)

@@ -2,10 +2,10 @@
 
 The ONNX side is mapped by structure, not by node names (which exporters and
 onnxsim rename freely): the stem ends at the MaxPool (the first Relu for the
-CIFAR stem, which has none), and every residual block ends in an Add whose
-result feeds a Relu, in graph order. Res2Net's inner Adds feed convolutions,
-and the Casts and Q/DQ pairs of fp16/int8 graphs are looked through, so the
-count matches the PyTorch blocks one to one; the shapes are checked too.
+CIFAR stem, which has none), and every residual block ends in an Add, in graph
+order (see :func:`find_points`). The Casts and Q/DQ pairs of fp16/int8 graphs
+are looked through, the count must match the PyTorch blocks one to one, and
+the shapes are checked too.
 The PyTorch side is captured with forward hooks on the same modules.
 """
 
@@ -36,35 +36,44 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return table
 
 
-def _follow(name: str, consumers: dict[str, list[onnx.NodeProto]]) -> onnx.NodeProto | None:
-    """The single real consumer of ``name``, looking through casts and Q/DQ."""
+def _chain_end(name: str, consumers: dict[str, list[onnx.NodeProto]]) -> tuple[str, list[onnx.NodeProto]]:
+    """Follow ``name`` through single-consumer Relu/Cast/Q/DQ nodes; return the last
+    float tensor of that chain (a QuantizeLinear output is integer) and its consumers."""
+    chosen = current = name
     while True:
-        users = consumers.get(name, [])
-        if len(users) != 1:
-            return None
-        node = users[0]
-        if node.op_type not in PASS_THROUGH:
-            return node
-        name = node.output[0]
+        users = consumers.get(current, [])
+        if len(users) != 1 or users[0].op_type not in PASS_THROUGH | {"Relu"}:
+            return chosen, users
+        current = users[0].output[0]
+        if users[0].op_type != "QuantizeLinear":
+            chosen = current
 
 
 def find_points(model: onnx.ModelProto) -> list[str]:
-    """ONNX tensor names of the stem output and of every residual block output, in order."""
+    """ONNX tensor names of the stem output and of every residual block output, in order.
+
+    A block ends in an Add whose result (after its Relu, and any Cast or Q/DQ
+    pair) feeds the next block twice (its convs and its shortcut) or reaches
+    the pooling or a graph output. Res2Net's inner Adds feed one conv, so they
+    do not count. The Relu itself may be gone: ONNX Runtime's quantizer folds
+    it into unsigned activations.
+    """
     graph = model.graph
     consumers = _consumers(graph)
-    stem = next((n.output[0] for n in graph.node if n.op_type == "MaxPool"), None)
-    if stem is None:
-        stem = next((n.output[0] for n in graph.node if n.op_type == "Relu"), None)
+    outputs = {o.name for o in graph.output}
+    stem_node = next((n for n in graph.node if n.op_type == "MaxPool"), None)
+    if stem_node is None:  # CIFAR stem: conv, bn, relu
+        stem_node = next((n for n in graph.node if n.op_type == "Relu"), None)
     blocks = []
     for node in graph.node:
         if node.op_type != "Add":
             continue
-        user = _follow(node.output[0], consumers)
-        if user is not None and user.op_type == "Relu":
-            blocks.append(user.output[0])
-    if stem is None or not blocks:
+        tensor, users = _chain_end(node.output[0], consumers)
+        if len(users) >= 2 or tensor in outputs or any(u.op_type in ("GlobalAveragePool", "ReduceMean") for u in users):
+            blocks.append(tensor)
+    if stem_node is None or not blocks:
         raise ArtifactError("cannot find the stem and residual blocks in this ONNX graph")
-    return [stem, *blocks]
+    return [_chain_end(stem_node.output[0], consumers)[0], *blocks]
 
 
 def torch_points(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from ..fileio import atomic_open, sha256_file
 from ..models import create_model
 from .layerwise import LayerwiseReport, localize
 from .compare import ResultRow, compare_outputs
-from .tolerances import DEFAULT_TOLERANCES, Tolerance
+from .tolerances import tolerance_for
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Report:
     skipped: list[dict[str, str]] = field(default_factory=list)
     layerwise: LayerwiseReport | None = None
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)  # backend -> top1/top5, with --data
+    notes: list[str] = field(default_factory=list)  # criteria set aside, and why
 
     @property
     def passed(self) -> bool:
@@ -153,13 +154,14 @@ def verify(
     inputs: str | None = None,
     images: str | None = None,
     data: str | None = None,
-    tolerance: Tolerance | None = None,
+    tolerance_overrides: dict[str, float] | None = None,
     layerwise: bool = False,
     reference: nn.Module | None = None,
 ) -> Report:
     """Compare every backend that can run ``artifact`` here with the PyTorch reference.
 
-    ``reference`` replaces the model rebuilt from the manifest (for a model
+    ``tolerance_overrides`` replaces fields of the precision's default
+    :class:`~resnet_deploy.parity.tolerances.Tolerance`. ``reference`` replaces the model rebuilt from the manifest (for a model
     changed after export). ``inputs`` is a preprocessed .npy batch, ``images``
     a folder of images, ``data`` a folder of class folders (adds top-1/top-5
     accuracy per backend). Raises :class:`DeployError` when nothing can run;
@@ -176,7 +178,11 @@ def verify(
             )
         raise DeployError("verifying TensorRT engines is not implemented in this version; verify the ONNX file")
     manifest, precision = manifest_for(artifact)
-    tol = tolerance or DEFAULT_TOLERANCES[precision]
+    default, note = tolerance_for(precision, random_init="file" not in manifest.weights)
+    overrides = tolerance_overrides or {}
+    tol = replace(default, **overrides)
+    if "min_top1" in overrides:
+        note = None
     given = _inputs(manifest, batch_sizes=batch_sizes, seed=seed, npy=inputs, images=images, data=data)
     model = reference if reference is not None else reference_model(manifest)
     names = [o.name for o in manifest.outputs]
@@ -185,6 +191,7 @@ def verify(
     report = Report(
         artifact=str(artifact), precision=precision, arch=manifest.arch,
         reference=f"{reference_runner.name} float32", inputs=given.description, tolerance=tol.to_dict(),
+        notes=[note] if note else [],
     )
     runners, report.skipped = _onnx_runners(artifact)
     cuda = detect.torch_cuda()

@@ -1,13 +1,17 @@
-"""FP16 artifacts: float16 graph, float32 I/O, fragile ops in float32, verified at fp16 tolerance."""
+"""FP16 and INT8 artifacts: how they are made, and that they pass verify at their precision's tolerance."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
+from PIL import Image
 
 from resnet_deploy import export, verify
 from resnet_deploy.export.precision import FP16_KEEP_FP32_OPS
-from resnet_deploy.parity.tolerances import DEFAULT_TOLERANCES
+from resnet_deploy.artifacts import read_manifest
+from resnet_deploy.parity.tolerances import DEFAULT_TOLERANCES, tolerance_for
+from tests.conftest import assert_one_line_error
 
 FP16 = onnx.TensorProto.FLOAT16
 FLOAT = onnx.TensorProto.FLOAT
@@ -21,11 +25,17 @@ def _value_types(model):
 
 
 @pytest.mark.parametrize("name", MUST_SHOW)
-def test_fp16_artifact_passes_verify(tmp_path, name):
-    result = export(name, input_size=64, fp16=True, out=tmp_path, quiet=True)
+def test_fp16_and_int8_artifacts_pass_verify(tmp_path, name):
+    """fp16 and int8 for TensorRT in one export, int8 for CPU in a second: each passes verify."""
+    result = export(name, input_size=64, fp16=True, int8=True, calib_data="random", calib_size=32, out=tmp_path,
+                    quiet=True)
+    _check_int8(result.paths["int8"], "trt")
+    cpu = export(name, input_size=64, int8=True, int8_target="cpu", calib_data="random", calib_size=32,
+                 out=tmp_path, name=f"{name}-cpu", quiet=True)
+    _check_int8(cpu.paths["int8"], "cpu")
     path = result.paths["fp16"]
     assert path.name == f"{name}.fp16.onnx" and result.paths["fp32"].name == f"{name}.onnx"
-    assert {p["artifact"] for p in result.manifest.parity} == {"fp32", "fp16"}
+    assert {p["artifact"] for p in result.manifest.parity} == {"fp32", "fp16", "int8"}
 
     model = onnx.load(str(path))
     types = _value_types(model)
@@ -55,3 +65,81 @@ def test_cli_fp16_and_rerun_without_it_removes_the_stale_file(cli, tmp_path):
     assert "FP16 tensors" in info and "no FP16" not in info
     assert cli("export", "--arch", "resnet18", "--input-size", "64", "--out", str(tmp_path), "-q").exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet18.json", "resnet18.onnx"]
+
+
+def _check_int8(path, target):
+    model = onnx.load(str(path))
+    init = {t.name: t for t in model.graph.initializer}
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert quantize and any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+    zero_points = [onnx.numpy_helper.to_array(init[n.input[2]]) for n in quantize]
+    if target == "trt":  # TensorRT explicit quantization: signed, symmetric
+        assert all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    else:  # x86 VNNI: unsigned activations
+        assert all(z.dtype == np.uint8 for z in zero_points)
+    # conv weights are per channel: a DequantizeLinear with one scale per output channel feeds each Conv
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        dequant = producers[conv.input[1]]
+        assert dequant.op_type == "DequantizeLinear"
+        weight = onnx.numpy_helper.to_array(init[dequant.input[0]])
+        assert weight.dtype == np.int8 and init[dequant.input[1]].dims == [weight.shape[0]]
+
+    report = verify(path, layerwise=True)
+    assert report.precision == "int8" and report.passed, [r.failures for r in report.rows]
+    assert report.tolerance["min_cosine"] == DEFAULT_TOLERANCES["int8"].min_cosine
+    assert report.notes and "random-init" in report.notes[0]  # top-1 set aside, and said so
+    assert report.layerwise.first_over_tolerance is None
+    assert max(r.figures["rel_to_scale"] for r in report.rows) > 1e-3  # int8 error is real
+
+
+def test_int8_calibration_sources_cache_and_manifest(cli, tmp_path):
+    images = tmp_path / "calib" / "class_a"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    # PNG noise: the same distribution as the gate's random images (JPEG would smooth it, and the gate
+    # rightly fails ranges calibrated on one distribution and checked on another)
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 256, size=(70, 90, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "out"
+    args = ["export", "--arch", "resnet18", "--input-size", "64", "--int8", "--calib-data", str(tmp_path / "calib"),
+            "--calib-size", "16", "--out", str(out)]
+    first = cli(*args)
+    assert first.exit_code == 0, first.stderr
+    assert "16/16 images" in first.stderr and "activation ranges cached in" in first.stderr
+    manifest = read_manifest(out / "resnet18.json")
+    options = manifest.precision_options["int8"]
+    assert options["target"] == "trt" and options["method"] == "minmax" and options["weights"] == "per-channel"
+    assert options["calibration"] == {"source": str(tmp_path / "calib"), "images": 16}
+    assert (out / options["range_cache"]).is_file()
+    second = cli(*args)  # same model, data and method: no recalibration
+    assert second.exit_code == 0 and "activation ranges read from" in second.stderr and "16/16 images" not in second.stderr
+    assert read_manifest(out / "resnet18.json").artifact("int8").sha256 == manifest.artifact("int8").sha256
+
+    batch = np.random.default_rng(1).normal(size=(6, 3, 64, 64)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", batch)
+    npy = export("resnet18", input_size=64, int8=True, calib_data=tmp_path / "calib.npy", calib_method="percentile",
+                 out=tmp_path / "npy", quiet=True)
+    assert npy.manifest.precision_options["int8"]["calibration"]["images"] == 6
+    assert verify(npy.paths["int8"]).passed
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "needs --calib-data"),
+        (["--calib-data", "/nonexistent/folder"], "does not exist"),
+        (["--calib-data", "random", "--calib-size", "0"], "at least 1"),
+    ],
+)
+def test_int8_bad_calibration_input(cli, tmp_path, args, message):
+    out = tmp_path / "out"
+    result = cli("export", "--arch", "resnet18", "--input-size", "64", "--int8", *args, "--out", str(out), "-q")
+    assert_one_line_error(result, 2, message)
+    assert not out.exists()
+
+
+def test_top1_judged_except_int8_on_random_weights():
+    assert tolerance_for("int8", random_init=True)[0].min_top1 is None
+    assert tolerance_for("int8", random_init=False) == (DEFAULT_TOLERANCES["int8"], None)
+    assert tolerance_for("fp16", random_init=True)[0].min_top1 == 0.99
