@@ -189,13 +189,14 @@ def manifest_for(artifact: str | os.PathLike[str]) -> tuple[Manifest, str]:
     return manifest, precision
 
 
-def commit_artifacts(folder: Path, staged: dict[str, Path], manifest: Manifest) -> Path:
+def commit_artifacts(folder: Path, staged: dict[str, Path], manifest: Manifest, *, keep_others: bool = False) -> Path:
     """Move staged temporary files to their final names and write the manifest.
 
     ``staged`` maps precision -> temporary file in ``folder``. The old manifest
     goes first, then files the old export had and this one does not, then the
     new files, then the new manifest: at no moment does a manifest describe a
-    file that is not there.
+    file that is not there. With ``keep_others`` (adding an engine to an
+    export) the manifest's other artifacts stay.
     """
     old = manifest_path(folder, manifest.stem)
     previous: list[str] = []
@@ -205,7 +206,7 @@ def commit_artifacts(folder: Path, staged: dict[str, Path], manifest: Manifest) 
         except (OSError, ValueError, TypeError, KeyError):
             previous = []
         old.unlink()
-    entries = []
+    entries = [e for e in manifest.artifacts if e.precision not in staged] if keep_others else []
     for precision, tmp in staged.items():
         final = folder / artifact_filename(manifest.stem, precision)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; an artifact is meant to be shared

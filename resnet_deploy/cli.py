@@ -72,6 +72,34 @@ def list_command(as_json: bool) -> None:
     click.echo(_table(rows, ["arch", "params", "GMACs", "input", "classes", "family", "weights from"], right={1, 2, 4}))
 
 
+def _engine_options(func: Any) -> Any:
+    """TensorRT build options shared by `export` and `build`."""
+    options = [
+        click.option("--workspace", type=float, default=4.0, show_default=True, help="Builder workspace limit, GiB."),
+        click.option("--timing-cache", type=click.Path(dir_okay=False),
+                     help="Timing cache file, read and updated, reused across builds."),
+        click.option("--dla-core", type=int, help="Build for this DLA core (Jetson), with GPU fallback."),
+        click.option("--version-compatible", is_flag=True, help="Engine runs on later TensorRT versions too."),
+        click.option("--hardware-compat", type=click.Choice(["none", "ampere+", "same-cc"]), default="none",
+                     show_default=True, help="Engine runs on other GPU architectures too."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _build_options(workspace: float, timing_cache: str | None, dla_core: int | None, version_compatible: bool,
+                   hardware_compat: str) -> Any:
+    from pathlib import Path
+
+    from .export import BuildOptions
+
+    options = BuildOptions(workspace_gib=workspace, timing_cache=Path(timing_cache) if timing_cache else None,
+                           dla_core=dla_core, version_compatible=version_compatible, hardware_compat=hardware_compat)
+    options.check()
+    return options
+
+
 @main.command("export")
 @click.option("--arch", required=True, help="Architecture name (see `resnet-deploy list`).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint (.pt/.pth/.safetensors); default random init.")
@@ -96,12 +124,17 @@ def list_command(as_json: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random init and of parity inputs.")
 @click.option("--out", default="artifacts", show_default=True, help="Output folder.")
 @click.option("--name", help="Artifact stem (default: the arch name).")
+@click.option("--engine/--no-engine", default=None,
+              help="Demand a TensorRT engine (error where it cannot be built) or skip it; default: build where possible.")
+@_engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def export_command(arch: str, weights: str | None, num_classes: int | None, input_size: str | None, batch: str,
                    dynamic_hw: bool, opset: int, exporter: str, no_simplify: bool, features_only: bool,
                    last_stride: str, fp16: bool, int8: bool, calib_data: str | None, calib_size: int,
-                   calib_method: str, int8_target: str, seed: int, out: str, name: str | None, as_json: bool, quiet: bool) -> None:
+                   calib_method: str, int8_target: str, engine: bool | None, workspace: float,
+                   timing_cache: str | None, dla_core: int | None, version_compatible: bool, hardware_compat: str,
+                   seed: int, out: str, name: str | None, as_json: bool, quiet: bool) -> None:
     """Export an arch to ONNX (dynamic batch), simplify, check, and gate on parity with PyTorch."""
     from .export import export
 
@@ -109,7 +142,9 @@ def export_command(arch: str, weights: str | None, num_classes: int | None, inpu
         arch, weights=weights, num_classes=num_classes, input_size=input_size, batch=batch, dynamic_hw=dynamic_hw,
         opset=opset, exporter=exporter, simplify=not no_simplify, out=out, name=name, seed=seed,
         features_only=features_only, last_stride=int(last_stride), fp16=fp16, int8=int8, calib_data=calib_data,
-        calib_size=calib_size, calib_method=calib_method, int8_target=int8_target, quiet=quiet,
+        calib_size=calib_size, calib_method=calib_method, int8_target=int8_target, engine=engine,
+        build_options=_build_options(workspace, timing_cache, dla_core, version_compatible, hardware_compat),
+        quiet=quiet,
     )
     if as_json:
         _print_json(result.to_dict())
@@ -124,6 +159,21 @@ def export_command(arch: str, weights: str | None, num_classes: int | None, inpu
                 err=True,
             )
         click.echo(f"manifest {result.manifest_path}; done in {result.seconds:.1f} s", err=True)
+
+
+@main.command("build")
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@_engine_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def build_command(onnx_file: str, workspace: float, timing_cache: str | None, dla_core: int | None,
+                  version_compatible: bool, hardware_compat: str, quiet: bool) -> None:
+    """Build a TensorRT engine (STEM.engine) from an exported ONNX artifact, strongly typed, and gate it."""
+    from .export import build
+
+    options = _build_options(workspace, timing_cache, dla_core, version_compatible, hardware_compat)
+    path = build(onnx_file, options=options, quiet=quiet)
+    if not quiet:
+        click.echo(f"engine {path}", err=True)
 
 
 @main.command("inspect")

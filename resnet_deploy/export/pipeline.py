@@ -18,18 +18,21 @@ from typing import Any
 import onnx
 import torch
 
-from ..artifacts import BatchProfile, Manifest, TensorSpec, check_stem, commit_artifacts
+from ..artifacts import BatchProfile, Manifest, TensorSpec, artifact_filename, check_stem, commit_artifacts
+from ..backends import detect
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner
+from ..backends.tensorrt import TensorRTRunner
 from ..data import ImagePreprocess, random_images
 from ..environment import tool_versions
-from ..errors import ExportError, ParityError
+from ..errors import DeployError, ExportError, ParityError
 from ..fileio import TEMP_PREFIX, sha256_file
 from ..models import create_model, get_spec
 from ..parity.compare import compare_outputs
 from ..parity.metrics import compare_arrays
 from ..parity.tolerances import tolerance_for
 from ..progress import StepLog
+from . import engine as trt_engine
 from . import graph, precision
 from .torch2onnx import export_onnx, output_names
 
@@ -120,17 +123,19 @@ def _gate_batches(profile: BatchProfile) -> list[int]:
 
 def _parity_gate(
     reference: TorchRunner,
-    path: Path,
+    candidate: Any,
     kind: str,
     profile: BatchProfile,
     shape: tuple[int, int, int],
     preprocess: Any,
     seed: int,
     random_init: bool,
+    precision: str | None = None,
 ) -> list[dict[str, Any]]:
-    """ONNX Runtime vs PyTorch on seeded images; raises ParityError beyond ``kind``'s tolerance."""
-    candidate = OnnxRuntimeRunner(path)
-    tolerance, _note = tolerance_for(kind, random_init=random_init)
+    """``candidate`` (a runner of artifact ``kind``) vs PyTorch on seeded images; raises ParityError
+    beyond the tolerance of ``precision`` (default: ``kind``; an engine is judged by its source's)."""
+    tolerance, _note = tolerance_for(precision or kind, random_init=random_init)
+    runtime = "ONNX Runtime" if candidate.name.startswith("onnxruntime") else "TensorRT"
     rows = []
     for size in _gate_batches(profile):
         inputs = random_images(size, shape, preprocess.mean, preprocess.std, seed=seed)
@@ -139,7 +144,7 @@ def _parity_gate(
                          "batch": row.batch, "output": row.output, **row.figures})
             if not row.passed:
                 raise ParityError(
-                    f"{kind} ONNX on ONNX Runtime disagrees with PyTorch on {row.output!r} at batch {size}: "
+                    f"{kind} artifact on {runtime} disagrees with PyTorch on {row.output!r} at batch {size}: "
                     + "; ".join(row.failures)
                 )
     return rows
@@ -167,6 +172,8 @@ def export(
     calib_size: int = 512,
     calib_method: str = "minmax",
     int8_target: str = "trt",
+    engine: bool | None = None,
+    build_options: trt_engine.BuildOptions | None = None,
     quiet: bool = False,
 ) -> ExportResult:
     """Export ``arch`` to ``out/STEM.onnx`` (``STEM.fp16.onnx`` with ``fp16``, ``STEM.int8.onnx``
@@ -176,6 +183,10 @@ def export(
     batch, or ``"random"`` on purpose) with ``calib_method``; ``int8_target``
     "trt" makes symmetric signed activations for TensorRT, "cpu" unsigned ones
     for x86 VNNI kernels. The activation ranges are cached beside the artifacts.
+
+    ``engine``: True demands a TensorRT engine (an error where TensorRT or a
+    GPU is missing, before any work), False skips it, None builds one where
+    possible and otherwise says why not.
 
     Raises :class:`ExportError` (or another :class:`DeployError`) on bad input
     and :class:`ParityError` when ONNX Runtime disagrees with PyTorch; in every
@@ -204,8 +215,12 @@ def export(
             calib_data, preprocess=ImagePreprocess.from_manifest(preprocess), shape=(3, height, width),
             size=calib_size, seed=seed,
         )
+    trt = detect.tensorrt()
+    if engine and not trt.available:
+        raise DeployError(f"--engine: cannot build a TensorRT engine here: {trt.reason}")
+    build_engine_here = trt.available and engine is not False
     folder = _prepare_folder(out)
-    log = StepLog(5 + 2 * fp16 + 2 * int8, quiet=quiet)
+    log = StepLog(5 + 2 * fp16 + 2 * int8 + 2 * build_engine_here, quiet=quiet)
     staged: list[Path] = []
     artifacts: dict[str, Path] = {}
     precision_options: dict[str, Any] = {}
@@ -280,35 +295,52 @@ def export(
         for kind, path in artifacts.items():
             with log.step(f"parity gate {kind}: ONNX Runtime vs PyTorch at batch "
                           f"{', '.join(map(str, _gate_batches(profile)))}"):
-                parity += _parity_gate(reference, path, kind, profile, (3, height, width), spec.preprocess, seed,
-                                       random_init=weights is None)
+                parity += _parity_gate(reference, OnnxRuntimeRunner(path), kind, profile, (3, height, width),
+                                       spec.preprocess, seed, random_init=weights is None)
                 note = tolerance_for(kind, random_init=weights is None)[1]
                 if note:
                     log.note(note)
 
+        manifest = Manifest(
+            stem=stem,
+            arch=arch,
+            num_classes=classes,
+            model_options={"features_only": features_only, "last_stride": last_stride},
+            weights=(
+                {"file": str(Path(weights).resolve()), "sha256": sha256_file(weights)}
+                if weights is not None
+                else {"init": "random", "seed": seed}
+            ),
+            input=_tensor_specs(final.graph.input)[0],
+            preprocess=preprocess,
+            outputs=_tensor_specs(final.graph.output),
+            batch=profile,
+            dynamic_hw=dynamic_hw,
+            opset=opset,
+            exporter=exporter,
+            simplified=simplify,
+            parity=parity,
+            precision_options=precision_options,
+            tools=tool_versions(),
+        )
+        if build_engine_here:
+            source = trt_engine.engine_source(set(artifacts), int8_target if int8 else None)
+            engine_path = _staged_file(folder, ".engine")
+            staged.append(engine_path)
+            with log.step(f"build TensorRT engine from the {source} ONNX"):
+                manifest.precision_options["engine"] = trt_engine.build_engine(
+                    artifacts[source], engine_path, trt_engine.profile_shapes(manifest),
+                    build_options or trt_engine.BuildOptions(), built_from=artifact_filename(stem, source),
+                )
+            artifacts["engine"] = engine_path
+            with log.step(f"parity gate engine: TensorRT vs PyTorch at batch {', '.join(map(str, _gate_batches(profile)))}"):
+                manifest.parity += _parity_gate(reference, TensorRTRunner(engine_path), "engine", profile,
+                                                (3, height, width), spec.preprocess, seed, random_init=weights is None,
+                                                precision=source)
+        elif engine is None:
+            log.note(f"TensorRT engine not built: {trt.reason}")
+
         with log.step("write manifest"):
-            manifest = Manifest(
-                stem=stem,
-                arch=arch,
-                num_classes=classes,
-                model_options={"features_only": features_only, "last_stride": last_stride},
-                weights=(
-                    {"file": str(Path(weights).resolve()), "sha256": sha256_file(weights)}
-                    if weights is not None
-                    else {"init": "random", "seed": seed}
-                ),
-                input=_tensor_specs(final.graph.input)[0],
-                preprocess=preprocess,
-                outputs=_tensor_specs(final.graph.output),
-                batch=profile,
-                dynamic_hw=dynamic_hw,
-                opset=opset,
-                exporter=exporter,
-                simplified=simplify,
-                parity=parity,
-                precision_options=precision_options,
-                tools=tool_versions(),
-            )
             manifest_file = commit_artifacts(folder, artifacts, manifest)
             staged.clear()
     finally:
@@ -321,3 +353,47 @@ def export(
         timings=log.timings,
         seconds=time.perf_counter() - start,
     )
+
+
+def build(
+    onnx_path: str | os.PathLike[str],
+    *,
+    options: trt_engine.BuildOptions | None = None,
+    seed: int = 0,
+    quiet: bool = False,
+) -> Path:
+    """Build ``STEM.engine`` from an exported ONNX artifact, gate it against PyTorch, add it to the manifest."""
+    from ..artifacts import manifest_for
+    from ..parity.verify import reference_model
+
+    trt = detect.tensorrt()
+    if not trt.available:
+        raise DeployError(f"cannot build a TensorRT engine here: {trt.reason}")
+    onnx_path = Path(onnx_path)
+    manifest, source = manifest_for(onnx_path)
+    if source == "engine":
+        raise DeployError(f"{onnx_path.name} is an engine already; give the ONNX it should be built from")
+    if source == "int8" and manifest.precision_options.get("int8", {}).get("target") != "trt":
+        raise DeployError(f"{onnx_path.name} was quantized for the cpu target (unsigned activations), which "
+                          "TensorRT's explicit quantization does not take: re-export with --int8-target trt")
+    folder, log = onnx_path.parent, StepLog(3, quiet=quiet)
+    engine_path = _staged_file(folder, ".engine")
+    try:
+        with log.step(f"build TensorRT engine from {onnx_path.name}"):
+            manifest.precision_options["engine"] = trt_engine.build_engine(
+                onnx_path, engine_path, trt_engine.profile_shapes(manifest), options or trt_engine.BuildOptions(),
+                built_from=onnx_path.name,
+            )
+        shape = (3, *manifest.preprocess["crop"])
+        reference = TorchRunner(reference_model(manifest), [o.name for o in manifest.outputs])
+        with log.step("parity gate engine: TensorRT vs PyTorch"):
+            manifest.parity = [p for p in manifest.parity if p["artifact"] != "engine"] + _parity_gate(
+                reference, TensorRTRunner(engine_path), "engine", manifest.batch, shape,
+                ImagePreprocess.from_manifest(manifest.preprocess), seed,
+                random_init="file" not in manifest.weights, precision=source,
+            )
+        with log.step("write manifest"):
+            commit_artifacts(folder, {"engine": engine_path}, manifest, keep_others=True)
+    finally:
+        engine_path.unlink(missing_ok=True)
+    return folder / artifact_filename(manifest.stem, "engine")

@@ -15,10 +15,11 @@ import onnx
 import torch
 from torch import nn
 
-from ..artifacts import Manifest, artifact_filename, manifest_for
+from ..artifacts import Manifest, artifact_filename, manifest_for, split_artifact_name
 from ..backends import detect
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner
+from ..backends.tensorrt import TensorRTRunner, check_engine_compatible, current_environment
 from ..data import ImagePreprocess, labelled_images, list_images, load_images, load_npy_batch, random_images
 from ..errors import ArtifactError, DeployError
 from ..fileio import atomic_open, sha256_file
@@ -176,8 +177,13 @@ def verify(
                 f"cannot verify {artifact.name}: {trt.reason}; verify the ONNX it was built from instead, "
                 f"e.g. {artifact.parent / artifact_filename(stem, 'fp32')}"
             )
-        raise DeployError("verifying TensorRT engines is not implemented in this version; verify the ONNX file")
     manifest, precision = manifest_for(artifact)
+    if precision == "engine":
+        record = manifest.precision_options["engine"]
+        check_engine_compatible(record, *current_environment())
+        if layerwise:
+            raise DeployError(f"--layerwise compares ONNX graphs: verify {record['built_from']} with it")
+        precision = split_artifact_name(record["built_from"])[1]  # judged as the ONNX it was built from
     default, note = tolerance_for(precision, random_init="file" not in manifest.weights)
     overrides = tolerance_overrides or {}
     tol = replace(default, **overrides)
@@ -193,13 +199,18 @@ def verify(
         reference=f"{reference_runner.name} float32", inputs=given.description, tolerance=tol.to_dict(),
         notes=[note] if note else [],
     )
-    runners, report.skipped = _onnx_runners(artifact)
+    if artifact.suffix == ".engine":
+        runners, report.skipped = [TensorRTRunner(artifact)], []
+    else:
+        runners, report.skipped = _onnx_runners(artifact)
     cuda = detect.torch_cuda()
     if cuda.available:
         runners.insert(0, TorchRunner(copy.deepcopy(model), names, device="cuda"))
     else:
         report.skipped.insert(0, {"backend": "torch-cuda", "reason": cuda.reason})
-    report.skipped.append({"backend": "tensorrt", "reason": detect.tensorrt().reason or "no engine in the manifest"})
+    if artifact.suffix != ".engine":
+        report.skipped.append({"backend": "tensorrt",
+                               "reason": detect.tensorrt().reason or "an ONNX file: verify the .engine to run TensorRT"})
 
     expected = [reference_runner(batch) for batch in given.batches]
     scored = given.labels is not None and names[0] == "logits"

@@ -1,0 +1,159 @@
+"""TensorRT engines from ONNX artifacts: a strongly typed parse and build on top.
+
+Written against the TensorRT 10 and 11 Python API. Precision is never set on
+the builder (TensorRT 11 removed ``BuilderFlag.FP16/INT8`` and the INT8
+calibrators; 10.12 deprecated them): it comes from the ONNX, an fp16 graph or
+an INT8 Q/DQ graph, and the network is strongly typed (the creation flag on
+10.x, always on 11). The parts that need no GPU (flags, profile shapes, which
+ONNX to build from, compatibility checks) are plain functions, tested anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import Manifest
+from ..backends import detect
+from ..errors import DeployError, ExportError
+from ..fileio import atomic_path, atomic_write_bytes
+
+HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
+DEFAULT_WORKSPACE_GIB = 4.0
+
+
+def tensorrt_major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        raise DeployError(f"cannot read the TensorRT version {version!r}") from None
+
+
+def needs_strongly_typed_flag(version: str) -> bool:
+    """TensorRT 10 builds strongly typed networks only when asked; 11 always does and has no weakly typed mode."""
+    return tensorrt_major(version) == 10
+
+
+def network_flags(trt: Any) -> int:
+    """``builder.create_network`` flags: STRONGLY_TYPED on 10.x, none on 11 (never the removed EXPLICIT_BATCH)."""
+    if tensorrt_major(trt.__version__) < 10:
+        raise DeployError(f"TensorRT {trt.__version__} is too old: 10.0 or newer is needed")
+    if needs_strongly_typed_flag(trt.__version__):
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0
+
+
+def profile_shapes(manifest: Manifest) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """min/opt/max input shapes of the optimization profile, from the manifest's batch profile.
+
+    A fixed-size input uses its size at all three points; with dynamic H/W the
+    export size is the optimum, half of it the minimum and twice it the maximum.
+    """
+    channels = manifest.input.shape[1]
+    height, width = manifest.preprocess["crop"]
+    batch = manifest.batch
+    if manifest.dynamic_hw:
+        low = (max(32, height // 2), max(32, width // 2))
+        high = (height * 2, width * 2)
+    else:
+        low = high = (height, width)
+    return {
+        manifest.input.name: (
+            (batch.min, channels, *low),
+            (batch.opt, channels, height, width),
+            (batch.max, channels, *high),
+        )
+    }
+
+
+def engine_source(precisions: set[str], int8_target: str | None) -> str:
+    """Which artifact an engine is built from: the most reduced precision TensorRT can take.
+
+    INT8 only for the ``trt`` target (TensorRT's explicit quantization needs
+    symmetric signed activations; the ``cpu`` target's are unsigned), then
+    FP16, then FP32. Returns the precision key.
+    """
+    if "int8" in precisions and int8_target == "trt":
+        return "int8"
+    return "fp16" if "fp16" in precisions else "fp32"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    workspace_gib: float = DEFAULT_WORKSPACE_GIB
+    timing_cache: Path | None = None
+    dla_core: int | None = None
+    version_compatible: bool = False
+    hardware_compat: str = "none"
+
+    def check(self) -> None:
+        if self.hardware_compat not in HARDWARE_COMPAT:
+            raise DeployError(f"unknown --hardware-compat {self.hardware_compat!r}; choose {', '.join(HARDWARE_COMPAT)}")
+        if self.workspace_gib <= 0:
+            raise DeployError("--workspace must be positive (GiB)")
+        if self.dla_core is not None and self.dla_core < 0:
+            raise DeployError("--dla-core must be 0 or more")
+
+
+def engine_record(trt_version: str, gpu_name: str, compute_capability: tuple[int, int], built_from: str,
+                  options: BuildOptions) -> dict[str, Any]:
+    """What the manifest keeps of an engine, so a mismatched runtime or GPU can be named."""
+    return {
+        "built_from": built_from,
+        "tensorrt": trt_version,
+        "gpu": gpu_name,
+        "compute_capability": f"{compute_capability[0]}.{compute_capability[1]}",
+        "version_compatible": options.version_compatible,
+        "hardware_compat": options.hardware_compat,
+        "dla_core": options.dla_core,
+    }
+
+
+def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple], options: BuildOptions, *,
+                 built_from: str) -> dict[str, Any]:
+    """Parse ``onnx_path`` into a strongly typed network and write a serialized engine atomically.
+
+    ``shapes`` is :func:`profile_shapes`'s answer; ``built_from`` the artifact
+    name recorded. Returns the engine record for the manifest. Needs tensorrt and a GPU.
+    """
+    available = detect.tensorrt()
+    if not available.available:
+        raise DeployError(f"cannot build a TensorRT engine: {available.reason}")
+    options.check()
+    import tensorrt as trt
+    import torch
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT could not parse {onnx_path.name}: {errors[:500]}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in shapes.items():
+        profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(profile)
+    cache_bytes = options.timing_cache.read_bytes() if options.timing_cache and options.timing_cache.exists() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    if options.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = options.dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options.hardware_compat != "none":
+        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPAT[options.hardware_compat])
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f"TensorRT could not build an engine from {onnx_path.name} (see the messages above)")
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(bytes(serialized))
+    if options.timing_cache is not None:
+        atomic_write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
+    major, minor = torch.cuda.get_device_capability()
+    return engine_record(trt.__version__, torch.cuda.get_device_name(), (major, minor), built_from, options)

@@ -1,0 +1,78 @@
+"""The GPU-free parts of the TensorRT path: flags by version, profiles, sources, compatibility."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from resnet_deploy.artifacts import BatchProfile, Manifest, TensorSpec
+from resnet_deploy.backends.tensorrt import check_engine_compatible
+from resnet_deploy.errors import DeployError
+from resnet_deploy.export.engine import (
+    BuildOptions,
+    engine_record,
+    engine_source,
+    needs_strongly_typed_flag,
+    network_flags,
+    profile_shapes,
+)
+
+
+def _fake_trt(version: str):
+    """Only what network_flags reads: the version and the STRONGLY_TYPED enum value (1 in TensorRT 10)."""
+    flag = types.SimpleNamespace(STRONGLY_TYPED=1)
+    return types.SimpleNamespace(__version__=version, NetworkDefinitionCreationFlag=flag)
+
+
+def test_network_flags_by_version():
+    assert needs_strongly_typed_flag("10.12.0.36") and not needs_strongly_typed_flag("11.0.0")
+    assert network_flags(_fake_trt("10.3.0")) == 1 << 1
+    assert network_flags(_fake_trt("11.1.0")) == 0  # always strongly typed; the flag is ignored
+    with pytest.raises(DeployError, match="too old"):
+        network_flags(_fake_trt("8.6.1"))
+
+
+def _manifest(dynamic_hw=False, batch=BatchProfile(1, 8, 32)):
+    shape = ["batch", 3, "height", "width"] if dynamic_hw else ["batch", 3, 224, 192]
+    return Manifest(
+        stem="m", arch="resnet50", num_classes=1000, model_options={}, weights={"init": "random", "seed": 0},
+        input=TensorSpec("input", shape), preprocess={"crop": [224, 192]}, outputs=[TensorSpec("logits", ["batch", 1000])],
+        batch=batch, dynamic_hw=dynamic_hw, opset=18, exporter="dynamo", simplified=True,
+    )
+
+
+def test_profile_shapes_from_the_manifest():
+    assert profile_shapes(_manifest()) == {"input": ((1, 3, 224, 192), (8, 3, 224, 192), (32, 3, 224, 192))}
+    assert profile_shapes(_manifest(batch=BatchProfile(4, 4, 4)))["input"][0] == (4, 3, 224, 192)
+    low, opt, high = profile_shapes(_manifest(dynamic_hw=True))["input"]
+    assert low == (1, 3, 112, 96) and opt == (8, 3, 224, 192) and high == (32, 3, 448, 384)
+
+
+def test_engine_source_prefers_the_most_reduced_precision_tensorrt_takes():
+    assert engine_source({"fp32"}, None) == "fp32"
+    assert engine_source({"fp32", "fp16"}, None) == "fp16"
+    assert engine_source({"fp32", "fp16", "int8"}, "trt") == "int8"
+    assert engine_source({"fp32", "fp16", "int8"}, "cpu") == "fp16"  # unsigned activations: not for TensorRT
+    assert engine_source({"fp32", "int8"}, "cpu") == "fp32"
+
+
+def test_build_options_checked():
+    BuildOptions(hardware_compat="ampere+", dla_core=0).check()
+    for bad in (BuildOptions(workspace_gib=0), BuildOptions(dla_core=-1), BuildOptions(hardware_compat="turing+")):
+        with pytest.raises(DeployError):
+            bad.check()
+
+
+def test_engine_compatibility_names_both_sides():
+    record = engine_record("10.12.0", "NVIDIA H200", (9, 0), "m.fp16.onnx", BuildOptions())
+    check_engine_compatible(record, "10.12.0", "NVIDIA H200", (9, 0))
+    with pytest.raises(DeployError, match="TensorRT 10.12.0, this machine has TensorRT 10.13.0"):
+        check_engine_compatible(record, "10.13.0", "NVIDIA H200", (9, 0))
+    with pytest.raises(DeployError, match=r"NVIDIA H200 \(compute capability 9.0\).*NVIDIA A100 \(8.0\)"):
+        check_engine_compatible(record, "10.12.0", "NVIDIA A100", (8, 0))
+    portable = engine_record("10.12.0", "NVIDIA H200", (9, 0), "m.onnx",
+                             BuildOptions(version_compatible=True, hardware_compat="ampere+"))
+    check_engine_compatible(portable, "10.13.0", "NVIDIA A100", (8, 0))
+    with pytest.raises(DeployError, match="compute capability"):
+        check_engine_compatible(portable, "10.13.0", "Tesla T4", (7, 5))  # pre-Ampere: not covered
