@@ -12,12 +12,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from .errors import DeployError, first_line
+
+T = TypeVar("T")
 
 
 def random_images(
@@ -34,6 +36,11 @@ def random_images(
     mean_arr = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
     std_arr = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
     return np.ascontiguousarray((pixels - mean_arr) / std_arr, dtype=np.float32)
+
+
+def batched(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``items`` cut into consecutive pieces of ``size`` (the last may be shorter)."""
+    return [items[start: start + size] for start in range(0, len(items), size)]
 
 
 def load_npy_batch(path: str | os.PathLike[str], shape: Sequence[int]) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..data import IMAGE_SUFFIXES, ImagePreprocess, load_images, load_npy_batch, random_images
+from ..data import IMAGE_SUFFIXES, ImagePreprocess, batched, load_images, load_npy_batch, random_images
 from ..errors import ExportError, first_line
 from ..fileio import sha256_file
 from . import graph
@@ -99,7 +99,7 @@ def calibration_data(
     if path.is_file():
         array = load_npy_batch(path, shape)[:size]
         return Calibration(str(path), len(array), f"npy:{sha256_file(path)}:{size}",
-                           lambda: iter(np.array_split(array, max(1, -(-len(array) // CALIBRATION_BATCH)))))
+                           lambda: iter(batched(array, CALIBRATION_BATCH)))
     if not path.is_dir():
         raise ExportError(f"calibration data {path} does not exist")
     found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -113,8 +113,8 @@ def calibration_data(
     ).hexdigest()
 
     def image_batches() -> Iterator[np.ndarray]:
-        for start in range(0, len(paths), CALIBRATION_BATCH):
-            yield load_images(paths[start: start + CALIBRATION_BATCH], preprocess)
+        for chunk in batched(paths, CALIBRATION_BATCH):
+            yield load_images(chunk, preprocess)
 
     return Calibration(str(path), len(paths), key, image_batches)
 

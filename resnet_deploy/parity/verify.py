@@ -20,7 +20,7 @@ from ..backends import detect
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner
 from ..backends.tensorrt import TensorRTRunner, check_engine_compatible, current_environment
-from ..data import ImagePreprocess, labelled_images, list_images, load_images, load_npy_batch, random_images
+from ..data import ImagePreprocess, batched, labelled_images, list_images, load_images, load_npy_batch, random_images
 from ..errors import ArtifactError, DeployError
 from ..fileio import atomic_open, sha256_file
 from ..models import create_model
@@ -84,10 +84,6 @@ class VerifyInputs:
     labels: np.ndarray | None = None  # with --data: one class index per image
 
 
-def _chunks(data: np.ndarray, size: int) -> list[np.ndarray]:
-    return [data[i: i + size] for i in range(0, len(data), size)]
-
-
 def _inputs(
     manifest: Manifest,
     *,
@@ -105,7 +101,7 @@ def _inputs(
     profile = manifest.batch
     if npy is not None:
         array = load_npy_batch(npy, shape)
-        return VerifyInputs(_chunks(array, profile.max), {"kind": "npy", "file": str(npy), "images": len(array)})
+        return VerifyInputs(batched(array, profile.max), {"kind": "npy", "file": str(npy), "images": len(array)})
     if images is not None or data is not None:
         preprocess = ImagePreprocess.from_manifest(manifest.preprocess)
         if data is not None:
@@ -118,7 +114,7 @@ def _inputs(
         else:
             paths, labels = list_images(images), None
             description = {"kind": "images", "folder": str(images), "images": len(paths)}
-        return VerifyInputs(_chunks(load_images(paths, preprocess), profile.max), description, labels)
+        return VerifyInputs(batched(load_images(paths, preprocess), profile.max), description, labels)
     sizes = batch_sizes or sorted({profile.min, profile.opt})
     outside = [b for b in sizes if not profile.min <= b <= profile.max]
     if outside:
@@ -162,10 +158,11 @@ def verify(
     """Compare every backend that can run ``artifact`` here with the PyTorch reference.
 
     ``tolerance_overrides`` replaces fields of the precision's default
-    :class:`~resnet_deploy.parity.tolerances.Tolerance`. ``reference`` replaces the model rebuilt from the manifest (for a model
-    changed after export). ``inputs`` is a preprocessed .npy batch, ``images``
-    a folder of images, ``data`` a folder of class folders (adds top-1/top-5
-    accuracy per backend). Raises :class:`DeployError` when nothing can run;
+    :class:`~resnet_deploy.parity.tolerances.Tolerance`. ``reference``
+    replaces the model rebuilt from the manifest (for a model changed after
+    export). ``inputs`` is a preprocessed .npy batch, ``images`` a folder of
+    images, ``data`` a folder of class folders (adds top-1/top-5 accuracy per
+    backend). Raises :class:`DeployError` when nothing can run;
     a parity failure is a report with ``passed == False``.
     """
     artifact = Path(artifact)
@@ -203,14 +200,13 @@ def verify(
         runners, report.skipped = [TensorRTRunner(artifact)], []
     else:
         runners, report.skipped = _onnx_runners(artifact)
+        report.skipped.append({"backend": "tensorrt",
+                               "reason": detect.tensorrt().reason or "an ONNX file: verify the .engine to run TensorRT"})
     cuda = detect.torch_cuda()
     if cuda.available:
         runners.insert(0, TorchRunner(copy.deepcopy(model), names, device="cuda"))
     else:
         report.skipped.insert(0, {"backend": "torch-cuda", "reason": cuda.reason})
-    if artifact.suffix != ".engine":
-        report.skipped.append({"backend": "tensorrt",
-                               "reason": detect.tensorrt().reason or "an ONNX file: verify the .engine to run TensorRT"})
 
     expected = [reference_runner(batch) for batch in given.batches]
     scored = given.labels is not None and names[0] == "logits"

@@ -64,3 +64,12 @@ def test_folders_and_parallel_loading(tmp_path):
     batch = load_images(paths, IDENTITY, workers=2)
     assert batch.shape == (6, 3, 64, 64)
     assert batch[0, 0].min() > 0.99 and batch[5, 1].min() > 0.99  # order kept: red cats, then green dogs
+
+
+def test_batched_keeps_order_and_the_remainder():
+    from resnet_deploy.data import batched
+
+    assert batched(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
+    pieces = batched(np.arange(40).reshape(10, 4), 4)
+    assert [len(p) for p in pieces] == [4, 4, 2] and np.array_equal(np.concatenate(pieces), np.arange(40).reshape(10, 4))
+    assert batched([], 3) == []
