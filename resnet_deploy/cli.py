@@ -282,5 +282,156 @@ def verify_command(artifact: str, batch_sizes: str | None, seed: int, inputs_fil
     sys.exit(0 if report.passed else 1)
 
 
+def _runtime_options(func: Any) -> Any:
+    """Options shared by predict and bench: how an artifact is loaded."""
+    for option in reversed([
+        click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when the backend can use one)."),
+        click.option("--threads", type=int, help="CPU threads (default: physical cores)."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise DeployError(f"invalid {option} {text!r}: expected positive integers, e.g. 1,8,32")
+    return values
+
+
+@main.command("predict")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--topk", type=int, default=5, show_default=True, help="Classes to show per image.")
+@click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line (default: ImageNet's for 1000 classes).")
+@click.option("--backend", type=click.Choice(["auto", "torch", "ort", "trt"]), default="auto", show_default=True)
+@_runtime_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def predict_command(artifact: str, images: tuple[str, ...], topk: int, labels: str | None, backend: str,
+                    device: str | None, threads: int | None, as_json: bool) -> None:
+    """Top-k classes of IMAGES (files or folders) with probabilities."""
+    from .artifacts import manifest_for
+    from .data import ImagePreprocess
+    from .predict import class_names, predict
+    from .runtime import load
+
+    manifest, _ = manifest_for(artifact)
+    names = class_names(manifest.num_classes, labels)
+    with load(artifact, backend=backend, device=device, threads=threads) as runner:
+        predictions = predict(runner, images, ImagePreprocess.from_manifest(manifest.preprocess), topk=topk,
+                              names=names)
+    if as_json:
+        _print_json({"artifact": artifact, "backend": runner.name, "predictions": [p.to_dict() for p in predictions]})
+        return
+    rows = [[p.image if rank == 0 else "", str(rank + 1), c["label"], f"{c['probability']:.4f}"]
+            for p in predictions for rank, c in enumerate(p.top)]
+    click.echo(_table(rows, ["image", "rank", "class", "probability"], right={1, 3}))
+
+
+@main.command("bench")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--backend", "backends", default="auto", show_default=True,
+              help="Comma-separated: auto (the file's own runtime), torch (PyTorch eager reference), ort, trt.")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated, within the profile.")
+@click.option("--iters", type=int, help="Timed calls per case (default: --duration).")
+@click.option("--duration", type=float, help="Seconds of timed calls per case (default 3).")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls per case first.")
+@_runtime_options
+@click.option("--channels-last", is_flag=True, help="torch backend: NHWC memory format.")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="torch backend: torch.compile (on CUDA in reduce-overhead mode: CUDA graphs).")
+@click.option("--torch-fp16", is_flag=True, help="torch backend: run in float16.")
+@click.option("--cuda-graphs", is_flag=True, help="trt backend: capture each batch size into a CUDA graph.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw latency and throughput vs batch size (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, iters: int | None,
+                  duration: float | None, warmup: int, device: str | None, threads: int | None, channels_last: bool,
+                  compile_model: bool, torch_fp16: bool, cuda_graphs: bool, plot_path: str | None, as_json: bool,
+                  quiet: bool) -> None:
+    """Latency (min/mean/p50/p90/p99) and images/s of artifacts and backends side by side."""
+    import contextlib
+    from pathlib import Path
+
+    from .artifacts import split_artifact_name
+    from .bench import bench, plot, stderr_progress
+    from .runtime import BACKENDS, load
+
+    if iters is not None and duration is not None:
+        raise DeployError("give --iters or --duration, not both")
+    chosen = [b.strip() for b in backends.split(",") if b.strip()]
+    unknown = [b for b in chosen if b not in BACKENDS]
+    if unknown or not chosen:
+        raise DeployError(f"unknown --backend {','.join(unknown) or repr(backends)}: choose from {', '.join(BACKENDS)}")
+    sizes = _int_list(batch_sizes, "--batch-sizes")
+    with contextlib.ExitStack() as stack:
+        runners, seen = [], set()
+        for artifact in artifacts:
+            for backend in chosen:
+                key = (str(Path(artifact).parent / split_artifact_name(artifact)[0]), "torch") if backend == "torch" \
+                    else (artifact, backend)
+                if key in seen:  # the PyTorch reference is the same model for every artifact of an export
+                    continue
+                seen.add(key)
+                runner = stack.enter_context(load(artifact, backend=backend, device=device, threads=threads,
+                                                  channels_last=channels_last, compile=compile_model,
+                                                  half=torch_fp16, cuda_graphs=cuda_graphs))
+                source = Path(artifact).name if backend != "torch" else f"{split_artifact_name(artifact)[0]} (PyTorch)"
+                runners.append((f"{source} [{runner.name}]", runner))
+        results = bench(runners, sizes, iterations=iters, duration=duration, warmup=warmup,
+                        progress=None if quiet else stderr_progress)
+        if not quiet:
+            click.echo("", err=True)
+        descriptions = [runner.describe() for _, runner in runners]
+    if plot_path:
+        plot(results, plot_path)
+    if as_json:
+        from .environment import cpu_description, tool_versions
+
+        _print_json({"results": [r.to_dict() for r in results], "runners": descriptions,
+                     "cpu": cpu_description(), "tools": tool_versions()})
+        return
+    rows = []
+    for r in results:
+        lat = r.latency_ms
+        device_p50 = f"{r.device_ms['p50']:.2f}" if r.device_ms else "-"
+        rows.append([r.label, str(r.batch), str(r.iterations), f"{lat['min']:.2f}", f"{lat['mean']:.2f}",
+                     f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", device_p50,
+                     f"{r.images_per_s:.1f}", f"{r.ratio:.2f}x"])
+    click.echo(_table(rows, ["runner", "batch", "iters", "min ms", "mean ms", "p50 ms", "p90 ms", "p99 ms",
+                             "device p50", "images/s", "vs first"], right=set(range(1, 11))))
+
+
+@main.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor_command(as_json: bool) -> None:
+    """What this machine can run (torch, CUDA, ONNX Runtime providers, TensorRT) and why not."""
+    from .environment import doctor
+
+    report = doctor()
+    if as_json:
+        _print_json(report)
+        return
+    cpu, torch_info = report["cpu"], report["torch"]
+    lines = [
+        f"python       {report['python']} ({report['platform']})",
+        f"cpu          {cpu['model']}, {cpu['physical_cores']} physical / {cpu['logical_cores']} logical cores, "
+        f"{' '.join(cpu['isa']) or 'no AVX2'}",
+        f"torch        {torch_info['version']}, " + (f"CUDA {torch_info['cuda_build']}: {', '.join(torch_info['gpus'])}"
+                                                      if torch_info["cuda"] else torch_info["reason"]),
+        f"onnxruntime  {report['onnxruntime']['version']}, providers: {', '.join(report['onnxruntime']['providers'])}",
+    ]
+    for name in ("onnx", "onnxsim", "onnxscript", "matplotlib"):
+        lines.append(f"{name:<12} {report[name]['version'] or 'not installed'}")
+    lines.append(f"tensorrt     {report['tensorrt']['version'] or 'not installed'}")
+    lines += ["", "backends:"]
+    for name, state in report["backends"].items():
+        lines.append(f"  {name:<17} {'yes' if state['usable'] else 'no: ' + state['reason']}")
+    click.echo("\n".join(lines))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import platform
 
 _TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "tensorrt")
@@ -28,3 +29,56 @@ def tool_versions() -> dict[str, str]:
         if version is not None:
             versions[name] = version
     return versions
+
+
+def cpu_description() -> dict[str, object]:
+    """CPU model, core counts and the instruction sets that decide CPU speed (AVX2, AVX-512, VNNI, AMX)."""
+    from .backends.onnxrt import physical_cores
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    return {"model": model, "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
+            "isa": [f for f in wanted if f in flags]}
+
+
+def doctor() -> dict[str, object]:
+    """What this machine can run and why not: the report of `resnet-deploy doctor`."""
+    from .backends import detect
+
+    report: dict[str, object] = {"python": platform.python_version(), "platform": platform.platform(),
+                                 "cpu": cpu_description()}
+    import torch
+
+    cuda = detect.torch_cuda()
+    report["torch"] = {
+        "version": torch.__version__, "cuda_build": torch.version.cuda, "cuda": cuda.available,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda.available else [],
+        "reason": cuda.reason or None,
+    }
+    for name in ("onnx", "onnxsim", "onnxscript", "matplotlib"):
+        report[name] = {"version": package_version(name)}
+    import onnxruntime as ort
+
+    report["onnxruntime"] = {"version": package_version("onnxruntime"), "providers": ort.get_available_providers()}
+    trt = detect.tensorrt()
+    report["tensorrt"] = {"version": package_version("tensorrt"), "usable": trt.available, "reason": trt.reason or None}
+    gpu_ort = detect.onnxruntime_provider("CUDAExecutionProvider")
+    report["backends"] = {
+        "torch-cpu": {"usable": True, "reason": None},
+        "torch-cuda": {"usable": cuda.available, "reason": cuda.reason or None},
+        "onnxruntime-cpu": {"usable": True, "reason": None},
+        "onnxruntime-cuda": {"usable": gpu_ort.available, "reason": gpu_ort.reason or None},
+        "tensorrt": {"usable": trt.available, "reason": trt.reason or None},
+    }
+    return report

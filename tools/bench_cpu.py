@@ -8,23 +8,25 @@ What it does, so the figures can be checked:
 - measures the machine's float32 matrix-multiply rate: 2048x2048 products on as many threads
   as the runtimes get, median of 20, through torch.mm, numpy and ONNX Runtime's MatMul, and
   takes the best (on this AMD machine MKL's torch.mm is the slowest of the three);
-- times the three runtimes in short interleaved blocks (one warm-up call, then CALLS timed
-  calls, then a 50 ms pause), rotating the order every round, because runtimes keep thread
-  pools spinning after a call and slow whichever runs next (seen here: a matmul fell from
-  270 to 116 GFLOP/s when alternated call by call with ONNX Runtime);
-- reports per runtime and batch size the median latency, images/s, and for batch 1 the ratios
-  and ONNX Runtime fp32's achieved rate against the measured matmul rate;
+- loads the three runners with `resnet_deploy.runtime.load` (torch backend, ORT fp32, ORT int8)
+  and times them with `resnet_deploy.bench.bench`, the code behind `resnet-deploy bench`:
+  interleaved blocks of about 0.25 s, each after one untimed call and a 50 ms pause, the order
+  rotated every round, because runtimes keep thread pools spinning after a call and slow
+  whichever runs next (seen here: a matmul fell from 270 to 116 GFLOP/s when alternated call by
+  call with ONNX Runtime);
+- checks that bench adds no overhead and hides none: bench's p50 for ORT fp32 at batch 1 against
+  a plain `session.run` loop on the same session, alternated block by block;
+- reports per runtime and batch size the latencies, images/s, and for batch 1 the ratios and
+  ONNX Runtime fp32's achieved rate against the measured matmul rate;
 - writes JSON (--json) and, with --write, replaces the CPU section of BENCHMARKS.md.
 
-    python tools/bench_cpu.py [--arch resnet50] [--batch-sizes 1,8,32] [--rounds 15] [--write]
+    python tools/bench_cpu.py [--arch resnet50] [--batch-sizes 1,8,32] [--duration 6] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,12 +39,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resnet_deploy import export  # noqa: E402
-from resnet_deploy.backends.onnxrt import OnnxRuntimeRunner, physical_cores  # noqa: E402
-from resnet_deploy.backends.pytorch import TorchRunner  # noqa: E402
+from resnet_deploy import export, runtime  # noqa: E402
+from resnet_deploy.backends.onnxrt import physical_cores  # noqa: E402
+from resnet_deploy.bench import bench, stderr_progress  # noqa: E402
 from resnet_deploy.data import random_images  # noqa: E402
-from resnet_deploy.environment import tool_versions  # noqa: E402
-from resnet_deploy.models import create_model, get_model_info  # noqa: E402
+from resnet_deploy.environment import cpu_description, tool_versions  # noqa: E402
+from resnet_deploy.models import get_model_info  # noqa: E402
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 SECTION = "## CPU: PyTorch eager vs ONNX Runtime fp32 vs int8"
@@ -83,31 +85,29 @@ def matmul_rates(threads: int, size: int = 2048, repeats: int = 20) -> dict[str,
     return {k: round(v, 1) for k, v in rates.items()}
 
 
-def interleaved(runners: dict, batch: np.ndarray, rounds: int, calls: int) -> dict[str, list[float]]:
-    """Latencies (s) per runner, measured in blocks rotated across rounds."""
-    names = list(runners)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for round_index in range(rounds):
-        order = names[round_index % len(names):] + names[: round_index % len(names)]
-        for name in order:
-            run = runners[name]
-            run(batch)  # the first call of a block warms caches and thread pools: not counted
-            for _ in range(calls):
-                start = time.perf_counter()
-                run(batch)
-                samples[name].append(time.perf_counter() - start)
-            time.sleep(0.05)
-        print(f"\rround {round_index + 1}/{rounds}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    return samples
+def plain_loop_check(runner, rounds: int = 8, calls: int = 10) -> dict[str, float]:
+    """bench's p50 vs a bare ``session.run`` loop on the same ORT session, alternated block by block."""
+    batch = random_images(1, runner.example_batch(1).shape[1:], (0.5,) * 3, (0.25,) * 3)
+    feed = {runner.input_name: batch}
+    plain, measured = [], []
+    for _ in range(rounds):
+        measured += bench([("ort", runner)], [1], iterations=calls, warmup=1)[0].samples_s
+        runner.session.run(None, feed)
+        for _ in range(calls):
+            start = time.perf_counter()
+            runner.session.run(None, feed)
+            plain.append(time.perf_counter() - start)
+        time.sleep(0.05)
+    bench_ms, plain_ms = statistics.median(measured) * 1e3, statistics.median(plain) * 1e3
+    return {"bench_p50_ms": round(bench_ms, 2), "plain_loop_p50_ms": round(plain_ms, 2),
+            "ratio": round(bench_ms / plain_ms, 3)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--batch-sizes", default="1,8,32")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--calls", type=int, default=3, help="timed calls per block at batch 1 (fewer at larger)")
+    parser.add_argument("--duration", type=float, default=6.0, help="timed seconds per runtime and batch size")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--write", action="store_true", help="replace the CPU section of BENCHMARKS.md")
     args = parser.parse_args()
@@ -119,37 +119,33 @@ def main() -> int:
     print("measuring the float32 matmul rate ...", file=sys.stderr)
     rates = matmul_rates(threads)  # before any model session exists, so nothing else spins
     peak = max(rates.values())
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
     with tempfile.TemporaryDirectory() as out:
         print("exporting fp32 and int8 (cpu target) ...", file=sys.stderr)
-        result = export(args.arch, out=out, int8=True, int8_target="cpu", calib_data="random", calib_size=32,
-                        quiet=True)
-        torch.manual_seed(0)
-        runners = {
-            "torch eager fp32": TorchRunner(create_model(args.arch), ["logits"]),
-            "onnxruntime fp32": OnnxRuntimeRunner(result.paths["fp32"], threads=threads),
-            "onnxruntime int8 (cpu target)": OnnxRuntimeRunner(result.paths["int8"], threads=threads),
-        }
-        rows = []
-        for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-            batch = random_images(batch_size, info.input_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-            calls = max(1, args.calls // batch_size) if batch_size > 1 else args.calls
-            rounds = args.rounds if batch_size == 1 else max(3, args.rounds // 3)
-            print(f"batch {batch_size}: {rounds} rounds x {calls} calls per runtime", file=sys.stderr)
-            samples = interleaved(runners, batch, rounds, calls)
-            for name, times in samples.items():
-                median = statistics.median(times)
-                rows.append({
-                    "runtime": name, "batch": batch_size, "calls": len(times),
-                    "median_ms": round(median * 1e3, 2), "p90_ms": round(float(np.percentile(times, 90)) * 1e3, 2),
-                    "min_ms": round(min(times) * 1e3, 2), "images_per_s": round(batch_size / median, 1),
-                    "gflops": round(gflop_per_image * batch_size / median, 1),
-                })
-    batch1 = {r["runtime"]: r["median_ms"] for r in rows if r["batch"] == 1}
-    eager, fp32, int8 = (batch1.get(name) for name in runners)
+        result = export(args.arch, out=out, batch=f"1:{max(sizes)}:{max(sizes)}", int8=True, int8_target="cpu",
+                        calib_data="random", calib_size=32, quiet=True)
+        runners = [
+            ("torch eager fp32", runtime.load(result.paths["fp32"], backend="torch", threads=threads)),
+            ("onnxruntime fp32", runtime.load(result.paths["fp32"], threads=threads)),
+            ("onnxruntime int8 (cpu target)", runtime.load(result.paths["int8"], threads=threads)),
+        ]
+        results = bench(runners, sizes, duration=args.duration, progress=stderr_progress)
+        print(file=sys.stderr)
+        print("bench vs a plain session.run loop ...", file=sys.stderr)
+        overhead = plain_loop_check(runners[1][1])
+    rows = [{
+        "runtime": r.label, "batch": r.batch, "calls": r.iterations,
+        **{f"{k}_ms": round(v, 2) for k, v in r.latency_ms.items()},
+        "images_per_s": round(r.images_per_s, 1),
+        "gflops": round(gflop_per_image * r.batch / r.latency_ms["p50"] * 1e3, 1),
+    } for r in results]
+    batch1 = {r["runtime"]: r["p50_ms"] for r in rows if r["batch"] == 1}
+    eager, fp32, int8 = (batch1.get(name) for name, _ in runners)
+    cpu = cpu_description()
     report = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical / {threads} physical cores",
-        "cpu_flags": sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if _has_flag(f)),
+        "machine": f"{cpu['model']}, {cpu['logical_cores']} logical / {cpu['physical_cores']} physical cores",
+        "cpu_flags": cpu["isa"],
         "tools": tool_versions(),
         "arch": args.arch,
         "gflop_per_image": gflop_per_image,
@@ -162,19 +158,13 @@ def main() -> int:
             "ort_int8_over_ort_fp32": round(int8 / fp32, 3) if fp32 else None,
             "ort_fp32_share_of_matmul_rate": round(gflop_per_image / (fp32 / 1e3) / peak, 3) if fp32 else None,
         },
+        "bench_overhead": overhead,
     }
     text = _markdown(report)
     print(json.dumps(report, indent=2) if args.json else text)
     if args.write:
         _write_section(text)
     return 0
-
-
-def _has_flag(flag: str) -> bool:
-    try:
-        return flag in Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
 
 
 def _markdown(report: dict) -> str:
@@ -190,18 +180,22 @@ def _markdown(report: dict) -> str:
         + f" GFLOP/s; the machine's rate is the best, {report['matmul_peak_gflops']} GFLOP/s. "
         "Command: `python tools/bench_cpu.py --write`.",
         "",
-        "| runtime | batch | median ms | p90 ms | min ms | images/s | GFLOP/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| runtime | batch | calls | min ms | mean ms | p50 ms | p90 ms | p99 ms | images/s | GFLOP/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
-        lines.append(f"| {r['runtime']} | {r['batch']} | {r['median_ms']} | {r['p90_ms']} | {r['min_ms']} | "
-                     f"{r['images_per_s']} | {r['gflops']} |")
+        lines.append(f"| {r['runtime']} | {r['batch']} | {r['calls']} | {r['min_ms']} | {r['mean_ms']} | "
+                     f"{r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['images_per_s']} | {r['gflops']} |")
     lines += [
         "",
         f"Batch 1, medians side by side: ONNX Runtime fp32 / PyTorch eager = **{b1['ort_fp32_over_torch_eager']}** "
         f"(goal <= 0.5); ONNX Runtime int8 / fp32 = **{b1['ort_int8_over_ort_fp32']}** (goal <= 0.45); "
         f"ONNX Runtime fp32 reaches **{b1['ort_fp32_share_of_matmul_rate']:.0%}** of the measured matmul rate "
         "(goal >= 75%).",
+        "",
+        f"bench's own figure against a plain `session.run` loop on the same session (ORT fp32, batch 1, alternated "
+        f"blocks): {report['bench_overhead']['bench_p50_ms']} vs {report['bench_overhead']['plain_loop_p50_ms']} ms, "
+        f"ratio **{report['bench_overhead']['ratio']}** (goal within 10%).",
     ]
     return "\n".join(lines)
 

@@ -1,15 +1,104 @@
-"""The interface every backend's runner implements."""
+"""The interface every backend's runner implements, and the input checks they share.
+
+A runner takes a float32 NCHW numpy batch and returns ``{output name: array}``.
+It says what it takes and gives (``inputs``, ``outputs``, ``batch_range``),
+is warmed up explicitly (first calls pay for allocation, autotuning, graph
+capture), and is a context manager that releases its session or engine.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 
+from ..artifacts import TensorSpec
+from ..errors import DeployError
 
-class Runner(Protocol):
-    name: str  # e.g. "onnxruntime-cpu", "torch-cpu"
-    input_name: str
-    output_names: list[str]
 
-    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+class Runner:
+    """Base of the torch, ONNX Runtime and TensorRT runners."""
+
+    name: str  # e.g. "onnxruntime-cpu", "torch-cpu", "tensorrt"
+    device: str = "cpu"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    batch_range: tuple[int, int] | None = None  # smallest and largest batch it takes, when bounded
+    artifact: str | None = None  # the file it runs, when loaded by runtime.load
+    precision: str = "fp32"
+
+    @property
+    def input_name(self) -> str:
+        return self.inputs[0].name
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.run(self.check_input(batch))
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a batch already checked by :meth:`check_input`."""
+        raise NotImplementedError
+
+    def check_input(self, batch: Any) -> np.ndarray:
+        """The batch as a C-contiguous float32 array, or a one-line error saying what is wrong with it."""
+        if not isinstance(batch, np.ndarray):
+            raise DeployError(f"{self.name} takes a numpy array, not {type(batch).__name__}")
+        if batch.dtype != np.float32:
+            raise DeployError(
+                f"input dtype is {batch.dtype}; {self.name} takes float32 "
+                "(preprocessed images: resnet_deploy.data.ImagePreprocess, or batch.astype(np.float32))"
+            )
+        expected = self.inputs[0].shape
+        if batch.ndim != len(expected) or any(
+            isinstance(want, int) and want != got for want, got in zip(expected[1:], batch.shape[1:])
+        ):
+            raise DeployError(f"input shape {list(batch.shape)} does not match the model's {expected}")
+        if self.batch_range is not None:
+            low, high = self.batch_range
+            if not low <= batch.shape[0] <= high:
+                raise DeployError(
+                    f"batch size {batch.shape[0]} is outside the artifact's profile ({low} to {high}): "
+                    "re-export with a wider --batch MIN:OPT:MAX"
+                )
+        elif batch.shape[0] < 1:
+            raise DeployError("an empty batch: give at least one image")
+        return np.ascontiguousarray(batch)
+
+    def example_batch(self, batch_size: int | None = None) -> np.ndarray:
+        """Zeros of the input's shape at ``batch_size`` (default: the smallest the runner takes)."""
+        size = batch_size or (self.batch_range[0] if self.batch_range else 1)
+        dims = [d if isinstance(d, int) else None for d in self.inputs[0].shape[1:]]
+        if None in dims:
+            raise DeployError(f"{self.name}: the input has symbolic spatial dims {self.inputs[0].shape}; "
+                              "give an example batch")
+        return np.zeros((size, *dims), dtype=np.float32)
+
+    def warmup(self, batch_size: int | None = None, iterations: int = 3) -> None:
+        """Run a few batches so allocation, autotuning and graph capture are not timed later."""
+        batch = self.example_batch(batch_size)
+        for _ in range(iterations):
+            self(batch)
+
+    def describe(self) -> dict[str, Any]:
+        """What a report or a server's metadata says about this runner."""
+        return {
+            "backend": self.name,
+            "artifact": self.artifact,
+            "precision": self.precision,
+            "device": self.device,
+            "inputs": [vars(t) for t in self.inputs],
+            "outputs": [vars(t) for t in self.outputs],
+            "batch_range": list(self.batch_range) if self.batch_range else None,
+        }
+
+    def close(self) -> None:
+        """Release the session or engine; the runner is unusable afterwards."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

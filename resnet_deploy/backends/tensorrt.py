@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts import TensorSpec
 from ..errors import DeployError
 from . import detect
+from .base import Runner
 
 
 def check_engine_compatible(record: dict[str, Any], trt_version: str, gpu_name: str,
@@ -57,10 +59,17 @@ def trt_dtype_to_torch(trt: Any, torch: Any, dtype: Any) -> Any:
     return table[dtype]
 
 
-class TensorRTRunner:
-    """Runs a serialized engine on the current CUDA device, shapes set per call within the profile."""
+class TensorRTRunner(Runner):
+    """Runs a serialized engine on the current CUDA device: deserialised once, torch CUDA tensors
+    as buffers, a dedicated stream, input shape set per call within the optimization profile.
 
-    def __init__(self, engine_path: str | os.PathLike[str], *, dla_core: int | None = None) -> None:
+    With ``cuda_graphs`` the enqueue of each batch size is captured once into a CUDA graph
+    (static input and output buffers) and replayed, which removes per-layer launch overhead
+    at small batch sizes.
+    """
+
+    def __init__(self, engine_path: str | os.PathLike[str], *, dla_core: int | None = None,
+                 cuda_graphs: bool = False) -> None:
         available = detect.tensorrt()
         if not available.available:
             raise DeployError(f"cannot run {Path(engine_path).name}: {available.reason}")
@@ -69,10 +78,10 @@ class TensorRTRunner:
 
         self._trt, self._torch = trt, torch
         self.logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(self.logger)
+        self.runtime = trt.Runtime(self.logger)
         if dla_core is not None:
-            runtime.DLA_core = dla_core
-        self.engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+            self.runtime.DLA_core = dla_core
+        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
             raise DeployError(
                 f"TensorRT {trt.__version__} could not load {Path(engine_path).name}: it was built for another "
@@ -81,29 +90,68 @@ class TensorRTRunner:
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        mode = trt.TensorIOMode.INPUT
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
-        if len(inputs) != 1:
-            raise DeployError(f"expected an engine with one input, found {inputs}")
-        self.name = "tensorrt"
-        self.input_name = inputs[0]
-        self.output_names = [n for n in names if n not in inputs]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        if sum(is_input.values()) != 1:
+            raise DeployError(f"expected an engine with one input, found {[n for n in names if is_input[n]]}")
 
-    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        def spec(name: str) -> TensorSpec:
+            dtype = trt_dtype_to_torch(trt, torch, self.engine.get_tensor_dtype(name))
+            return TensorSpec(name, list(self.engine.get_tensor_shape(name)), str(dtype).removeprefix("torch."))
+
+        self.name = "tensorrt"
+        self.device = f"cuda:{torch.cuda.current_device()}"
+        self.inputs = [spec(n) for n in names if is_input[n]]
+        self.outputs = [spec(n) for n in names if not is_input[n]]
+        low, _, high = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        self.batch_range = (int(low[0]), int(high[0]))
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict[tuple[int, ...], tuple[Any, Any, dict[str, Any]]] = {}
+
+    def _bind(self, shape: tuple[int, ...]) -> tuple[Any, dict[str, Any]]:
+        """Fresh input and output buffers for ``shape``, their addresses set on the context."""
         torch, engine, context = self._torch, self.engine, self.context
         dtype = trt_dtype_to_torch(self._trt, torch, engine.get_tensor_dtype(self.input_name))
+        source = torch.empty(shape, dtype=dtype, device="cuda")
+        if not context.set_input_shape(self.input_name, shape):
+            raise DeployError(f"input shape {list(shape)} is outside the engine's optimization profile")
+        context.set_tensor_address(self.input_name, source.data_ptr())
+        outputs = {}
+        for name in self.output_names:
+            out_dtype = trt_dtype_to_torch(self._trt, torch, engine.get_tensor_dtype(name))
+            outputs[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=out_dtype, device="cuda")
+            context.set_tensor_address(name, outputs[name].data_ptr())
+        return source, outputs
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise DeployError("TensorRT execution failed")
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        torch = self._torch
+        host = torch.from_numpy(batch)
         with torch.cuda.stream(self.stream):
-            source = torch.from_numpy(np.ascontiguousarray(batch)).to("cuda", dtype=dtype, non_blocking=True)
-            if not context.set_input_shape(self.input_name, tuple(source.shape)):
-                raise DeployError(f"input shape {list(source.shape)} is outside the engine's optimization profile")
-            context.set_tensor_address(self.input_name, source.data_ptr())
-            outputs = {}
-            for name in self.output_names:
-                shape = tuple(context.get_tensor_shape(name))
-                out_dtype = trt_dtype_to_torch(self._trt, torch, engine.get_tensor_dtype(name))
-                outputs[name] = torch.empty(shape, dtype=out_dtype, device="cuda")
-                context.set_tensor_address(name, outputs[name].data_ptr())
-            if not context.execute_async_v3(self.stream.cuda_stream):
-                raise DeployError("TensorRT execution failed")
+            if not self.cuda_graphs:
+                source, outputs = self._bind(tuple(batch.shape))
+                source.copy_(host, non_blocking=True)
+                self._enqueue()
+            else:
+                if batch.shape not in self._graphs:
+                    source, outputs = self._bind(tuple(batch.shape))
+                    self._enqueue()  # TensorRT needs one run after a shape change before capture
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, stream=self.stream):
+                        self._enqueue()
+                    self._graphs[batch.shape] = (graph, source, outputs)
+                graph, source, outputs = self._graphs[batch.shape]
+                source.copy_(host, non_blocking=True)
+                graph.replay()
+            result = {name: tensor.float().cpu() for name, tensor in outputs.items()}
         self.stream.synchronize()
-        return {name: tensor.float().cpu().numpy() for name, tensor in outputs.items()}
+        return {name: tensor.numpy() for name, tensor in result.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "tensorrt": self._trt.__version__, "cuda_graphs": self.cuda_graphs}
+
+    def close(self) -> None:
+        self._graphs.clear()
+        self.context = self.engine = None

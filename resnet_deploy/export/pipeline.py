@@ -21,7 +21,7 @@ import torch
 from ..artifacts import BatchProfile, Manifest, TensorSpec, artifact_filename, check_stem, commit_artifacts
 from ..backends import detect
 from ..backends.onnxrt import OnnxRuntimeRunner
-from ..backends.pytorch import TorchRunner
+from ..backends.pytorch import TorchRunner, reference_model
 from ..backends.tensorrt import TensorRTRunner
 from ..data import ImagePreprocess, random_images
 from ..environment import tool_versions
@@ -364,7 +364,6 @@ def build(
 ) -> Path:
     """Build ``STEM.engine`` from an exported ONNX artifact, gate it against PyTorch, add it to the manifest."""
     from ..artifacts import manifest_for
-    from ..parity.verify import reference_model
 
     trt = detect.tensorrt()
     if not trt.available:

@@ -12,18 +12,16 @@ from typing import Any
 
 import numpy as np
 import onnx
-import torch
 from torch import nn
 
 from ..artifacts import Manifest, artifact_filename, manifest_for, split_artifact_name
 from ..backends import detect
 from ..backends.onnxrt import OnnxRuntimeRunner
-from ..backends.pytorch import TorchRunner
+from ..backends.pytorch import TorchRunner, reference_model
 from ..backends.tensorrt import TensorRTRunner, check_engine_compatible, current_environment
 from ..data import ImagePreprocess, batched, labelled_images, list_images, load_images, load_npy_batch, random_images
-from ..errors import ArtifactError, DeployError
-from ..fileio import atomic_open, sha256_file
-from ..models import create_model
+from ..errors import DeployError
+from ..fileio import atomic_open
 from .layerwise import LayerwiseReport, localize
 from .compare import ResultRow, compare_outputs
 from .tolerances import tolerance_for
@@ -57,24 +55,6 @@ class Report:
         with atomic_open(path, "w") as handle:
             json.dump(self.to_dict(), handle, indent=2, default=float)
             handle.write("\n")
-
-
-def reference_model(manifest: Manifest) -> nn.Module:
-    """The float32 PyTorch model the artifact was exported from, rebuilt from the manifest."""
-    weights = manifest.weights
-    options = manifest.model_options
-    kwargs = {"features_only": options.get("features_only", False), "last_stride": options.get("last_stride", 2)}
-    num_classes = None if kwargs["features_only"] else manifest.num_classes
-    if "file" in weights:
-        path = Path(weights["file"])
-        if not path.is_file():
-            raise ArtifactError(f"the weights file the artifact was exported from, {path}, is gone")
-        if sha256_file(path) != weights["sha256"]:
-            raise ArtifactError(f"{path} changed since export (sha256 differs from the manifest): re-export")
-        return create_model(manifest.arch, num_classes=num_classes, weights=path, **kwargs)
-    with torch.random.fork_rng():
-        torch.manual_seed(int(weights["seed"]))
-        return create_model(manifest.arch, num_classes=num_classes, **kwargs)
 
 
 @dataclass

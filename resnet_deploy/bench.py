@@ -1,0 +1,209 @@
+"""Latency and throughput of runners, side by side in one run.
+
+Runners are timed in interleaved blocks: each block is one untimed call (the
+first call after another runtime ran pays for its thread pool or caches going
+cold) and then enough timed calls for about a quarter of a second; the order
+rotates every round, so slow drift of the machine (thermal, other tenants)
+falls on every runner alike. Each sample is the host wall time of one full
+call, copies included. Runners with a CUDA stream also report device time
+from CUDA events recorded on that stream around the call.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backends.base import Runner
+from .data import random_images
+from .errors import DeployError
+
+BLOCK_SECONDS = 0.25
+PAUSE_SECONDS = 0.05  # between blocks: lets a runtime's spinning threads go idle before the next one runs
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """min, mean, p50, p90, p99 in milliseconds."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    return {"min": float(ms.min()), "mean": float(ms.mean()), "p50": float(np.percentile(ms, 50)),
+            "p90": float(np.percentile(ms, 90)), "p99": float(np.percentile(ms, 99))}
+
+
+@dataclass
+class BenchResult:
+    label: str  # artifact file and backend, e.g. "resnet50.int8.onnx [onnxruntime-cpu]"
+    backend: str
+    precision: str
+    device: str
+    batch: int
+    iterations: int
+    latency_ms: dict[str, float]
+    images_per_s: float  # batch / median latency
+    device_ms: dict[str, float] | None = None
+    ratio: float | None = None  # median latency / the first row's at this batch size
+    samples_s: list[float] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["samples_s"]
+        return data
+
+
+class _DeviceTimer:
+    """CUDA events around a call on the runner's stream; None where the runner has no stream."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.stream = getattr(runner, "stream", None)
+        self.pending: list[tuple[Any, Any]] = []
+
+    def __enter__(self) -> None:
+        if self.stream is not None:
+            import torch
+
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record(self.stream)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.stream is not None:
+            self.end.record(self.stream)
+            self.pending.append((self.start, self.end))
+
+    def collect(self) -> list[float] | None:
+        if self.stream is None:
+            return None
+        self.stream.synchronize()
+        return [start.elapsed_time(end) / 1e3 for start, end in self.pending]
+
+
+def _input_for(runner: Runner, batch_size: int, seed: int) -> np.ndarray:
+    shape = runner.example_batch(1).shape[1:]
+    return random_images(batch_size, shape, (0.5,) * shape[0], (0.25,) * shape[0], seed=seed)
+
+
+def bench(
+    runners: Sequence[tuple[str, Runner]],
+    batch_sizes: Sequence[int],
+    *,
+    iterations: int | None = None,
+    duration: float | None = None,
+    warmup: int = 10,
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchResult]:
+    """Time each (label, runner) at each batch size: ``iterations`` timed calls each, or as many as
+    fit in ``duration`` seconds each (default 3 s, at least 10 calls)."""
+    if iterations is not None and iterations < 1:
+        raise DeployError("--iters must be at least 1")
+    if duration is not None and duration <= 0:
+        raise DeployError("--duration must be positive")
+    if warmup < 0:
+        raise DeployError("--warmup cannot be negative")
+    if iterations is None and duration is None:
+        duration = 3.0
+    results = []
+    for batch_size in batch_sizes:
+        for label, runner in runners:
+            low, high = runner.batch_range or (1, batch_size)
+            if not low <= batch_size <= high:
+                raise DeployError(f"batch size {batch_size} is outside {label}'s profile ({low} to {high})")
+        batch = {label: _input_for(runner, batch_size, seed=batch_size) for label, runner in runners}
+        per_call: dict[str, float] = {}
+        for label, runner in runners:
+            if progress:
+                progress(f"batch {batch_size}: warming up {label}")
+            runner(batch[label])
+            start = time.perf_counter()
+            for _ in range(warmup):
+                runner(batch[label])
+            per_call[label] = (time.perf_counter() - start) / warmup if warmup else BLOCK_SECONDS
+        samples = _interleaved(runners, batch, per_call, iterations, duration, progress, batch_size)
+        first = None
+        for label, runner in runners:
+            host, device = samples[label]
+            stats = latency_stats(host)
+            row = BenchResult(
+                label=label, backend=runner.name, precision=runner.precision, device=runner.device, batch=batch_size,
+                iterations=len(host), latency_ms=stats, images_per_s=batch_size / stats["p50"] * 1e3,
+                device_ms=latency_stats(device) if device else None, samples_s=host,
+            )
+            first = first or row
+            row.ratio = row.latency_ms["p50"] / first.latency_ms["p50"]
+            results.append(row)
+    return results
+
+
+def _interleaved(runners: Sequence[tuple[str, Runner]], batch: dict[str, np.ndarray], per_call: dict[str, float],
+                 iterations: int | None, duration: float | None, progress: Callable[[str], None] | None,
+                 batch_size: int) -> dict[str, tuple[list[float], list[float] | None]]:
+    host: dict[str, list[float]] = {label: [] for label, _ in runners}
+    timers = {label: _DeviceTimer(runner) for label, runner in runners}
+    spent = dict.fromkeys(host, 0.0)
+    block = {label: max(1, round(BLOCK_SECONDS / max(per_call[label], 1e-6))) for label in host}
+
+    def done(label: str) -> bool:
+        if iterations is not None:
+            return len(host[label]) >= iterations
+        return spent[label] >= duration and len(host[label]) >= 10
+
+    round_index = 0
+    while not all(done(label) for label in host):
+        shift = round_index % len(runners)
+        for label, runner in [*runners[shift:], *runners[:shift]]:
+            if done(label):
+                continue
+            data, timer, times = batch[label], timers[label], host[label]
+            runner(data)  # untimed: re-warms what the previous runner's block cooled
+            count = block[label] if iterations is None else min(block[label], iterations - len(times))
+            for _ in range(count):
+                with timer:
+                    start = time.perf_counter()
+                    runner(data)
+                    elapsed = time.perf_counter() - start
+                times.append(elapsed)
+                spent[label] += elapsed
+            time.sleep(PAUSE_SECONDS)
+        round_index += 1
+        if progress:
+            if iterations is not None:
+                share = min(len(t) for t in host.values()) / iterations
+            else:
+                share = min(spent.values()) / duration
+            progress(f"batch {batch_size}: {min(share, 1.0):.0%}")
+    return {label: (host[label], timers[label].collect()) for label in host}
+
+
+def plot(results: Sequence[BenchResult], path: str) -> None:
+    """Latency (p50) and throughput against batch size, one line per runner; needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise DeployError("--plot needs matplotlib: pip install 'resnet-deploy[plot]'") from None
+    from .fileio import atomic_path
+
+    figure, (latency, throughput) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label in dict.fromkeys(r.label for r in results):
+        rows = sorted((r for r in results if r.label == label), key=lambda r: r.batch)
+        sizes = [r.batch for r in rows]
+        latency.plot(sizes, [r.latency_ms["p50"] for r in rows], marker="o", label=label)
+        throughput.plot(sizes, [r.images_per_s for r in rows], marker="o", label=label)
+    for axis, title in ((latency, "p50 latency (ms)"), (throughput, "throughput (images/s)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("batch size")
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+    latency.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+
+
+def stderr_progress(message: str) -> None:
+    print(f"\r{message:<72}", end="", file=sys.stderr, flush=True)

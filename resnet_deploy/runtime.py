@@ -1,0 +1,128 @@
+"""Load an artifact as a runner: the one entry point of predict, bench and serve.
+
+    with resnet_deploy.runtime.load("artifacts/resnet50.onnx") as runner:
+        runner.warmup()
+        logits = runner(batch)["logits"]
+
+The backend follows the file (``.engine`` -> TensorRT, ``.onnx`` -> ONNX Runtime)
+unless chosen; ``torch`` runs the float32 PyTorch model the artifact was
+exported from (rebuilt from the manifest), the reference and the baseline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .artifacts import Manifest, manifest_for
+from .backends import detect
+from .backends.base import Runner
+from .errors import DeployError
+
+BACKENDS = ("auto", "torch", "ort", "trt")
+_DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+
+def parse_device(device: str | None, *, default_cuda: bool) -> tuple[str, int]:
+    """``"cuda:1"`` -> ("cuda", 1); None -> the GPU when there is one and ``default_cuda``, else the CPU."""
+    if device is None:
+        return ("cuda" if default_cuda and detect.torch_cuda().available else "cpu"), 0
+    match = _DEVICE.match(device)
+    if not match:
+        raise DeployError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
+    return match.group(1), int(match.group(2) or 0)
+
+
+def load(
+    artifact: str | os.PathLike[str],
+    *,
+    backend: str = "auto",
+    device: str | None = None,
+    threads: int | None = None,
+    graph_cache: bool = True,
+    channels_last: bool = False,
+    compile: bool = False,
+    half: bool = False,
+    cuda_graphs: bool = False,
+) -> Runner:
+    """A runner for ``artifact`` (a file listed in its manifest) on ``backend`` and ``device``.
+
+    ``threads``: ONNX Runtime intra-op threads (default: physical cores) or torch's thread count.
+    ``graph_cache``: keep ONNX Runtime's optimised graph beside the artifact.
+    ``channels_last``/``compile``/``half`` (float16): torch options. ``cuda_graphs``: TensorRT option.
+    """
+    path = Path(artifact)
+    if backend not in BACKENDS:
+        raise DeployError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    manifest, precision = manifest_for(path)
+    if backend == "auto":
+        backend = "trt" if precision == "engine" else "ort"
+    if backend == "trt":
+        runner = _tensorrt(path, manifest, precision, device, cuda_graphs)
+    elif precision == "engine":
+        raise DeployError(f"{path.name} is a TensorRT engine: only --backend trt runs it "
+                          f"(the ONNX it was built from is {manifest.precision_options['engine']['built_from']})")
+    elif backend == "ort":
+        runner = _onnxruntime(path, manifest, precision, device, threads, graph_cache)
+    else:
+        runner = _torch(manifest, device, threads, channels_last, compile, half)
+    runner.artifact = str(path)
+    if backend == "torch":
+        runner.precision = "fp16" if half else "fp32"
+    else:
+        runner.precision = precision
+    return runner
+
+
+def _batch_range(manifest: Manifest) -> tuple[int, int]:
+    return manifest.batch.min, manifest.batch.max
+
+
+def _tensorrt(path: Path, manifest: Manifest, precision: str, device: str | None, cuda_graphs: bool) -> Runner:
+    from .backends.tensorrt import TensorRTRunner, check_engine_compatible, current_environment
+
+    if precision != "engine":
+        raise DeployError(f"TensorRT runs engines: build one with `resnet-deploy build {path}`")
+    kind, index = parse_device(device, default_cuda=True)
+    if kind != "cuda":
+        raise DeployError("a TensorRT engine runs on a CUDA GPU, not the CPU")
+    available = detect.tensorrt()
+    if not available.available:
+        raise DeployError(f"cannot run {path.name}: {available.reason}")
+    import torch
+
+    torch.cuda.set_device(index)
+    check_engine_compatible(manifest.precision_options["engine"], *current_environment())
+    return TensorRTRunner(path, cuda_graphs=cuda_graphs)
+
+
+def _onnxruntime(path: Path, manifest: Manifest, precision: str, device: str | None, threads: int | None,
+                 graph_cache: bool) -> Runner:
+    from .backends.onnxrt import OnnxRuntimeRunner
+
+    gpu = detect.onnxruntime_provider("CUDAExecutionProvider")
+    kind, index = parse_device(device, default_cuda=gpu.available)
+    if kind == "cuda" and not gpu.available:
+        raise DeployError(f"cannot run {path.name} on CUDA with ONNX Runtime: {gpu.reason}")
+    provider = "CUDAExecutionProvider" if kind == "cuda" else "CPUExecutionProvider"
+    return OnnxRuntimeRunner(path, provider=provider, device_id=index, threads=threads, graph_cache=graph_cache,
+                             model_sha256=manifest.artifact(precision).sha256, batch_range=_batch_range(manifest))
+
+
+def _torch(manifest: Manifest, device: str | None, threads: int | None, channels_last: bool, compile: bool,
+           half: bool) -> Runner:
+    import torch
+
+    from .backends.pytorch import TorchRunner, reference_model
+
+    kind, index = parse_device(device, default_cuda=True)
+    if kind == "cuda":
+        cuda = detect.torch_cuda()
+        if not cuda.available:
+            raise DeployError(f"cannot run torch on CUDA: {cuda.reason}")
+    if threads:
+        torch.set_num_threads(threads)
+    return TorchRunner(reference_model(manifest), [o.name for o in manifest.outputs], input_spec=manifest.input,
+                       device=f"{kind}:{index}" if kind == "cuda" else "cpu", channels_last=channels_last,
+                       compile=compile, half=half, batch_range=_batch_range(manifest))

@@ -1,0 +1,210 @@
+"""runtime.load, predict, bench and doctor on real exported artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_deploy import export, runtime
+from resnet_deploy.backends import detect
+from resnet_deploy.backends.onnxrt import GRAPH_CACHE_DIR
+from resnet_deploy.data import random_images
+from resnet_deploy.errors import DeployError
+from resnet_deploy.predict import imagenet_classes
+from tests.conftest import assert_one_line_error
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runtime")
+    return export("resnet18", input_size=64, batch="1:4:8", fp16=True, out=folder, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Generated images in the modes users bring: RGB, greyscale, CMYK, RGBA, palette."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    rgb = Image.fromarray(pixels)
+    rgb.save(folder / "rgb.png")
+    rgb.convert("L").save(folder / "grey.png")
+    rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    rgb.convert("RGBA").save(folder / "rgba.png")
+    rgb.convert("P").save(folder / "palette.gif")
+    return folder
+
+
+def test_torch_and_ort_runners_agree_at_several_batch_sizes(exported):
+    shape = (3, 64, 64)
+    with runtime.load(exported.onnx_path) as ort_runner, \
+            runtime.load(exported.onnx_path, backend="torch") as torch_runner:
+        assert ort_runner.name == "onnxruntime-cpu" and torch_runner.name == "torch-cpu"
+        assert ort_runner.batch_range == torch_runner.batch_range == (1, 8)
+        assert ort_runner.inputs[0].shape == ["batch", 3, 64, 64]
+        assert ort_runner.output_names == torch_runner.output_names == ["logits"]
+        for size in (1, 3, 8):
+            batch = random_images(size, shape, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), seed=size)
+            got, want = ort_runner(batch)["logits"], torch_runner(batch)["logits"]
+            assert got.shape == (size, 1000)
+            assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+            assert (got.argmax(1) == want.argmax(1)).all()
+        with pytest.raises(DeployError, match="outside the artifact's profile"):
+            ort_runner(random_images(9, shape, (0, 0, 0), (1, 1, 1)))
+    assert ort_runner.session is None and torch_runner.model is None
+
+
+def test_torch_runner_options_keep_the_outputs(exported):
+    batch = random_images(2, (3, 64, 64), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    with runtime.load(exported.onnx_path, backend="torch") as plain:
+        want = plain(batch)["logits"]
+    with runtime.load(exported.onnx_path, backend="torch", channels_last=True) as nhwc:
+        assert nhwc.describe()["channels_last"] is True
+        np.testing.assert_allclose(nhwc(batch)["logits"], want, rtol=0, atol=1e-4 * np.abs(want).max())
+    with runtime.load(exported.onnx_path, backend="torch", half=True) as half:
+        assert half.precision == "fp16"
+        got = half(batch)["logits"]
+    assert got.dtype == np.float32 and 0 < np.abs(got - want).max() <= 1e-2 * np.abs(want).max()
+
+
+def test_fp16_artifact_runs_and_reports_its_precision(exported):
+    with runtime.load(exported.paths["fp16"]) as runner:
+        assert runner.precision == "fp16" and runner.describe()["artifact"].endswith("resnet18.fp16.onnx")
+        out = runner(random_images(2, (3, 64, 64), (0, 0, 0), (1, 1, 1)))["logits"]
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_optimised_graph_is_cached_beside_the_artifact(exported):
+    batch = random_images(2, (3, 64, 64), (0, 0, 0), (1, 1, 1))
+    cache_dir = exported.onnx_path.parent / GRAPH_CACHE_DIR
+    for stale in cache_dir.glob("*"):
+        stale.unlink()
+    with runtime.load(exported.onnx_path, graph_cache=False) as plain:
+        assert plain.graph_cache == "off"
+        want = plain(batch)["logits"]
+    with runtime.load(exported.onnx_path) as first:
+        assert first.graph_cache == "written"
+        np.testing.assert_allclose(first(batch)["logits"], want, rtol=0, atol=1e-5)
+    cached = list(cache_dir.glob("resnet18.onnx.*.onnx"))
+    assert len(cached) == 1 and cached[0].stat().st_size > 1000
+    with runtime.load(exported.onnx_path) as second:
+        assert second.graph_cache == "hit"
+        np.testing.assert_allclose(second(batch)["logits"], want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"backend": "tflite"}, "unknown backend 'tflite'"),
+    ({"backend": "trt"}, "TensorRT runs engines: build one with `resnet-deploy build"),
+    ({"device": "gpu"}, "unknown device 'gpu'"),
+])
+def test_load_errors_are_clear(exported, kwargs, message):
+    with pytest.raises(DeployError, match=None) as info:
+        runtime.load(exported.onnx_path, **kwargs)
+    assert message in str(info.value)
+
+
+@pytest.mark.skipif(detect.onnxruntime_provider("CUDAExecutionProvider").available, reason="this machine has ORT CUDA")
+def test_cuda_without_a_gpu_says_why(exported):
+    with pytest.raises(DeployError, match="install onnxruntime-gpu"):
+        runtime.load(exported.onnx_path, device="cuda")
+
+
+def test_predict_every_image_mode_gives_probabilities(cli, exported, images):
+    result = cli("predict", str(exported.onnx_path), str(images), "--topk", "3", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    names = imagenet_classes()
+    assert len(names) == 1000 and names[0] == "tench" and names[999] == "toilet tissue"
+    assert sorted(p["image"].rsplit("/", 1)[1] for p in report["predictions"]) == \
+        ["cmyk.jpg", "grey.png", "palette.gif", "rgb.png", "rgba.png"]
+    for prediction in report["predictions"]:
+        top = prediction["top"]
+        assert len(top) == 3
+        probabilities = [c["probability"] for c in top]
+        assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-9
+        assert all(c["label"] == names[c["index"]] for c in top)
+    # greyscale becomes RGB with equal channels: the same image as its RGB form would only be if grey
+    table = cli("predict", str(exported.onnx_path), str(images / "rgb.png"))
+    assert table.exit_code == 0 and "probability" in table.stdout and "rgb.png" in table.stdout
+
+
+def test_predict_full_softmax_sums_to_one_and_matches_the_reference(exported, images):
+    from resnet_deploy.artifacts import read_manifest
+    from resnet_deploy.data import ImagePreprocess, load_images
+    from resnet_deploy.predict import predict
+
+    manifest = read_manifest(exported.onnx_path.with_suffix(".json"))
+    preprocess = ImagePreprocess.from_manifest(manifest.preprocess)
+    with runtime.load(exported.onnx_path) as runner, runtime.load(exported.onnx_path, backend="torch") as reference:
+        [prediction] = predict(runner, [images / "grey.png"], preprocess, topk=1000)
+        logits = reference(load_images([images / "grey.png"], preprocess))["logits"][0]
+    assert sum(c["probability"] for c in prediction.top) == pytest.approx(1.0, abs=1e-6)
+    assert prediction.top[0]["index"] == int(logits.argmax())
+
+
+def test_predict_with_a_labels_file_and_bad_inputs(cli, exported, images, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"thing {i}\n" for i in range(1000)))
+    result = cli("predict", str(exported.onnx_path), str(images / "rgb.png"), "--labels", str(labels), "--json")
+    assert json.loads(result.stdout)["predictions"][0]["top"][0]["label"].startswith("thing ")
+    labels.write_text("a\nb\n")
+    assert_one_line_error(cli("predict", str(exported.onnx_path), str(images / "rgb.png"), "--labels", str(labels)),
+                          contains="has 2 labels; the model has 1000 classes")
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("this is text")
+    assert_one_line_error(cli("predict", str(exported.onnx_path), str(not_an_image)), contains="cannot read")
+    assert_one_line_error(cli("predict", str(exported.onnx_path), str(tmp_path / "missing.jpg")),
+                          contains="does not exist")
+    assert_one_line_error(cli("predict", str(exported.onnx_path), str(images / "rgb.png"), "--topk", "0"),
+                          contains="--topk")
+
+
+def test_bench_compares_artifacts_and_backends_in_one_table(cli, exported, tmp_path):
+    plot = tmp_path / "bench.png"
+    result = cli("bench", str(exported.onnx_path), str(exported.paths["fp16"]), "--backend", "torch,ort",
+                 "--batch-sizes", "1,2", "--iters", "5", "--warmup", "1", "--json", "-q", "--plot", str(plot))
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    rows = report["results"]
+    # torch once (the same PyTorch model behind both files), ORT per file, at two batch sizes
+    assert [(r["backend"], r["precision"], r["batch"]) for r in rows] == [
+        ("torch-cpu", "fp32", 1), ("onnxruntime-cpu", "fp32", 1), ("onnxruntime-cpu", "fp16", 1),
+        ("torch-cpu", "fp32", 2), ("onnxruntime-cpu", "fp32", 2), ("onnxruntime-cpu", "fp16", 2)]
+    for row in rows:
+        lat = row["latency_ms"]
+        assert row["iterations"] == 5 and 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert row["device_ms"] is None
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] == pytest.approx(
+        rows[1]["latency_ms"]["p50"] / rows[0]["latency_ms"]["p50"])
+    assert report["runners"][1]["threads"] >= 1 and report["runners"][1]["graph_cache"] in ("hit", "written")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    table = cli("bench", str(exported.onnx_path), "--batch-sizes", "1", "--iters", "3", "--warmup", "0")
+    assert table.exit_code == 0 and "p99 ms" in table.stdout and "1.00x" in table.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-sizes", "16"], "outside"),
+    (["--batch-sizes", "one"], "invalid --batch-sizes"),
+    (["--iters", "3", "--duration", "1"], "not both"),
+    (["--backend", "tvm"], "unknown --backend tvm"),
+    (["--iters", "0"], "--iters must be at least 1"),
+])
+def test_bench_bad_arguments(cli, exported, args, message):
+    assert_one_line_error(cli("bench", str(exported.onnx_path), "-q", *args), contains=message)
+
+
+def test_doctor_reports_what_can_run(cli):
+    result = cli("doctor", "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["backends"]["torch-cpu"]["usable"] and report["backends"]["onnxruntime-cpu"]["usable"]
+    assert "CPUExecutionProvider" in report["onnxruntime"]["providers"]
+    assert report["cpu"]["physical_cores"] >= 1
+    trt = detect.tensorrt()
+    assert report["backends"]["tensorrt"] == {"usable": trt.available, "reason": trt.reason or None}
+    text = cli("doctor")
+    assert "backends:" in text.stdout and "onnxruntime-cpu   yes" in text.stdout
