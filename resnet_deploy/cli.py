@@ -433,5 +433,62 @@ def doctor_command(as_json: bool) -> None:
     click.echo("\n".join(lines))
 
 
+@main.command("triton")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--repo", required=True, type=click.Path(file_okay=False), help="Model repository folder (created or updated).")
+@click.option("--model-name", help="Default: the artifact's stem, e.g. resnet50.")
+@click.option("--max-batch", type=int, help="max_batch_size (default: the profile's MAX).")
+@click.option("--preferred", help="Preferred batch sizes of the dynamic batcher, e.g. 8,16.")
+@click.option("--queue-delay-us", type=int, default=100, show_default=True, help="Dynamic batcher's max queue delay.")
+@click.option("--instances", type=int, default=1, show_default=True, help="Model instances per device.")
+@click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True)
+@click.option("--version", "model_version", type=int, default=1, show_default=True)
+def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: int | None, preferred: str | None,
+                   queue_delay_us: int, instances: int, kind: str, model_version: int) -> None:
+    """Write ARTIFACT into a Triton Inference Server model repository."""
+    from .serving.triton import TritonOptions, write_model_repository
+
+    options = TritonOptions(model_name=model_name, max_batch=max_batch,
+                            preferred=tuple(_int_list(preferred, "--preferred")) if preferred else (),
+                            queue_delay_us=queue_delay_us, instances=instances, kind=kind, version=model_version)
+    folder = write_model_repository(artifact, repo, options)
+    click.echo(f"wrote {folder}/config.pbtxt and {folder}/{model_version}/")
+
+
+@main.command("serve")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--model-name", help="Default: the artifact's stem.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it).")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--max-batch", type=int, help="Largest batch the dynamic batcher forms (default: min(profile MAX, 32)).")
+@click.option("--max-delay-ms", type=float, default=2.0, show_default=True, help="How long a batch waits to fill.")
+@click.option("--queue", "queue_size", type=int, default=64, show_default=True, help="Queued requests before 503.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Runner calls in flight at once.")
+@click.option("--max-request-mb", type=float, default=64, show_default=True, help="Largest request body.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "ort", "trt"]), default="auto", show_default=True)
+@_runtime_options
+def serve_command(artifact: str, model_name: str | None, host: str, port: int, max_batch: int | None,
+                  max_delay_ms: float, queue_size: int, workers: int, max_request_mb: float, backend: str,
+                  device: str | None, threads: int | None) -> None:
+    """Serve ARTIFACT over the Open Inference Protocol (KServe v2 REST), with dynamic batching."""
+    from .artifacts import split_artifact_name
+    from .runtime import load
+    from .serving.server import create_app
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise DeployError("serve needs uvicorn and starlette: pip install 'resnet-deploy[serve]'") from None
+    runner = load(artifact, backend=backend, device=device, threads=threads)
+    high = runner.batch_range[1] if runner.batch_range else 32
+    platform = "tensorrt_plan" if runner.name == "tensorrt" else "onnxruntime_onnx"
+    app = create_app(runner, model_name=model_name or split_artifact_name(artifact)[0], platform=platform,
+                     max_batch=max_batch or min(high, 32), max_delay_ms=max_delay_ms, queue_size=queue_size,
+                     workers=workers, max_request_bytes=int(max_request_mb * (1 << 20)))
+    runner.warmup()
+    click.echo(f"serving {artifact} ({runner.name}) on http://{host}:{port}/v2", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

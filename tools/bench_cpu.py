@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks_md import replace_section  # noqa: E402  (tools/, the script's folder)
 from resnet_deploy import export, runtime  # noqa: E402
 from resnet_deploy.backends.onnxrt import physical_cores  # noqa: E402
 from resnet_deploy.bench import bench, stderr_progress  # noqa: E402
@@ -46,7 +47,6 @@ from resnet_deploy.data import random_images  # noqa: E402
 from resnet_deploy.environment import cpu_description, tool_versions  # noqa: E402
 from resnet_deploy.models import get_model_info  # noqa: E402
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 SECTION = "## CPU: PyTorch eager vs ONNX Runtime fp32 vs int8"
 
 
@@ -163,7 +163,7 @@ def main() -> int:
     text = _markdown(report)
     print(json.dumps(report, indent=2) if args.json else text)
     if args.write:
-        _write_section(text)
+        replace_section(SECTION, text)
     return 0
 
 
@@ -198,17 +198,6 @@ def _markdown(report: dict) -> str:
         f"ratio **{report['bench_overhead']['ratio']}** (goal within 10%).",
     ]
     return "\n".join(lines)
-
-
-def _write_section(text: str) -> None:
-    current = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\nFigures measured by the scripts in tools/, with date and machine.\n"
-    if SECTION in current:
-        head, _, rest = current.partition(SECTION)
-        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        current = head + text + "\n" + tail
-    else:
-        current = current.rstrip("\n") + "\n\n" + text + "\n"
-    BENCHMARKS.write_text(current)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,352 @@
+"""An Open Inference Protocol (KServe v2) HTTP server for one artifact, with dynamic batching.
+
+The REST endpoints Triton and KServe speak, so a ``tritonclient.http`` client does not care which
+one answers: ``/v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/models/NAME[/versions/V]``,
+``.../ready`` and ``.../infer`` with JSON tensors and the binary tensor data extension.
+
+Concurrent requests wait up to ``max_delay`` in a bounded queue and are run as one batch of at
+most ``max_batch`` images; a full queue answers 503 at once instead of growing memory. Each
+response says in ``parameters.server_batch_size`` how many images shared its runner call, and
+``/metrics`` counts requests, batches and rejections (Prometheus text format).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..backends.base import Runner
+from ..errors import DeployError
+
+BINARY_HEADER = "Inference-Header-Content-Length"
+_NUMPY_TO_OIP = {"float32": "FP32", "float16": "FP16", "int64": "INT64"}
+_OIP_ITEM_SIZE = {"FP32": 4}
+
+
+class RequestError(Exception):
+    """A request the server refuses: ``status`` is the HTTP code (400, 404, 413, 503)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _Pending:
+    batch: np.ndarray
+    future: asyncio.Future
+
+
+@dataclass
+class BatchStats:
+    requests: int = 0
+    batches: int = 0
+    images: int = 0
+    rejected_overload: int = 0
+    failed: int = 0
+    largest_batch: int = 0
+    batch_sizes: collections.Counter = field(default_factory=collections.Counter)
+
+
+class DynamicBatcher:
+    """Queues requests and runs them together: a batch closes when it would exceed ``max_batch``
+    images or ``max_delay`` seconds after its first request arrived."""
+
+    def __init__(self, runner: Runner, *, max_batch: int, max_delay: float, queue_size: int, workers: int = 1) -> None:
+        self.runner, self.max_batch, self.max_delay = runner, max_batch, max_delay
+        self.queue_size, self.workers = queue_size, workers
+        self.pending: collections.deque[_Pending] = collections.deque()
+        self.stats = BatchStats()
+        self._tasks: list[asyncio.Task] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._condition: asyncio.Condition | None = None
+
+    async def start(self) -> None:
+        self._condition = asyncio.Condition()
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="runner")
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for item in self.pending:
+            if not item.future.done():
+                item.future.set_exception(RequestError("server shutting down", 503))
+        if self._executor:
+            self._executor.shutdown(wait=True)
+
+    async def submit(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+        """The runner's outputs for ``batch`` and the size of the batch it ran in."""
+        if len(self.pending) >= self.queue_size:
+            self.stats.rejected_overload += 1
+            raise RequestError(f"server overloaded: {len(self.pending)} requests already queued", 503)
+        self.stats.requests += 1
+        item = _Pending(batch, asyncio.get_running_loop().create_future())
+        async with self._condition:
+            self.pending.append(item)
+            self._condition.notify()
+        return await item.future
+
+    async def _take(self) -> list[_Pending]:
+        loop = asyncio.get_running_loop()
+        async with self._condition:
+            await self._condition.wait_for(lambda: self.pending)
+            items = [self.pending.popleft()]
+        count, deadline = len(items[0].batch), loop.time() + self.max_delay
+        while count < self.max_batch:
+            async with self._condition:
+                if not self.pending:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._condition.wait_for(lambda: self.pending), remaining)
+                    if not self.pending:
+                        break
+                if count + len(self.pending[0].batch) > self.max_batch:
+                    break
+                item = self.pending.popleft()
+            items.append(item)
+            count += len(item.batch)
+        return items
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._take()
+            sizes = [len(i.batch) for i in items]
+            total = sum(sizes)
+            batch = np.concatenate([i.batch for i in items]) if len(items) > 1 else items[0].batch
+            low = self.runner.batch_range[0] if self.runner.batch_range else 1
+            if total < low:  # the artifact's profile starts above this batch: pad, then drop the padding
+                batch = np.concatenate([batch, np.zeros((low - total, *batch.shape[1:]), batch.dtype)])
+            try:
+                outputs = await loop.run_in_executor(self._executor, self.runner, batch)
+            except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
+                self.stats.failed += len(items)
+                error = RequestError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                                     400 if isinstance(exc, DeployError) else 500)
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                continue
+            self.stats.batches += 1
+            self.stats.images += total
+            self.stats.largest_batch = max(self.stats.largest_batch, total)
+            self.stats.batch_sizes[total] += 1
+            start = 0
+            for item, size in zip(items, sizes):
+                if not item.future.done():
+                    item.future.set_result(({k: v[start: start + size] for k, v in outputs.items()}, total))
+                start += size
+
+
+def _tensor_meta(spec: Any) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": _NUMPY_TO_OIP.get(spec.dtype, spec.dtype.upper()),
+            "shape": [d if isinstance(d, int) else -1 for d in spec.shape]}
+
+
+def parse_infer_request(body: bytes, header_length: str | None, runner: Runner, max_batch: int) -> tuple[
+        np.ndarray, dict[str, Any]]:
+    """The input batch of an inference request (JSON or binary tensor data) and its JSON header."""
+    if header_length is not None:
+        try:
+            split = int(header_length)
+        except ValueError:
+            raise RequestError(f"{BINARY_HEADER} must be an integer") from None
+        if not 0 < split <= len(body):
+            raise RequestError(f"{BINARY_HEADER} {split} does not fit a body of {len(body)} bytes")
+        head, binary = body[:split], body[split:]
+    else:
+        head, binary = body, b""
+    try:
+        request = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"the request is not valid JSON: {exc}") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or len(request["inputs"]) != 1:
+        raise RequestError(f"the request needs \"inputs\": one tensor named {runner.input_name!r}")
+    tensor = request["inputs"][0]
+    if not isinstance(tensor, dict) or tensor.get("name") != runner.input_name:
+        raise RequestError(f"unknown input {tensor.get('name') if isinstance(tensor, dict) else tensor!r}; "
+                           f"the model's input is {runner.input_name!r}")
+    datatype = tensor.get("datatype")
+    if datatype != "FP32":
+        raise RequestError(f"input {runner.input_name!r} has datatype {datatype}; the model takes FP32")
+    shape = tensor.get("shape")
+    expected = runner.inputs[0].shape
+    if (not isinstance(shape, list) or len(shape) != len(expected) or not all(isinstance(d, int) for d in shape)
+            or any(isinstance(e, int) and e != d for e, d in zip(expected[1:], shape[1:]))):
+        raise RequestError(f"input shape {shape} does not match the model's {_tensor_meta(runner.inputs[0])['shape']}")
+    if not 1 <= shape[0] <= max_batch:
+        raise RequestError(f"batch size {shape[0]} is outside 1 to {max_batch}, the server's max batch")
+    count = int(np.prod(shape))
+    parameters = tensor.get("parameters") or {}
+    if "binary_data_size" in parameters:
+        size = parameters["binary_data_size"]
+        if size != count * _OIP_ITEM_SIZE["FP32"] or len(binary) != size:
+            raise RequestError(f"binary input of {len(binary)} bytes (declared {size}) does not hold "
+                               f"{count} FP32 values of shape {shape}")
+        array = np.frombuffer(binary, dtype="<f4").reshape(shape)
+    else:
+        if "data" not in tensor:
+            raise RequestError(f"input {runner.input_name!r} has neither \"data\" nor binary data")
+        try:
+            array = np.asarray(tensor["data"], dtype=np.float32)
+        except (TypeError, ValueError):
+            raise RequestError(f"input {runner.input_name!r} \"data\" is not a list of numbers") from None
+        if array.size != count:
+            raise RequestError(f"input {runner.input_name!r} has {array.size} values; shape {shape} needs {count}")
+        array = array.reshape(shape)
+    return np.ascontiguousarray(array, dtype=np.float32), request
+
+
+def build_infer_response(request: dict[str, Any], outputs: dict[str, np.ndarray], *, model_name: str,
+                         batch_size: int) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers: JSON, or JSON then binary tensors where the client asked for them."""
+    wanted = request.get("outputs")
+    default_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    if wanted is None:
+        wanted = [{"name": name} for name in outputs]
+    response_outputs, chunks = [], []
+    for spec in wanted:
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if name not in outputs:
+            raise RequestError(f"unknown output {name!r}; the model's outputs are {list(outputs)}")
+        array = np.ascontiguousarray(outputs[name], dtype=np.float32)
+        entry = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
+        if (spec.get("parameters") or {}).get("binary_data", default_binary):
+            data = array.astype("<f4").tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        else:
+            entry["data"] = array.ravel().tolist()
+        response_outputs.append(entry)
+    response = {"model_name": model_name, "model_version": "1", "outputs": response_outputs,
+                "parameters": {"server_batch_size": batch_size}}
+    if "id" in request:
+        response["id"] = request["id"]
+    head = json.dumps(response).encode()
+    if not chunks:
+        return head, {"content-type": "application/json"}
+    return head + b"".join(chunks), {"content-type": "application/octet-stream", BINARY_HEADER: str(len(head))}
+
+
+def create_app(runner: Runner, *, model_name: str, platform: str = "onnxruntime_onnx", max_batch: int = 8,
+               max_delay_ms: float = 2.0, queue_size: int = 64, workers: int = 1,
+               max_request_bytes: int = 64 << 20) -> Any:
+    """The ASGI application (Starlette) serving ``runner`` as model ``model_name``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from .. import __version__
+
+    high = runner.batch_range[1] if runner.batch_range else max_batch
+    if not 1 <= max_batch <= high:
+        raise DeployError(f"--max-batch {max_batch} is outside the artifact's profile (1 to {high})")
+    if max_delay_ms < 0 or queue_size < 1 or workers < 1:
+        raise DeployError("--max-delay-ms cannot be negative; the queue and --workers need at least 1")
+    batcher = DynamicBatcher(runner, max_batch=max_batch, max_delay=max_delay_ms / 1e3, queue_size=queue_size,
+                             workers=workers)
+    state = {"ready": False}
+
+    def error(message: str, status: int) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    def check_model(request: Request) -> None:
+        name = request.path_params["name"]
+        version = request.path_params.get("version")
+        if name != model_name or version not in (None, "1"):
+            raise RequestError(f"unknown model {name!r}" + (f" version {version}" if version else "") +
+                               f"; this server serves {model_name!r} version 1", 404)
+
+    async def live(_: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(_: Request) -> Response:
+        return JSONResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+
+    async def server_metadata(_: Request) -> Response:
+        return JSONResponse({"name": "resnet-deploy", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+    async def model_metadata(request: Request) -> Response:
+        try:
+            check_model(request)
+        except RequestError as exc:
+            return error(str(exc), exc.status)
+        return JSONResponse({"name": model_name, "versions": ["1"], "platform": platform,
+                             "inputs": [_tensor_meta(t) for t in runner.inputs],
+                             "outputs": [_tensor_meta(t) for t in runner.outputs]})
+
+    async def model_ready(request: Request) -> Response:
+        try:
+            check_model(request)
+        except RequestError as exc:
+            return error(str(exc), exc.status)
+        return JSONResponse({"name": model_name, "ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+
+    async def infer(request: Request) -> Response:
+        try:
+            check_model(request)
+            declared = request.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > max_request_bytes:
+                raise RequestError(f"request of {declared} bytes is over the {max_request_bytes}-byte limit", 413)
+            if request.headers.get("content-encoding", "identity") != "identity":
+                raise RequestError("compressed requests are not supported")
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_request_bytes:
+                    raise RequestError(f"request is over the {max_request_bytes}-byte limit", 413)
+            batch, parsed = parse_infer_request(bytes(body), request.headers.get(BINARY_HEADER), runner, max_batch)
+            outputs, batch_size = await batcher.submit(batch)
+            content, headers = build_infer_response(parsed, outputs, model_name=model_name, batch_size=batch_size)
+        except RequestError as exc:
+            return error(str(exc), exc.status)
+        return Response(content, headers=headers)
+
+    async def metrics(_: Request) -> Response:
+        s = batcher.stats
+        lines = [
+            "# TYPE resnet_deploy_requests_total counter", f"resnet_deploy_requests_total {s.requests}",
+            "# TYPE resnet_deploy_batches_total counter", f"resnet_deploy_batches_total {s.batches}",
+            "# TYPE resnet_deploy_batched_images_total counter", f"resnet_deploy_batched_images_total {s.images}",
+            "# TYPE resnet_deploy_rejected_total counter",
+            f'resnet_deploy_rejected_total{{reason="overload"}} {s.rejected_overload}',
+            f'resnet_deploy_rejected_total{{reason="failed"}} {s.failed}',
+            "# TYPE resnet_deploy_largest_batch gauge", f"resnet_deploy_largest_batch {s.largest_batch}",
+            "# TYPE resnet_deploy_queue_depth gauge", f"resnet_deploy_queue_depth {len(batcher.pending)}",
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any):
+        await batcher.start()
+        state["ready"] = True
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await batcher.stop()
+
+    model = "/v2/models/{name}"
+    versioned = "/v2/models/{name}/versions/{version}"
+    routes = [
+        Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_metadata),
+        Route("/metrics", metrics),
+        Route(model, model_metadata), Route(versioned, model_metadata),
+        Route(model + "/ready", model_ready), Route(versioned + "/ready", model_ready),
+        Route(model + "/infer", infer, methods=["POST"]), Route(versioned + "/infer", infer, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.batcher = batcher
+    return app

@@ -1,0 +1,268 @@
+"""Triton model repositories, and the Open Inference Protocol server driven by Triton's own client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+pytest.importorskip("uvicorn", reason="serving needs the serve extra (uvicorn, starlette)")
+httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is a test dependency")
+from google.protobuf import text_format  # noqa: E402  (installed with tritonclient)
+from tritonclient.grpc import model_config_pb2  # noqa: E402
+
+import uvicorn  # noqa: E402
+
+from resnet_deploy import export, runtime  # noqa: E402
+from resnet_deploy.data import random_images  # noqa: E402
+from resnet_deploy.serving.server import create_app  # noqa: E402
+from tests.conftest import assert_one_line_error  # noqa: E402
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return export("resnet18", input_size=64, batch="1:4:16", fp16=True, out=tmp_path_factory.mktemp("serve"),
+                  quiet=True)
+
+
+def _config(path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_triton_repository_config_parses_with_tritons_model_config(cli, exported, tmp_path):
+    repo = tmp_path / "repo"
+    result = cli("triton", str(exported.onnx_path), "--repo", str(repo), "--preferred", "4,8",
+                 "--queue-delay-us", "500", "--instances", "2", "--kind", "cpu")
+    assert result.exit_code == 0, result.stderr
+    config = _config(repo / "resnet18" / "config.pbtxt")
+    assert config.name == "resnet18" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 16
+    [inp] = config.input
+    assert inp.name == "input" and list(inp.dims) == [3, 64, 64]
+    assert inp.data_type == model_config_pb2.TYPE_FP32 and inp.format == model_config_pb2.ModelInput.FORMAT_NCHW
+    [out] = config.output
+    assert out.name == "logits" and list(out.dims) == [1000] and out.label_filename == "imagenet_labels.txt"
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    [group] = config.instance_group
+    assert group.count == 2 and group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert (repo / "resnet18" / "1" / "model.onnx").read_bytes() == exported.onnx_path.read_bytes()
+    labels = (repo / "resnet18" / "imagenet_labels.txt").read_text().splitlines()
+    assert len(labels) == 1000 and labels[0] == "tench"
+
+    # updating: a second model and a second version are added, nothing else is touched
+    cli("triton", str(exported.paths["fp16"]), "--repo", str(repo), "--model-name", "resnet18_fp16", "--max-batch", "8")
+    cli("triton", str(exported.paths["fp16"]), "--repo", str(repo), "--version", "2")
+    assert _config(repo / "resnet18_fp16" / "config.pbtxt").max_batch_size == 8
+    assert (repo / "resnet18" / "1" / "model.onnx").read_bytes() == exported.onnx_path.read_bytes()
+    assert (repo / "resnet18" / "2" / "model.onnx").read_bytes() == exported.paths["fp16"].read_bytes()
+    assert _config(repo / "resnet18" / "config.pbtxt").instance_group[0].kind == \
+        model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert not [p for p in repo.rglob(".tmp-*")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-batch", "17"], "outside the artifact's profile"),
+    (["--preferred", "32"], "must lie between 1 and the max batch"),
+    (["--model-name", "bad.name"], "invalid artifact name"),
+    (["--instances", "0"], "at least 1"),
+])
+def test_triton_bad_options(cli, exported, tmp_path, args, message):
+    assert_one_line_error(cli("triton", str(exported.onnx_path), "--repo", str(tmp_path / "r"), *args),
+                          contains=message)
+    assert not (tmp_path / "r" / "resnet18" / "config.pbtxt").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    """The server on a free loopback port, in a thread; yields (url, runner, app)."""
+    runner = runtime.load(exported.onnx_path)
+    app = create_app(runner, model_name="resnet18", max_batch=8, max_delay_ms=100, queue_size=64)
+    port = _free_port()
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"127.0.0.1:{port}", runner, app
+    instance.should_exit = True
+    thread.join(timeout=10)
+    runner.close()
+
+
+def _inputs(batch, binary=True):
+    tensor = httpclient.InferInput("input", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch, binary_data=binary)
+    return [tensor]
+
+
+def test_health_and_metadata(server):
+    url, _, _ = server
+    client = httpclient.InferenceServerClient(url)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("resnet18")
+    assert not client.is_model_ready("resnet50")
+    meta = client.get_model_metadata("resnet18")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 64, 64]}]
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 1000]}]
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_inference_equals_the_runner(server, binary):
+    url, runner, _ = server
+    client = httpclient.InferenceServerClient(url)
+    batch = random_images(3, (3, 64, 64), MEAN, STD, seed=7)
+    output = httpclient.InferRequestedOutput("logits", binary_data=binary)
+    result = client.infer("resnet18", _inputs(batch, binary), outputs=[output])
+    got = result.as_numpy("logits")
+    want = runner(batch)["logits"]
+    assert got.shape == (3, 1000)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert result.get_response()["parameters"]["server_batch_size"] >= 3
+
+
+def test_concurrent_requests_are_batched(server):
+    url, runner, app = server
+    before = app.state.batcher.stats.batches
+    batches = [random_images(1, (3, 64, 64), MEAN, STD, seed=i) for i in range(6)]
+
+    def one(batch):
+        client = httpclient.InferenceServerClient(url)
+        result = client.infer("resnet18", _inputs(batch))
+        return result.as_numpy("logits"), result.get_response()["parameters"]["server_batch_size"]
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(one, batches))
+    for (got, _), batch in zip(answers, batches):
+        np.testing.assert_allclose(got, runner(batch)["logits"], rtol=0, atol=1e-4 * np.abs(got).max())
+    assert max(size for _, size in answers) > 1  # some requests shared a runner call
+    assert app.state.batcher.stats.batches - before < len(batches)
+    metrics = urllib.request.urlopen(f"http://{url}/metrics").read().decode()
+    assert "resnet_deploy_batches_total" in metrics
+
+
+def _post(url, body, headers=None):
+    request = urllib.request.Request(f"http://{url}/v2/models/resnet18/infer", data=body, method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _json_request(shape, datatype="FP32", data=None, name="input"):
+    count = int(np.prod(shape))
+    return json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": datatype,
+                                   "data": data if data is not None else [0.0] * count}]}).encode()
+
+
+@pytest.mark.parametrize("body, headers, message", [
+    (b"{not json", None, "not valid JSON"),
+    (_json_request([1, 3, 32, 32]), None, "does not match the model's [-1, 3, 64, 64]"),
+    (_json_request([1, 3, 64, 64], datatype="INT32"), None, "takes FP32"),
+    (_json_request([9, 3, 64, 64]), None, "outside 1 to 8"),
+    (_json_request([1, 3, 64, 64], name="image"), None, "unknown input 'image'"),
+    (_json_request([1, 3, 64, 64], data=[1.0, 2.0]), None, "has 2 values"),
+    (_json_request([1, 3, 64, 64], data=["a"] * 12288), None, "not a list of numbers"),
+    (_json_request([1, 3, 64, 64]), {"Inference-Header-Content-Length": "999999999"}, "does not fit"),
+    (json.dumps({"inputs": []}).encode(), None, "one tensor named 'input'"),
+])
+def test_bad_requests_get_400_and_the_server_keeps_serving(server, body, headers, message):
+    url, _, _ = server
+    status, answer = _post(url, body, headers)
+    assert status == 400 and message in answer["error"], answer
+    client = httpclient.InferenceServerClient(url)
+    assert client.infer("resnet18", _inputs(random_images(1, (3, 64, 64), MEAN, STD))).as_numpy("logits").shape \
+        == (1, 1000)
+
+
+def test_unknown_model_is_404_and_tritonclient_raises(server):
+    url, _, _ = server
+    request = urllib.request.Request(f"http://{url}/v2/models/nope/infer", data=_json_request([1, 3, 64, 64]),
+                                     method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request)
+    assert info.value.code == 404
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        httpclient.InferenceServerClient(url).infer("nope", _inputs(random_images(1, (3, 64, 64), MEAN, STD)))
+
+
+def test_full_queue_answers_503_not_a_crash(exported):
+    """A batcher whose runner is slow: requests over the queue bound are refused at once."""
+    import asyncio
+
+    from resnet_deploy.serving.server import DynamicBatcher, RequestError
+
+    class Slow:
+        batch_range = (1, 4)
+
+        def __call__(self, batch):
+            time.sleep(0.2)
+            return {"logits": batch[:, :1, 0, 0]}
+
+    async def scenario():
+        batcher = DynamicBatcher(Slow(), max_batch=1, max_delay=0, queue_size=2)
+        await batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(np.full((1, 3, 2, 2), i, np.float32))) for i in range(6)]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        return results, batcher.stats
+
+    results, stats = asyncio.run(scenario())
+    served = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, RequestError)]
+    assert len(served) + len(refused) == 6 and refused and all(r.status == 503 for r in refused)
+    assert [float(out["logits"][0, 0]) for out, _ in served] == sorted(float(out["logits"][0, 0]) for out, _ in served)
+    assert stats.rejected_overload == len(refused) and stats.batches == len(served)
+
+
+def test_serve_command_starts_on_loopback_and_answers(exported):
+    import subprocess
+    import sys
+
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "resnet_deploy.cli", "serve", str(exported.onnx_path),
+                                "--port", str(port), "--max-batch", "4"], stderr=subprocess.PIPE, text=True)
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            try:
+                if client.is_model_ready("resnet18"):
+                    break
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            assert time.monotonic() < deadline, "serve did not become ready"
+            time.sleep(0.2)
+        result = client.infer("resnet18", _inputs(random_images(2, (3, 64, 64), MEAN, STD)))
+        assert result.as_numpy("logits").shape == (2, 1000)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert f"on http://127.0.0.1:{port}/v2" in process.stderr.read()
+
+
+def test_serve_bad_options_are_one_line_errors(cli, exported):
+    assert_one_line_error(cli("serve", str(exported.onnx_path), "--max-batch", "64"),
+                          contains="outside the artifact's profile (1 to 16)")
+    assert_one_line_error(cli("serve", str(exported.onnx_path), "--workers", "0"), contains="--workers")

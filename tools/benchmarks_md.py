@@ -1,0 +1,20 @@
+"""BENCHMARKS.md, the one file the benchmark scripts in tools/ write their figures to, a section each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+HEADER = "# Benchmarks\n\nFigures measured by the scripts in tools/, with date and machine.\n"
+
+
+def replace_section(title: str, text: str) -> None:
+    """Replace the section headed ``title`` (up to the next ``## ``) with ``text``, or append it."""
+    current = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
+    if title in current:
+        head, _, rest = current.partition(title)
+        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        current = head + text + "\n" + tail
+    else:
+        current = current.rstrip("\n") + "\n\n" + text + "\n"
+    BENCHMARKS.write_text(current)

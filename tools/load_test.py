@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Load test of `resnet-deploy serve` on loopback: throughput and latency with and without dynamic
+batching, and what happens above the overload point.
+
+For each scenario it starts the real server (`python -m resnet_deploy.cli serve`, 127.0.0.1, a
+free port), waits for /v2/health/ready, and runs N client threads for S seconds, each sending
+one-image binary requests with tritonclient.http back to back (a closed loop). It counts every
+answer by status (200, 503, other, connection error): a request is either answered or counted as
+failed, never lost. Scenarios:
+  - batching:    --max-batch 8 --max-delay-ms 5, N clients;
+  - no batching: --max-batch 1, N clients;
+  - overload:    --max-batch 8 --queue 4, 4N clients (expects 503s, no crash, no lost request).
+
+    python tools/load_test.py [--artifact FILE.onnx] [--clients 8] [--seconds 10] [--json] [--write]
+
+Without --artifact it exports resnet50 at 224 (batch profile 1:8:32) to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks_md import replace_section  # noqa: E402  (tools/, the script's folder)
+from resnet_deploy import export  # noqa: E402
+from resnet_deploy.artifacts import manifest_for  # noqa: E402
+from resnet_deploy.environment import cpu_description, tool_versions  # noqa: E402
+
+SECTION = "## Serving: Open Inference Protocol server under load"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(artifact: Path, port: int, options: list[str]) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "resnet_deploy.cli", "serve", str(artifact), "--port", str(port),
+                                *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited: {process.stderr.read().decode()[-500:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit("server did not become ready in 120 s")
+
+
+def _client(url: str, name: str, batch: np.ndarray, stop: float, record: list) -> None:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(url, connection_timeout=30, network_timeout=30)
+    tensor = httpclient.InferInput("input", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch, binary_data=True)
+    while time.monotonic() < stop:
+        start = time.perf_counter()
+        try:
+            result = client.infer(name, [tensor])
+            size = result.get_response()["parameters"]["server_batch_size"]
+            record.append(("200", time.perf_counter() - start, size))
+        except InferenceServerException as exc:
+            status = str(exc.status() or "error")
+            record.append(("503" if "overloaded" in str(exc) else status, time.perf_counter() - start, 0))
+        except Exception as exc:  # noqa: BLE001 - a connection failure is a failed request, counted
+            record.append((f"error: {type(exc).__name__}", time.perf_counter() - start, 0))
+
+
+def scenario(artifact: Path, name: str, options: list[str], clients: int, seconds: float) -> dict:
+    port = _free_port()
+    process = _start(artifact, port, options)
+    shape = manifest_for(artifact)[0].input.shape[1:]
+    batch = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    records: list[list] = [[] for _ in range(clients)]
+    stop = time.monotonic() + seconds
+    threads = [threading.Thread(target=_client, args=(f"127.0.0.1:{port}", name, batch, stop, records[i]))
+               for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    alive = process.poll() is None
+    process.terminate()
+    process.wait(timeout=30)
+    every = [r for rec in records for r in rec]
+    ok = [r for r in every if r[0] == "200"]
+    latencies = [r[1] * 1e3 for r in ok]
+    statuses: dict[str, int] = {}
+    for status, _, _ in every:
+        statuses[status] = statuses.get(status, 0) + 1
+    return {
+        "options": " ".join(options), "clients": clients, "seconds": seconds, "requests": len(every),
+        "statuses": statuses, "server_alive_after": alive,
+        "throughput_rps": round(len(ok) / seconds, 1),
+        "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+        "p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies else None,
+        "mean_server_batch": round(statistics.mean(r[2] for r in ok), 2) if ok else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifact", help="an exported .onnx (default: export resnet50 now)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--write", action="store_true", help="replace the serving section of BENCHMARKS.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as out:
+        if args.artifact:
+            artifact = Path(args.artifact)
+        else:
+            print("exporting resnet50 ...", file=sys.stderr)
+            artifact = export("resnet50", out=out, batch="1:8:32", quiet=True).onnx_path
+        name = artifact.name.split(".")[0]
+        runs = {}
+        for label, options, clients in (
+            ("dynamic batching", ["--max-batch", "8", "--max-delay-ms", "5"], args.clients),
+            ("no batching", ["--max-batch", "1"], args.clients),
+            ("overload", ["--max-batch", "8", "--max-delay-ms", "5", "--queue", "4"], 4 * args.clients),
+        ):
+            print(f"{label}: {clients} clients for {args.seconds:g} s ...", file=sys.stderr)
+            runs[label] = scenario(artifact, name, options, clients, args.seconds)
+    cpu = cpu_description()
+    report = {"date": date.today().isoformat(), "machine": f"{cpu['model']}, {cpu['physical_cores']} cores",
+              "tools": tool_versions(), "artifact": artifact.name, "runs": runs}
+    text = _markdown(report)
+    print(json.dumps(report, indent=2) if args.json else text)
+    if args.write:
+        replace_section(SECTION, text)
+    failed = sum(n for run in runs.values() for status, n in run["statuses"].items() if status not in ("200", "503"))
+    return 1 if failed or not all(run["server_alive_after"] for run in runs.values()) else 0
+
+
+def _markdown(report: dict) -> str:
+    lines = [SECTION, "",
+             f"{report['date']}, {report['machine']}, loopback; " + ", ".join(f"{k} {v}" for k, v in report["tools"].items())
+             + f". {report['artifact']} (ONNX Runtime CPU) behind `resnet-deploy serve`; closed-loop clients sending one "
+             "image each (binary tensors, tritonclient.http). Command: `python tools/load_test.py --write`.", "",
+             "| scenario | server options | clients | requests | answers | requests/s | p50 ms | p99 ms | mean server batch |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    for label, run in report["runs"].items():
+        answers = ", ".join(f"{k}: {v}" for k, v in sorted(run["statuses"].items()))
+        lines.append(f"| {label} | `{run['options']}` | {run['clients']} | {run['requests']} | {answers} | "
+                     f"{run['throughput_rps']} | {run['p50_ms']} | {run['p99_ms']} | {run['mean_server_batch']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
