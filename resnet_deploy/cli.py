@@ -345,13 +345,14 @@ def predict_command(artifact: str, images: tuple[str, ...], topk: int, labels: s
               help="torch backend: torch.compile (on CUDA in reduce-overhead mode: CUDA graphs).")
 @click.option("--torch-fp16", is_flag=True, help="torch backend: run in float16.")
 @click.option("--cuda-graphs", is_flag=True, help="trt backend: capture each batch size into a CUDA graph.")
+@click.option("--ort-tensorrt", is_flag=True, help="ort backend on CUDA: ONNX Runtime's TensorRT execution provider.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw latency and throughput vs batch size (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, iters: int | None,
                   duration: float | None, warmup: int, device: str | None, threads: int | None, channels_last: bool,
-                  compile_model: bool, torch_fp16: bool, cuda_graphs: bool, plot_path: str | None, as_json: bool,
-                  quiet: bool) -> None:
+                  compile_model: bool, torch_fp16: bool, cuda_graphs: bool, ort_tensorrt: bool,
+                  plot_path: str | None, as_json: bool, quiet: bool) -> None:
     """Latency (min/mean/p50/p90/p99) and images/s of artifacts and backends side by side."""
     import contextlib
     from pathlib import Path
@@ -378,7 +379,8 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
                 seen.add(key)
                 runner = stack.enter_context(load(artifact, backend=backend, device=device, threads=threads,
                                                   channels_last=channels_last, compile=compile_model,
-                                                  half=torch_fp16, cuda_graphs=cuda_graphs))
+                                                  half=torch_fp16, cuda_graphs=cuda_graphs,
+                                                  ort_tensorrt=ort_tensorrt))
                 source = Path(artifact).name if backend != "torch" else f"{split_artifact_name(artifact)[0]} (PyTorch)"
                 runners.append((f"{source} [{runner.name}]", runner))
         results = bench(runners, sizes, iterations=iters, duration=duration, warmup=warmup,

@@ -45,12 +45,14 @@ def load(
     compile: bool = False,
     half: bool = False,
     cuda_graphs: bool = False,
+    ort_tensorrt: bool = False,
 ) -> Runner:
     """A runner for ``artifact`` (a file listed in its manifest) on ``backend`` and ``device``.
 
     ``threads``: ONNX Runtime intra-op threads (default: physical cores) or torch's thread count.
     ``graph_cache``: keep ONNX Runtime's optimised graph beside the artifact.
     ``channels_last``/``compile``/``half`` (float16): torch options. ``cuda_graphs``: TensorRT option.
+    ``ort_tensorrt``: ONNX Runtime with its TensorRT execution provider (CUDA and CPU as fallbacks).
     """
     path = Path(artifact)
     if backend not in BACKENDS:
@@ -64,7 +66,7 @@ def load(
         raise DeployError(f"{path.name} is a TensorRT engine: only --backend trt runs it "
                           f"(the ONNX it was built from is {manifest.precision_options['engine']['built_from']})")
     elif backend == "ort":
-        runner = _onnxruntime(path, manifest, precision, device, threads, graph_cache)
+        runner = _onnxruntime(path, manifest, precision, device, threads, graph_cache, ort_tensorrt)
     else:
         runner = _torch(manifest, device, threads, channels_last, compile, half)
     runner.artifact = str(path)
@@ -98,14 +100,17 @@ def _tensorrt(path: Path, manifest: Manifest, precision: str, device: str | None
 
 
 def _onnxruntime(path: Path, manifest: Manifest, precision: str, device: str | None, threads: int | None,
-                 graph_cache: bool) -> Runner:
+                 graph_cache: bool, ort_tensorrt: bool) -> Runner:
     from .backends.onnxrt import OnnxRuntimeRunner
 
-    gpu = detect.onnxruntime_provider("CUDAExecutionProvider")
-    kind, index = parse_device(device, default_cuda=gpu.available)
-    if kind == "cuda" and not gpu.available:
-        raise DeployError(f"cannot run {path.name} on CUDA with ONNX Runtime: {gpu.reason}")
-    provider = "CUDAExecutionProvider" if kind == "cuda" else "CPUExecutionProvider"
+    gpu_provider = "TensorrtExecutionProvider" if ort_tensorrt else "CUDAExecutionProvider"
+    gpu = detect.onnxruntime_provider(gpu_provider)
+    kind, index = parse_device(device, default_cuda=gpu.available or ort_tensorrt)
+    if (kind == "cuda" or ort_tensorrt) and not gpu.available:
+        raise DeployError(f"cannot run {path.name} on {gpu_provider} with ONNX Runtime: {gpu.reason}")
+    if ort_tensorrt and kind != "cuda":
+        raise DeployError("ONNX Runtime's TensorRT provider runs on a CUDA GPU, not the CPU")
+    provider = gpu_provider if kind == "cuda" else "CPUExecutionProvider"
     return OnnxRuntimeRunner(path, provider=provider, device_id=index, threads=threads, graph_cache=graph_cache,
                              model_sha256=manifest.artifact(precision).sha256, batch_range=_batch_range(manifest))
 

@@ -20,7 +20,7 @@ What it does, so the figures can be checked:
   ONNX Runtime fp32's achieved rate against the measured matmul rate;
 - writes JSON (--json) and, with --write, replaces the CPU section of BENCHMARKS.md.
 
-    python tools/bench_cpu.py [--arch resnet50] [--batch-sizes 1,8,32] [--duration 6] [--write]
+    python tools/bench_cpu.py [--arch resnet50] [--batch-sizes 1,8,32] [--duration 5] [--write]
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--batch-sizes", default="1,8,32")
-    parser.add_argument("--duration", type=float, default=6.0, help="timed seconds per runtime and batch size")
+    parser.add_argument("--duration", type=float, default=5.0, help="timed seconds per runtime and batch size")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--write", action="store_true", help="replace the CPU section of BENCHMARKS.md")
     args = parser.parse_args()

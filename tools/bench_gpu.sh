@@ -8,7 +8,7 @@
 # engine from the fp16 ONNX where TensorRT is installed), then times at batch 1, 32 and 256:
 #   - PyTorch on CUDA: fp32, fp16, each channels_last, and fp16 channels_last under
 #     torch.compile(mode="reduce-overhead"), which replays CUDA graphs;
-#   - ONNX Runtime's CUDA provider, where onnxruntime-gpu is installed;
+#   - ONNX Runtime's CUDA provider, where onnxruntime-gpu is installed (and its TensorRT provider where present);
 #   - the TensorRT engine with CUDA graphs, where TensorRT is installed.
 # What cannot run is skipped with the reason `resnet-deploy doctor` gives. Every result is kept as
 # JSON in OUT_DIR, with doctor's report, for BENCHMARKS.md. The card's peak is measured by
@@ -42,6 +42,10 @@ if python -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not
         > "$OUT/ort-cuda.json"
 else
     echo "skipped ONNX Runtime CUDA: onnxruntime-gpu is not installed"
+fi
+if python -c "import onnxruntime as o, sys; sys.exit('TensorrtExecutionProvider' not in o.get_available_providers())"; then
+    $RD bench "$OUT/models/resnet50.fp16.onnx" --backend ort --ort-tensorrt --device cuda --batch-sizes $SIZES --json \
+        > "$OUT/ort-tensorrt-ep.json"
 fi
 if [ -f "$OUT/models/resnet50.engine" ]; then
     $RD bench "$OUT/models/resnet50.engine" --cuda-graphs --batch-sizes $SIZES --json > "$OUT/tensorrt.json"

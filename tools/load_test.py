@@ -11,7 +11,7 @@ failed, never lost. Scenarios:
   - no batching: --max-batch 1, N clients;
   - overload:    --max-batch 8 --queue 4, 4N clients (expects 503s, no crash, no lost request).
 
-    python tools/load_test.py [--artifact FILE.onnx] [--clients 8] [--seconds 10] [--json] [--write]
+    python tools/load_test.py [--artifact FILE.onnx] [--clients 8] [--seconds 15] [--json] [--write]
 
 Without --artifact it exports resnet50 at 224 (batch profile 1:8:32) to a temporary folder.
 """
@@ -122,7 +122,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", help="an exported .onnx (default: export resnet50 now)")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--write", action="store_true", help="replace the serving section of BENCHMARKS.md")
     args = parser.parse_args()

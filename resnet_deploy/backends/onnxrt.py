@@ -131,6 +131,8 @@ class OnnxRuntimeRunner(Runner):
         batch_range: tuple[int, int] | None = None,
     ) -> None:
         providers: list = ["CPUExecutionProvider"]
+        if provider == "TensorrtExecutionProvider":  # subgraphs TensorRT cannot take fall back to CUDA
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
         if provider != "CPUExecutionProvider":  # CPU stays as the fallback for ops the GPU provider lacks
             providers.insert(0, (provider, {"device_id": device_id}))
         options = session_options(threads=threads, optimize=optimize)

@@ -110,6 +110,8 @@ def test_load_errors_are_clear(exported, kwargs, message):
 def test_cuda_without_a_gpu_says_why(exported):
     with pytest.raises(DeployError, match="install onnxruntime-gpu"):
         runtime.load(exported.onnx_path, device="cuda")
+    with pytest.raises(DeployError, match="TensorrtExecutionProvider"):
+        runtime.load(exported.onnx_path, ort_tensorrt=True)
 
 
 def test_predict_every_image_mode_gives_probabilities(cli, exported, images):
