@@ -141,13 +141,12 @@ def _interleaved(runners: Sequence[tuple[str, Runner]], batch: dict[str, np.ndar
                  batch_size: int) -> dict[str, tuple[list[float], list[float] | None]]:
     host: dict[str, list[float]] = {label: [] for label, _ in runners}
     timers = {label: _DeviceTimer(runner) for label, runner in runners}
-    spent = dict.fromkeys(host, 0.0)
     block = {label: max(1, round(BLOCK_SECONDS / max(per_call[label], 1e-6))) for label in host}
 
     def done(label: str) -> bool:
         if iterations is not None:
             return len(host[label]) >= iterations
-        return spent[label] >= duration and len(host[label]) >= 10
+        return sum(host[label]) >= duration and len(host[label]) >= 10
 
     round_index = 0
     while not all(done(label) for label in host):
@@ -162,16 +161,14 @@ def _interleaved(runners: Sequence[tuple[str, Runner]], batch: dict[str, np.ndar
                 with timer:
                     start = time.perf_counter()
                     runner(data)
-                    elapsed = time.perf_counter() - start
-                times.append(elapsed)
-                spent[label] += elapsed
+                    times.append(time.perf_counter() - start)
             time.sleep(PAUSE_SECONDS)
         round_index += 1
         if progress:
             if iterations is not None:
                 share = min(len(t) for t in host.values()) / iterations
             else:
-                share = min(spent.values()) / duration
+                share = min(sum(t) for t in host.values()) / duration
             progress(f"batch {batch_size}: {min(share, 1.0):.0%}")
     return {label: (host[label], timers[label].collect()) for label in host}
 

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from .errors import DeployError
+from .runtime import BACKENDS
 
 
 class _Group(click.Group):
@@ -263,12 +264,7 @@ def verify_command(artifact: str, batch_sizes: str | None, seed: int, inputs_fil
     """Compare PyTorch, ONNX Runtime and TensorRT outputs for an artifact; exit 1 when they disagree."""
     from .parity.verify import verify
 
-    sizes = None
-    if batch_sizes:
-        try:
-            sizes = [int(b) for b in batch_sizes.split(",")]
-        except ValueError:
-            raise DeployError(f"invalid --batch-sizes {batch_sizes!r}: expected e.g. 1,8,32") from None
+    sizes = _int_list(batch_sizes, "--batch-sizes") if batch_sizes else None
     overrides = {k: v for k, v in (("max_rel_to_scale", max_error), ("min_cosine", min_cosine), ("min_top1", min_top1))
                  if v is not None}
     report = verify(artifact, batch_sizes=sizes, seed=seed, inputs=inputs_file, images=images, data=data,
@@ -307,22 +303,20 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--topk", type=int, default=5, show_default=True, help="Classes to show per image.")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line (default: ImageNet's for 1000 classes).")
-@click.option("--backend", type=click.Choice(["auto", "torch", "ort", "trt"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @_runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def predict_command(artifact: str, images: tuple[str, ...], topk: int, labels: str | None, backend: str,
                     device: str | None, threads: int | None, as_json: bool) -> None:
     """Top-k classes of IMAGES (files or folders) with probabilities."""
-    from .artifacts import manifest_for
     from .data import ImagePreprocess
     from .predict import class_names, predict
     from .runtime import load
 
-    manifest, _ = manifest_for(artifact)
-    names = class_names(manifest.num_classes, labels)
     with load(artifact, backend=backend, device=device, threads=threads) as runner:
+        manifest = runner.manifest
         predictions = predict(runner, images, ImagePreprocess.from_manifest(manifest.preprocess), topk=topk,
-                              names=names)
+                              names=class_names(manifest.num_classes, labels))
     if as_json:
         _print_json({"artifact": artifact, "backend": runner.name, "predictions": [p.to_dict() for p in predictions]})
         return
@@ -359,7 +353,7 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
 
     from .artifacts import split_artifact_name
     from .bench import bench, plot, stderr_progress
-    from .runtime import BACKENDS, load
+    from .runtime import load
 
     if iters is not None and duration is not None:
         raise DeployError("give --iters or --duration, not both")
@@ -467,7 +461,7 @@ def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: 
 @click.option("--queue", "queue_size", type=int, default=64, show_default=True, help="Queued requests before 503.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Runner calls in flight at once.")
 @click.option("--max-request-mb", type=float, default=64, show_default=True, help="Largest request body.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "ort", "trt"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @_runtime_options
 def serve_command(artifact: str, model_name: str | None, host: str, port: int, max_batch: int | None,
                   max_delay_ms: float, queue_size: int, workers: int, max_request_mb: float, backend: str,

@@ -31,24 +31,53 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def cpu_description() -> dict[str, object]:
-    """CPU model, core counts and the instruction sets that decide CPU speed (AVX2, AVX-512, VNNI, AMX)."""
-    from .backends.onnxrt import physical_cores
-
-    model, flags = platform.processor() or platform.machine(), set()
+def physical_cores() -> int:
+    """Physical cores (ONNX Runtime's best intra-op thread count), from /proc/cpuinfo where it exists."""
     try:
+        cores = set()
+        physical = core = None
         with open("/proc/cpuinfo") as handle:
             for line in handle:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
+                key = key.strip()
+                if key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                elif not key and core is not None:
+                    cores.add((physical, core))
+                    physical = core = None
+        if core is not None:
+            cores.add((physical, core))
+        if cores:
+            return len(cores)
     except OSError:
         pass
+    return os.cpu_count() or 1
+
+
+def first_cpu_fields() -> dict[str, str]:
+    """The first processor's entry of /proc/cpuinfo (model name, flags, ...); empty where there is none."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if not line.strip():
+                    break  # the first processor says it all
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_description() -> dict[str, object]:
+    """CPU model, core counts and the instruction sets that decide CPU speed (AVX2, AVX-512, VNNI, AMX)."""
+    fields = first_cpu_fields()
+    flags = set(fields.get("flags", "").split())
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-    return {"model": model, "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
+    return {"model": fields.get("model name") or platform.processor() or platform.machine(),
+            "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
             "isa": [f for f in wanted if f in flags]}
 
 

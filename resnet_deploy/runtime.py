@@ -69,7 +69,7 @@ def load(
         runner = _onnxruntime(path, manifest, precision, device, threads, graph_cache, ort_tensorrt)
     else:
         runner = _torch(manifest, device, threads, channels_last, compile, half)
-    runner.artifact = str(path)
+    runner.artifact, runner.manifest = str(path), manifest
     if backend == "torch":
         runner.precision = "fp16" if half else "fp32"
     else:
@@ -89,13 +89,11 @@ def _tensorrt(path: Path, manifest: Manifest, precision: str, device: str | None
     kind, index = parse_device(device, default_cuda=True)
     if kind != "cuda":
         raise DeployError("a TensorRT engine runs on a CUDA GPU, not the CPU")
-    available = detect.tensorrt()
-    if not available.available:
-        raise DeployError(f"cannot run {path.name}: {available.reason}")
     import torch
 
+    environment = current_environment(index)  # first: says why when TensorRT or the GPU is missing
     torch.cuda.set_device(index)
-    check_engine_compatible(manifest.precision_options["engine"], *current_environment())
+    check_engine_compatible(manifest.precision_options["engine"], *environment)
     return TensorRTRunner(path, cuda_graphs=cuda_graphs)
 
 
@@ -128,6 +126,6 @@ def _torch(manifest: Manifest, device: str | None, threads: int | None, channels
             raise DeployError(f"cannot run torch on CUDA: {cuda.reason}")
     if threads:
         torch.set_num_threads(threads)
-    return TorchRunner(reference_model(manifest), [o.name for o in manifest.outputs], input_spec=manifest.input,
+    return TorchRunner(reference_model(manifest), manifest.outputs, input_spec=manifest.input,
                        device=f"{kind}:{index}" if kind == "cuda" else "cpu", channels_last=channels_last,
                        compile=compile, half=half, batch_range=_batch_range(manifest))

@@ -41,10 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks_md import replace_section  # noqa: E402  (tools/, the script's folder)
 from resnet_deploy import export, runtime  # noqa: E402
-from resnet_deploy.backends.onnxrt import physical_cores  # noqa: E402
 from resnet_deploy.bench import bench, stderr_progress  # noqa: E402
 from resnet_deploy.data import random_images  # noqa: E402
-from resnet_deploy.environment import cpu_description, tool_versions  # noqa: E402
+from resnet_deploy.environment import cpu_description, physical_cores, tool_versions  # noqa: E402
 from resnet_deploy.models import get_model_info  # noqa: E402
 
 SECTION = "## CPU: PyTorch eager vs ONNX Runtime fp32 vs int8"

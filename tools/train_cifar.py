@@ -66,9 +66,7 @@ def write_digits(root: Path, *, test_fraction: float, seed: int) -> str:
 
 def preprocess_for(arch: str, size: int) -> ImagePreprocess:
     """What `export --arch ARCH --input-size SIZE` records in the manifest, so training sees what inference sees."""
-    spec = get_spec(arch).preprocess
-    return ImagePreprocess(resize=round(size / spec.crop_pct), crop=(size, size), interpolation=spec.interpolation,
-                           mean=spec.mean, std=spec.std)
+    return ImagePreprocess.from_manifest(get_spec(arch).preprocess.record(size, size))
 
 
 def shift(batch: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import TensorSpec
+from ..artifacts import Manifest, TensorSpec
 from ..errors import DeployError
 
 
@@ -25,6 +25,7 @@ class Runner:
     outputs: list[TensorSpec]
     batch_range: tuple[int, int] | None = None  # smallest and largest batch it takes, when bounded
     artifact: str | None = None  # the file it runs, when loaded by runtime.load
+    manifest: Manifest | None = None  # that file's manifest, when loaded by runtime.load
     precision: str = "fp32"
 
     @property

@@ -11,50 +11,19 @@ import numpy as np
 import onnxruntime as ort
 
 from ..artifacts import TensorSpec
+from ..environment import first_cpu_fields, physical_cores
 from ..fileio import atomic_path, sha256_file
 from .base import Runner
 
 GRAPH_CACHE_DIR = ".ort-cache"  # beside the artifact
 
 
-def physical_cores() -> int:
-    """Physical cores (ONNX Runtime's best intra-op thread count), from /proc/cpuinfo where it exists."""
-    try:
-        cores = set()
-        physical = core = None
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "physical id":
-                    physical = value.strip()
-                elif key == "core id":
-                    core = value.strip()
-                elif not key and core is not None:
-                    cores.add((physical, core))
-                    physical = core = None
-        if core is not None:
-            cores.add((physical, core))
-        if cores:
-            return len(cores)
-    except OSError:
-        pass
-    return os.cpu_count() or 1
-
-
 def cpu_signature() -> str:
     """A short hash of the CPU model and its instruction-set flags: an optimised graph is only valid
     on the CPU it was optimised for (ONNX Runtime picks NCHWc block sizes by ISA)."""
-    text = platform.machine() + platform.processor()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith(("model name", "flags", "Features")):
-                    text += line
-                elif not line.strip():
-                    break  # the first processor says it all
-    except OSError:
-        pass
+    fields = first_cpu_fields()
+    text = platform.machine() + platform.processor() + "".join(
+        f"{key}:{fields.get(key, '')}" for key in ("model name", "flags", "Features"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 

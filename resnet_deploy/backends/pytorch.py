@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ class TorchRunner(Runner):
     def __init__(
         self,
         model: nn.Module,
-        output_names: list[str],
+        outputs: Sequence[str | TensorSpec],
         *,
         input_spec: TensorSpec | None = None,
         device: str = "cpu",
@@ -66,19 +68,16 @@ class TorchRunner(Runner):
         self.device = str(self.torch_device)
         self.options = {"channels_last": channels_last, "compile": compile, "half": half}
         self.inputs = [input_spec or TensorSpec("input", ["batch", "channels", "height", "width"])]
-        self.outputs = [TensorSpec(name, []) for name in output_names]
+        self.outputs = [o if isinstance(o, TensorSpec) else TensorSpec(o, []) for o in outputs]  # [] = not known
         self.batch_range = batch_range
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            source = torch.from_numpy(batch)
-            if self.stream is None:
-                result = self.model(source.to(self.dtype).contiguous(memory_format=self.memory_format))
-            else:
-                with torch.cuda.stream(self.stream):
-                    result = self.model(source.to(self.torch_device, non_blocking=True)
-                                        .to(self.dtype).contiguous(memory_format=self.memory_format))
-                self.stream.synchronize()
+        on_stream = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+        with torch.inference_mode(), on_stream:
+            source = torch.from_numpy(batch).to(self.torch_device, non_blocking=True)
+            result = self.model(source.to(self.dtype).contiguous(memory_format=self.memory_format))
+        if self.stream is not None:
+            self.stream.synchronize()
         tensors = result if isinstance(result, (list, tuple)) else [result]
         return {name: t.float().cpu().numpy() for name, t in zip(self.output_names, tensors)}
 

@@ -38,12 +38,16 @@ def check_engine_compatible(record: dict[str, Any], trt_version: str, gpu_name: 
             )
 
 
-def current_environment() -> tuple[str, str, tuple[int, int]]:
-    """(TensorRT version, GPU name, compute capability) of this machine; needs tensorrt and a GPU."""
+def current_environment(device: int | None = None) -> tuple[str, str, tuple[int, int]]:
+    """(TensorRT version, GPU name, compute capability) of this machine's GPU ``device`` (default: the
+    current one); a DeployError saying why where TensorRT or the GPU is missing."""
+    available = detect.tensorrt()
+    if not available.available:
+        raise DeployError(f"cannot run a TensorRT engine here: {available.reason}")
     import tensorrt as trt
     import torch
 
-    return trt.__version__, torch.cuda.get_device_name(), tuple(torch.cuda.get_device_capability())
+    return trt.__version__, torch.cuda.get_device_name(device), tuple(torch.cuda.get_device_capability(device))
 
 
 def trt_dtype_to_torch(trt: Any, torch: Any, dtype: Any) -> Any:

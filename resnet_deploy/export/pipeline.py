@@ -199,16 +199,7 @@ def export(
     height, width = parse_input_size(input_size, spec.preprocess.input_size)
     if opset < 13:
         raise ExportError(f"opset {opset} is too old: 13 or newer is needed (per-channel quantization, Split)")
-    preprocess = {
-        "resize": int(round(min(height, width) / spec.preprocess.crop_pct)),
-        "crop": [height, width],
-        "interpolation": spec.preprocess.interpolation,
-        "scale": 1 / 255,
-        "mean": list(spec.preprocess.mean),
-        "std": list(spec.preprocess.std),
-        "layout": "NCHW",
-        "color": "RGB",
-    }
+    preprocess = spec.preprocess.record(height, width)
     calibration = None
     if int8:  # checked before the slow steps: a missing data set should fail at once
         calibration = precision.calibration_data(

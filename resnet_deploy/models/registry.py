@@ -42,6 +42,19 @@ class Preprocess:
     def resize(self) -> int:
         return int(round(self.input_size / self.crop_pct))
 
+    def record(self, height: int, width: int) -> dict[str, Any]:
+        """The manifest's ``preprocess`` entry for an input of ``height`` x ``width``."""
+        return {
+            "resize": int(round(min(height, width) / self.crop_pct)),
+            "crop": [height, width],
+            "interpolation": self.interpolation,
+            "scale": 1 / 255,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "layout": "NCHW",
+            "color": "RGB",
+        }
+
 
 @dataclass(frozen=True)
 class ArchSpec:

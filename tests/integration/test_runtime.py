@@ -46,6 +46,8 @@ def test_torch_and_ort_runners_agree_at_several_batch_sizes(exported):
         assert ort_runner.batch_range == torch_runner.batch_range == (1, 8)
         assert ort_runner.inputs[0].shape == ["batch", 3, 64, 64]
         assert ort_runner.output_names == torch_runner.output_names == ["logits"]
+        assert torch_runner.outputs[0].shape == ["batch", 1000]  # the manifest's, as a server's metadata needs
+        assert ort_runner.manifest.stem == torch_runner.manifest.stem == "resnet18"
         for size in (1, 3, 8):
             batch = random_images(size, shape, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), seed=size)
             got, want = ort_runner(batch)["logits"], torch_runner(batch)["logits"]

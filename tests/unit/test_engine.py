@@ -7,7 +7,8 @@ import types
 import pytest
 
 from resnet_deploy.artifacts import BatchProfile, Manifest, TensorSpec
-from resnet_deploy.backends.tensorrt import check_engine_compatible
+from resnet_deploy.backends import detect
+from resnet_deploy.backends.tensorrt import check_engine_compatible, current_environment
 from resnet_deploy.errors import DeployError
 from resnet_deploy.export.engine import (
     BuildOptions,
@@ -76,3 +77,10 @@ def test_engine_compatibility_names_both_sides():
     check_engine_compatible(portable, "10.13.0", "NVIDIA A100", (8, 0))
     with pytest.raises(DeployError, match="compute capability"):
         check_engine_compatible(portable, "10.13.0", "Tesla T4", (7, 5))  # pre-Ampere: not covered
+
+
+@pytest.mark.skipif(detect.tensorrt().available, reason="this machine can run TensorRT")
+def test_current_environment_says_why_tensorrt_cannot_run():
+    with pytest.raises(DeployError, match="cannot run a TensorRT engine here: ") as info:
+        current_environment(0)
+    assert detect.tensorrt().reason in str(info.value)
