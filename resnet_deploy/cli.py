@@ -12,7 +12,9 @@ from typing import Any
 
 import click
 
-from .errors import DeployError
+from .data import INTERPOLATIONS, PREPROCESS_PRESETS
+from .errors import DeployError, DeployWarning
+from .export.precision import INT8_TARGETS
 from .runtime import BACKENDS
 
 
@@ -20,6 +22,13 @@ class _Group(click.Group):
     """Turns a DeployError anywhere below into one line on stderr and its exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import warnings
+
+        def show(message: Warning | str, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
+            click.echo(f"warning: {message}", err=True)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", DeployWarning)
         try:
             return super().invoke(ctx)
         except DeployError as exc:
@@ -101,11 +110,32 @@ def _build_options(workspace: float, timing_cache: str | None, dla_core: int | N
     return options
 
 
+def _floats3(option: str) -> Any:
+    """A click callback for ``R,G,B`` values."""
+    def parse(_ctx: click.Context, _param: click.Parameter, text: str | None) -> tuple[float, ...] | None:
+        if text is None:
+            return None
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 3:
+            raise DeployError(f"invalid {option} {text!r}: expected three numbers R,G,B, e.g. 0.5,0.5,0.5")
+        return values
+    return parse
+
+
 @main.command("export")
 @click.option("--arch", required=True, help="Architecture name (see `resnet-deploy list`).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint (.pt/.pth/.safetensors); default random init.")
 @click.option("--num-classes", type=int, help="Classifier size; 0 exports the pooled-feature backbone.")
-@click.option("--input-size", help="N or HxW (default: the arch's, e.g. 224).")
+@click.option("--input-size", "--crop", "input_size", help="N or HxW: the centre crop the model takes (default: the arch's, e.g. 224).")
+@click.option("--preprocess", "preset", type=click.Choice(list(PREPROCESS_PRESETS)),
+              help="A named normalisation the weights were trained with (default: the arch's).")
+@click.option("--mean", callback=_floats3("--mean"), help="Normalisation mean R,G,B of [0, 1] pixels (overrides --preprocess).")
+@click.option("--std", callback=_floats3("--std"), help="Normalisation std R,G,B (overrides --preprocess).")
+@click.option("--resize", type=int, help="Shorter side before the centre crop (default: crop / 0.875, or the arch's).")
+@click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), help="Resize filter (default: the arch's).")
 @click.option("--batch", default="1:8:32", show_default=True, help="Batch profile MIN:OPT:MAX.")
 @click.option("--dynamic-hw", is_flag=True, help="Make height and width symbolic too.")
 @click.option("--opset", type=int, default=18, show_default=True)
@@ -120,8 +150,16 @@ def _build_options(workspace: float, timing_cache: str | None, dla_core: int | N
 @click.option("--calib-size", type=int, default=512, show_default=True, help="Calibration images to use.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)
-@click.option("--int8-target", type=click.Choice(["trt", "cpu"]), default="trt", show_default=True,
-              help="trt: symmetric signed INT8 (TensorRT); cpu: unsigned activations (x86 VNNI).")
+@click.option("--int8-target", type=click.Choice(list(INT8_TARGETS)), default="trt", show_default=True,
+              help="trt: symmetric signed INT8 (TensorRT); cpu: unsigned activations (ONNX Runtime on x86).")
+@click.option("--reduce-range/--no-reduce-range", default=None,
+              help="cpu target: 7-bit weights, so x86 kernels without VNNI do not saturate (default: on where this "
+                   "CPU lacks VNNI).")
+@click.option("--max-drop", type=float,
+              help="INT8: leave the most sensitive blocks in float until top-1 drops by at most this many points.")
+@click.option("--eval-data", type=click.Path(file_okay=False),
+              help="--max-drop: labelled images (one folder per class) to measure top-1 on (default: the calibration "
+                   "hold-out, against fp32's classes).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random init and of parity inputs.")
 @click.option("--out", default="artifacts", show_default=True, help="Output folder.")
 @click.option("--name", help="Artifact stem (default: the arch name).")
@@ -133,7 +171,10 @@ def _build_options(workspace: float, timing_cache: str | None, dla_core: int | N
 def export_command(arch: str, weights: str | None, num_classes: int | None, input_size: str | None, batch: str,
                    dynamic_hw: bool, opset: int, exporter: str, no_simplify: bool, features_only: bool,
                    last_stride: str, fp16: bool, int8: bool, calib_data: str | None, calib_size: int,
-                   calib_method: str, int8_target: str, engine: bool | None, workspace: float,
+                   calib_method: str, int8_target: str, reduce_range: bool | None, max_drop: float | None,
+                   eval_data: str | None, preset: str | None,
+                   mean: tuple[float, ...] | None, std: tuple[float, ...] | None, resize: int | None,
+                   interpolation: str | None, engine: bool | None, workspace: float,
                    timing_cache: str | None, dla_core: int | None, version_compatible: bool, hardware_compat: str,
                    seed: int, out: str, name: str | None, as_json: bool, quiet: bool) -> None:
     """Export an arch to ONNX (dynamic batch), simplify, check, and gate on parity with PyTorch."""
@@ -143,7 +184,10 @@ def export_command(arch: str, weights: str | None, num_classes: int | None, inpu
         arch, weights=weights, num_classes=num_classes, input_size=input_size, batch=batch, dynamic_hw=dynamic_hw,
         opset=opset, exporter=exporter, simplify=not no_simplify, out=out, name=name, seed=seed,
         features_only=features_only, last_stride=int(last_stride), fp16=fp16, int8=int8, calib_data=calib_data,
-        calib_size=calib_size, calib_method=calib_method, int8_target=int8_target, engine=engine,
+        calib_size=calib_size, calib_method=calib_method, int8_target=int8_target, reduce_range=reduce_range,
+        max_drop=max_drop, eval_data=eval_data,
+        preprocess={"preset": preset, "mean": mean, "std": std, "resize": resize, "interpolation": interpolation},
+        engine=engine,
         build_options=_build_options(workspace, timing_cache, dla_core, version_compatible, hardware_compat),
         quiet=quiet,
     )
@@ -151,14 +195,20 @@ def export_command(arch: str, weights: str | None, num_classes: int | None, inpu
         _print_json(result.to_dict())
     elif not quiet:
         for entry in result.manifest.artifacts:
-            rows = [p for p in result.manifest.parity if p["artifact"] == entry.precision]
+            rows = [p for p in result.manifest.parity
+                    if p["artifact"] == entry.precision and p["judged"] and p["reference"] == "torch"]
             worst = max(p["rel_to_scale"] for p in rows)
             cosine = min(p["cosine"] for p in rows)
             click.echo(
                 f"{entry.precision}: {result.paths[entry.precision]} ({entry.bytes / 1e6:.1f} MB), matches PyTorch on "
-                f"ONNX Runtime: max |error| {worst:.1e} of output scale, cosine {cosine:.6f}",
+                f"{rows[0]['backend']}: max |error| {worst:.1e} of output scale, cosine {cosine:.6f}",
                 err=True,
             )
+            kernels = [p for p in result.manifest.parity if p["artifact"] == entry.precision and p["reference"] != "torch"]
+            if kernels:
+                click.echo(f"      {kernels[0]['backend']} kernels vs {kernels[0]['reference']}: cosine "
+                           f"{min(p['cosine'] for p in kernels):.6f} ({'judged' if kernels[0]['judged'] else 'reported'})",
+                           err=True)
         click.echo(f"manifest {result.manifest_path}; done in {result.seconds:.1f} s", err=True)
 
 
@@ -212,18 +262,20 @@ def _format_report(report: Any) -> str:
         f = row.figures
         top1 = "-" if f["top1_agreement"] is None else f"{f['top1_agreement']:.1%}"
         top5 = "-" if f["top5_overlap"] is None else f"{f['top5_overlap']:.1%}"
-        rows.append([row.backend, str(row.batch), row.output, f"{f['max_abs']:.2e}", f"{f['rel_to_scale']:.2e}",
-                     f"{f['cosine']:.6f}", top1, top5, "PASS" if row.passed else "FAIL"])
+        result = ("PASS" if row.passed else "FAIL") if row.judged else "reported"
+        rows.append([row.backend, row.reference, row.inputs, str(row.batch), row.output, f"{f['max_abs']:.2e}",
+                     f"{f['rel_to_scale']:.2e}", f"{f['cosine']:.6f}", top1, top5, result])
     lines = [
         f"{report.artifact} ({report.precision}) vs {report.reference} [{report.arch}], inputs: "
         + ", ".join(f"{k}={v}" for k, v in report.inputs.items()),
         "",
-        _table(rows, ["backend", "batch", "output", "max|err|", "err/scale", "cosine", "top-1", "top-5", "result"],
-               right={1, 3, 4, 5, 6, 7}),
+        _table(rows, ["backend", "vs", "inputs", "batch", "output", "max|err|", "err/scale", "cosine", "top-1",
+                      "top-5", "result"], right={3, 5, 6, 7, 8, 9}),
     ]
     for row in report.rows:
         if row.failures:
-            lines.append(f"FAIL {row.backend} batch {row.batch} {row.output}: {'; '.join(row.failures)}")
+            lines.append(f"{'FAIL' if row.judged else 'reported'} {row.backend} vs {row.reference} on {row.inputs} "
+                         f"batch {row.batch} {row.output}: {'; '.join(row.failures)}")
     for skip in report.skipped:
         lines.append(f"skipped {skip['backend']}: {skip['reason']}")
     for note in report.notes:
@@ -401,6 +453,14 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
                              "device p50", "images/s", "vs first"], right=set(range(1, 11))))
 
 
+INT8_ISA_WORDS = {
+    "vnni": "VNNI: ONNX Runtime's x86 INT8 kernels accumulate in int32 (any INT8 artifact runs exactly)",
+    "avx2": "no VNNI: ONNX Runtime's x86 INT8 kernels add u8 x s8 pairs in int16 and saturate on 8-bit weights; "
+            "export --int8-target cpu uses 7-bit weights (reduce_range) here",
+    "other": "not x86: ONNX Runtime's INT8 kernels accumulate in int32",
+}
+
+
 @main.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor_command(as_json: bool) -> None:
@@ -416,6 +476,7 @@ def doctor_command(as_json: bool) -> None:
         f"python       {report['python']} ({report['platform']})",
         f"cpu          {cpu['model']}, {cpu['physical_cores']} physical / {cpu['logical_cores']} logical cores, "
         f"{' '.join(cpu['isa']) or 'no AVX2'}",
+        f"int8 kernels {INT8_ISA_WORDS[cpu['int8_isa']]}",
         f"torch        {torch_info['version']}, " + (f"CUDA {torch_info['cuda_build']}: {', '.join(torch_info['gpus'])}"
                                                       if torch_info["cuda"] else torch_info["reason"]),
         f"onnxruntime  {report['onnxruntime']['version']}, providers: {', '.join(report['onnxruntime']['providers'])}",

@@ -1,4 +1,5 @@
-"""Inputs for checking and running models: images, seeded random images, .npy batches.
+"""Inputs for checking and running models: images, seeded random images, .npy batches,
+and calibration data with its held-out part.
 
 Random inputs are drawn as images (uniform in [0, 1] per pixel) and then
 normalised with the model's mean/std, so they cover the range real
@@ -7,8 +8,10 @@ preprocessed images cover rather than a standard normal the model never sees.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +20,24 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from .errors import DeployError, first_line
+from .errors import DeployError, DeployWarning, first_line
+from .fileio import sha256_file
 
 T = TypeVar("T")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+INTERPOLATIONS = ("bilinear", "bicubic")
+# Named normalisations users train with (export --preprocess NAME); an arch's own is the default.
+PREPROCESS_PRESETS = {
+    "imagenet": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    "cifar": {"mean": CIFAR_MEAN, "std": CIFAR_STD},
+    # Inception-style (x - 0.5) / 0.5: pixels mapped to [-1, 1]
+    "inception": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+    "unit": {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)},  # pixels in [0, 1], no normalisation
+}
 
 
 def random_images(
@@ -60,6 +78,10 @@ def load_npy_batch(path: str | os.PathLike[str], shape: Sequence[int]) -> np.nda
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
 @dataclass(frozen=True)
@@ -117,7 +139,7 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DeployError(f"{folder} is not a folder of images")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images = sorted(filter(is_image_file, folder.iterdir()))
     if not images:
         raise DeployError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return images
@@ -134,7 +156,7 @@ def labelled_images(root: str | os.PathLike[str]) -> tuple[list[Path], np.ndarra
     paths: list[Path] = []
     labels: list[int] = []
     for index, name in enumerate(classes):
-        images = [p for p in sorted((root / name).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        images = sorted(filter(is_image_file, (root / name).iterdir()))
         paths += images
         labels += [index] * len(images)
     if not paths:
@@ -147,3 +169,110 @@ def load_images(paths: Sequence[Path], preprocess: ImagePreprocess, *, workers: 
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
         arrays = list(pool.map(lambda p: preprocess(load_image(p)), paths))
     return np.stack(arrays).astype(np.float32, copy=False)
+
+
+CALIBRATION_BATCH = 16
+# Part of real calibration data kept out of range estimation, on which the gate judges reduced precisions:
+# a fifth of what is given, at most 64 images, none when fewer than 5 are given.
+HOLDOUT_FRACTION = 5
+HOLDOUT_MAX = 64
+
+
+@dataclass
+class Calibration:
+    """Where calibration images come from, a key that changes when they do, and a held-out part."""
+
+    source: str  # a folder, a .npy file, or "random"
+    seed: int  # of the hold-out split and of random images
+    images: int
+    key: str
+    batches: Callable[[], Iterator[np.ndarray]]  # lazily decoded, so a cache hit reads nothing
+    holdout: Callable[[], np.ndarray] | None = None  # images never used for ranges, for the gate
+    holdout_images: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "images": self.images, "holdout": self.holdout_images, "seed": self.seed}
+
+
+def _split(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (calibration, hold-out) index sets of ``count`` items: the hold-out first, then up to ``size``."""
+    holdout = min(HOLDOUT_MAX, count // HOLDOUT_FRACTION)
+    order = np.random.default_rng(seed).permutation(count)
+    return np.sort(order[holdout: holdout + size]), np.sort(order[:holdout])
+
+
+def check_normalisation(array: np.ndarray, preprocess: ImagePreprocess, source: str) -> str | None:
+    """Why ``array`` does not look like images normalised with ``preprocess``'s mean/std, or None.
+
+    Undone with the declared statistics, real images are pixels spanning most
+    of [0, 1]; data made with other statistics lands outside it, or in a narrow band.
+    """
+    mean = np.asarray(preprocess.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(preprocess.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    pixels = array * std + mean
+    outside = float(np.mean((pixels < -0.05) | (pixels > 1.05)))
+    low, high = float(pixels.min()), float(pixels.max())
+    if outside <= 0.01 and high - low >= 0.75:
+        return None
+    return (f"{source} does not look normalised with mean {list(preprocess.mean)} and std {list(preprocess.std)}: "
+            f"undone with them its values are pixels from {low:.2f} to {high:.2f} ({outside:.0%} outside [0, 1]); "
+            "declare the normalisation it was made with (--mean/--std or --preprocess), or calibration, gate and "
+            "verify will use inputs the model never sees")
+
+
+def calibration_data(
+    source: str | os.PathLike[str] | None,
+    *,
+    preprocess: ImagePreprocess,
+    shape: tuple[int, int, int],
+    size: int,
+    seed: int,
+) -> Calibration:
+    """Calibration images from a folder (searched recursively), a preprocessed .npy batch, or ``"random"``.
+
+    Real data loses a seeded hold-out (see :data:`HOLDOUT_FRACTION`) that the
+    ranges never see; random data has none (the gate then judges on random images).
+    """
+    if source is None:
+        raise DeployError(
+            "--int8 needs --calib-data DIR|FILE.npy: activation ranges are measured on the data you give, and random "
+            "pixels have none of the structure of real images, so their ranges (and the INT8 scales) are wrong for "
+            "real inputs; pass --calib-data random to accept that on purpose"
+        )
+    if size < 1:
+        raise DeployError("--calib-size must be at least 1")
+    if str(source) == "random":
+        def random_batches() -> Iterator[np.ndarray]:
+            for start in range(0, size, CALIBRATION_BATCH):
+                count = min(CALIBRATION_BATCH, size - start)
+                yield random_images(count, shape, preprocess.mean, preprocess.std, seed=seed + 1000 + start)
+
+        return Calibration("random", seed, size, f"random:{seed}:{size}:{shape}", random_batches)
+    path = Path(source)
+    if path.is_file():
+        array = load_npy_batch(path, shape)
+        problem = check_normalisation(array, preprocess, path.name)
+        if problem:
+            warnings.warn(problem, DeployWarning, stacklevel=2)
+        chosen, held = _split(len(array), size, seed)
+        calibration, holdout = array[chosen], array[held]
+        return Calibration(str(path), seed, len(calibration), f"npy:{sha256_file(path)}:{size}:{seed}",
+                           lambda: iter(batched(calibration, CALIBRATION_BATCH)),
+                           (lambda: holdout) if len(holdout) else None, len(holdout))
+    if not path.is_dir():
+        raise DeployError(f"calibration data {path} does not exist")
+    found = sorted(filter(is_image_file, path.rglob("*")))
+    if not found:
+        raise DeployError(f"{path} holds no images for calibration")
+    chosen, held = _split(len(found), size, seed)
+    paths, holdout_paths = [found[i] for i in chosen], [found[i] for i in held]
+    key = "dir:" + hashlib.sha256(
+        "\n".join(f"{p.relative_to(path)}:{p.stat().st_size}" for p in paths).encode() + str(preprocess).encode()
+    ).hexdigest()
+
+    def image_batches() -> Iterator[np.ndarray]:
+        for chunk in batched(paths, CALIBRATION_BATCH):
+            yield load_images(chunk, preprocess)
+
+    return Calibration(str(path), seed, len(paths), key, image_batches,
+                       (lambda: load_images(holdout_paths, preprocess)) if holdout_paths else None, len(holdout_paths))

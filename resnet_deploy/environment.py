@@ -71,14 +71,30 @@ def first_cpu_fields() -> dict[str, str]:
     return fields
 
 
+# x86 flags with an int8 dot product that accumulates in int32 (no int16 saturation in ONNX Runtime's kernels)
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_flags() -> set[str]:
+    return set(first_cpu_fields().get("flags", "").split())
+
+
+def int8_isa() -> str:
+    """How this CPU runs ONNX Runtime's INT8 kernels: ``"vnni"`` (int32 accumulation), ``"avx2"`` (x86
+    without VNNI: u8 x s8 pairs are summed in int16 and can saturate) or ``"other"`` (not x86)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return "other"
+    return "vnni" if cpu_flags() & set(VNNI_FLAGS) else "avx2"
+
+
 def cpu_description() -> dict[str, object]:
     """CPU model, core counts and the instruction sets that decide CPU speed (AVX2, AVX-512, VNNI, AMX)."""
     fields = first_cpu_fields()
     flags = set(fields.get("flags", "").split())
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
     return {"model": fields.get("model name") or platform.processor() or platform.machine(),
             "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
-            "isa": [f for f in wanted if f in flags]}
+            "isa": [f for f in wanted if f in flags], "int8_isa": int8_isa()}
 
 
 def doctor() -> dict[str, object]:

@@ -42,3 +42,7 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (or its type name), for one-line errors."""
     lines = str(exc).strip().splitlines()
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+class DeployWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints it as one ``warning:`` line)."""

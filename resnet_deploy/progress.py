@@ -18,6 +18,7 @@ class StepLog:
         self.timings: dict[str, float] = {}
         self._notes: list[str] = []
         self._header = ""
+        self._width = 0
 
     def note(self, text: str) -> None:
         """A detail of the current step, printed under its timing line."""
@@ -25,13 +26,20 @@ class StepLog:
 
     def progress(self, done: int, total: int, unit: str) -> None:
         """Rewrite the current step's line with a count (calibration images, benchmark runs)."""
+        self.status(f"{done}/{total} {unit}")
+
+    def status(self, text: str) -> None:
+        """Rewrite the current step's line with where it is."""
         if not self.quiet:
-            print(f"\r{self._header} {done}/{total} {unit}", end="", file=sys.stderr, flush=True)
+            line = f"{self._header} {text}"
+            print(f"\r{line.ljust(self._width)}", end="", file=sys.stderr, flush=True)
+            self._width = len(line)  # a shorter line next time blanks what this one leaves
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
         self.index += 1
         self._header = f"[{self.index}/{self.total}] {name} ..."
+        self._width = 0
         if not self.quiet:
             print(self._header, end="", file=sys.stderr, flush=True)
         start = time.perf_counter()

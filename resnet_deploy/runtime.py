@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 from .artifacts import Manifest, manifest_for
 from .backends import detect
 from .backends.base import Runner
-from .errors import DeployError
+from .errors import DeployError, DeployWarning
 
 BACKENDS = ("auto", "torch", "ort", "trt")
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
@@ -99,7 +100,7 @@ def _tensorrt(path: Path, manifest: Manifest, precision: str, device: str | None
 
 def _onnxruntime(path: Path, manifest: Manifest, precision: str, device: str | None, threads: int | None,
                  graph_cache: bool, ort_tensorrt: bool) -> Runner:
-    from .backends.onnxrt import OnnxRuntimeRunner
+    from .backends.onnxrt import OnnxRuntimeRunner, int8_kernel_problem
 
     gpu_provider = "TensorrtExecutionProvider" if ort_tensorrt else "CUDAExecutionProvider"
     gpu = detect.onnxruntime_provider(gpu_provider)
@@ -109,6 +110,10 @@ def _onnxruntime(path: Path, manifest: Manifest, precision: str, device: str | N
     if ort_tensorrt and kind != "cuda":
         raise DeployError("ONNX Runtime's TensorRT provider runs on a CUDA GPU, not the CPU")
     provider = gpu_provider if kind == "cuda" else "CPUExecutionProvider"
+    if precision == "int8" and provider == "CPUExecutionProvider":
+        problem = int8_kernel_problem(manifest.precision_options.get("int8", {}))
+        if problem:
+            warnings.warn(f"{path.name}: {problem}", DeployWarning, stacklevel=3)
     return OnnxRuntimeRunner(path, provider=provider, device_id=index, threads=threads, graph_cache=graph_cache,
                              model_sha256=manifest.artifact(precision).sha256, batch_range=_batch_range(manifest))
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 # Two cores here: let torch use both, and keep test output free of exporter chatter.
 torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -33,3 +39,19 @@ def assert_one_line_error(result, code: int = 2, contains: str | None = None) ->
     assert "Traceback" not in result.stderr
     if contains is not None:
         assert contains in lines[-1], lines[-1]
+
+
+@pytest.fixture(scope="session")
+def digits(request):
+    """A resnet18_cifar trained on scikit-learn's digits by tools/train_cifar.py, with its own normalisation
+    (x - 0.5) / 0.5: (folder, training record). Cached in pytest's cache folder, so only the first run
+    trains (about 2 min on 2 cores)."""
+    pytest.importorskip("sklearn", reason="scikit-learn (a test dependency) bundles the digits data set")
+    out = Path(request.config.cache.mkdir("digits"))
+    return out, train_digits(out)
+
+
+def train_digits(out: Path) -> dict:
+    done = subprocess.run([sys.executable, str(TOOLS / "train_cifar.py"), "--out", str(out), "--json"],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)

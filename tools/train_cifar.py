@@ -9,13 +9,15 @@ no margin to keep). The data set is scikit-learn's bundled handwritten digits
   a stratified split with --test-fraction held out, so `verify --data` and
   `export --calib-data` read it exactly as they read a user's images;
 - trains ARCH (default resnet18_cifar) at --size px through the package's own
-  preprocessing (greyscale to RGB, resize, CIFAR mean/std), with +-2 px shifts,
-  SGD with momentum and a cosine schedule;
+  preprocessing (greyscale to RGB, resize) with the model's own normalisation,
+  --mean/--std (default (x - 0.5) / 0.5, not the arch's CIFAR statistics: the
+  export must be told with `--mean/--std`, as a user's own model would), with
+  +-2 px shifts, SGD with momentum and a one-cycle schedule;
 - writes OUT/ARCH-digits.safetensors and OUT/train_record.json (settings, data
   hash, held-out top-1, seconds). A second run with the same settings and data
   finds the record and the checkpoint and does not train again.
 
-    python tools/train_cifar.py [--out artifacts/digits] [--epochs 12] [--size 16] [--json]
+    python tools/train_cifar.py [--out artifacts/digits] [--epochs 12] [--size 16] [--mean 0.5] [--std 0.5] [--json]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnet_deploy.data import ImagePreprocess, labelled_images, load_images  # noqa: E402
 from resnet_deploy.fileio import atomic_open, sha256_file  # noqa: E402
 from resnet_deploy.models import build_model, get_spec  # noqa: E402
+from resnet_deploy.models.registry import declare_preprocess  # noqa: E402
 from resnet_deploy.models.checkpoints import save_checkpoint  # noqa: E402
 
 RECORD = "train_record.json"
@@ -64,9 +67,16 @@ def write_digits(root: Path, *, test_fraction: float, seed: int) -> str:
     return digest.hexdigest()
 
 
-def preprocess_for(arch: str, size: int) -> ImagePreprocess:
-    """What `export --arch ARCH --input-size SIZE` records in the manifest, so training sees what inference sees."""
-    return ImagePreprocess.from_manifest(get_spec(arch).preprocess.record(size, size))
+def preprocess_for(arch: str, size: int, mean: float, std: float) -> ImagePreprocess:
+    """What `export --arch ARCH --input-size SIZE --mean M,M,M --std S,S,S` records in the manifest,
+    so training sees what inference sees."""
+    return ImagePreprocess.from_manifest(
+        declare_preprocess(get_spec(arch).preprocess, size, size, mean=(mean,) * 3, std=(std,) * 3))
+
+
+def normalisation(value: float) -> str:
+    """One value for R, G and B, as `export --mean/--std` takes it."""
+    return ",".join([f"{value:g}"] * 3)
 
 
 def shift(batch: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
@@ -90,8 +100,9 @@ def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
 def train(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     data_hash = write_digits(out / "data", test_fraction=args.test_fraction, seed=args.seed)
-    settings = {"arch": args.arch, "size": args.size, "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
-                "seed": args.seed, "test_fraction": args.test_fraction, "data_sha256": data_hash}
+    settings = {"arch": args.arch, "size": args.size, "mean": args.mean, "std": args.std, "epochs": args.epochs,
+                "batch": args.batch, "lr": args.lr, "seed": args.seed, "test_fraction": args.test_fraction,
+                "data_sha256": data_hash}
     checkpoint = out / f"{args.arch}-digits.safetensors"
     record_path = out / RECORD
     if record_path.exists() and checkpoint.exists() and not args.retrain:
@@ -102,7 +113,7 @@ def train(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    preprocess = preprocess_for(args.arch, args.size)
+    preprocess = preprocess_for(args.arch, args.size, args.mean, args.std)
     splits = {}
     for split in ("train", "test"):
         paths, labels, classes = labelled_images(out / "data" / split)
@@ -141,6 +152,7 @@ def train(args: argparse.Namespace) -> dict:
         "train_seconds": round(seconds, 1),
         "threads": torch.get_num_threads(),
         "export": f"resnet-deploy export --arch {args.arch} --weights {checkpoint} --input-size {args.size} "
+                  f"--mean {normalisation(args.mean)} --std {normalisation(args.std)} "
                   f"--calib-data {out / 'data' / 'train'}",
         "verify": f"resnet-deploy verify ARTIFACT --data {out / 'data' / 'test'}",
     }
@@ -155,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="artifacts/digits", help="Folder for the data, checkpoint and record.")
     parser.add_argument("--arch", default="resnet18_cifar")
     parser.add_argument("--size", type=int, default=16, help="Input size the model is trained and exported at.")
+    parser.add_argument("--mean", type=float, default=0.5, help="Normalisation mean of every channel.")
+    parser.add_argument("--std", type=float, default=0.5, help="Normalisation std of every channel.")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.03)

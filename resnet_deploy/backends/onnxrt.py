@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..artifacts import TensorSpec
-from ..environment import first_cpu_fields, physical_cores
+from ..environment import VNNI_FLAGS, first_cpu_fields, int8_isa, physical_cores
 from ..fileio import atomic_path, sha256_file
 from .base import Runner
 
@@ -25,6 +25,19 @@ def cpu_signature() -> str:
     text = platform.machine() + platform.processor() + "".join(
         f"{key}:{fields.get(key, '')}" for key in ("model name", "flags", "Features"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def int8_kernel_problem(int8_options: dict) -> str | None:
+    """Why ONNX Runtime's optimised CPU kernels on this machine do not compute an INT8 artifact exactly
+    as its Q/DQ graph says (``manifest.precision_options["int8"]``); None when they do.
+
+    Manifests written before the ``cpu_isa`` record had no reduce_range: they need VNNI.
+    """
+    if int8_options.get("cpu_isa", "vnni") == "vnni" and int8_isa() == "avx2":
+        return ("this CPU has no VNNI (" + ", ".join(VNNI_FLAGS) + "), so ONNX Runtime's INT8 kernels add "
+                "u8 x s8 products in int16 and saturate on this artifact (8-bit weights); for CPUs like this one "
+                "export with --int8-target cpu --reduce-range")
+    return None
 
 
 def session_options(*, threads: int | None = None, optimize: bool = True) -> ort.SessionOptions:
@@ -114,7 +127,7 @@ class OnnxRuntimeRunner(Runner):
         else:
             self.session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
         short = PROVIDER_NAMES.get(provider, provider)
-        self.name = f"onnxruntime-{short}"
+        self.name = f"onnxruntime-{short}" + ("" if optimize else "-unoptimized")
         self.device = "cpu" if short == "cpu" else f"cuda:{device_id}"
         self.threads = options.intra_op_num_threads
         self.inputs = [TensorSpec(v.name, list(v.shape), _NUMPY_DTYPES.get(v.type, v.type))

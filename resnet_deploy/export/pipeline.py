@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
@@ -23,17 +24,21 @@ from ..backends import detect
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner, reference_model
 from ..backends.tensorrt import TensorRTRunner
-from ..data import ImagePreprocess, random_images
+from ..data import ImagePreprocess, calibration_data, random_images
 from ..environment import tool_versions
 from ..errors import DeployError, ExportError, ParityError
 from ..fileio import TEMP_PREFIX, sha256_file
 from ..models import create_model, get_spec
-from ..parity.compare import compare_outputs
+from ..models.registry import declare_preprocess
+from ..parity.compare import REFERENCE, Check, run_checks
 from ..parity.metrics import compare_arrays
+from ..parity.inputs import InputSet, default_sets, describe_sets
+from ..parity.int8 import int8_checks
+from ..parity.layerwise import torch_points
 from ..parity.tolerances import tolerance_for
 from ..progress import StepLog
 from . import engine as trt_engine
-from . import graph, precision
+from . import graph, mixed, precision
 from .torch2onnx import export_onnx, output_names
 
 DEFAULT_OPSET = 18
@@ -121,33 +126,65 @@ def _gate_batches(profile: BatchProfile) -> list[int]:
     return sorted({1, second})
 
 
+@dataclass
+class GateInputs:
+    """What the export gate runs: seeded random images at batch 1 and OPT, and, with real calibration
+    data, its hold-out (see :mod:`resnet_deploy.parity.inputs`)."""
+
+    random: list[np.ndarray]
+    holdout: np.ndarray | None
+    profile: BatchProfile
+
+    @classmethod
+    def make(cls, profile: BatchProfile, shape: tuple[int, int, int], preprocess: ImagePreprocess, seed: int,
+             holdout: np.ndarray | None = None) -> GateInputs:
+        return cls([random_images(size, shape, preprocess.mean, preprocess.std, seed=seed)
+                    for size in _gate_batches(profile)], holdout, profile)
+
+    def sets(self, precision: str) -> list[InputSet]:
+        return default_sets(precision, self.random, self.holdout, self.profile)
+
+    def describe(self, precision: str) -> str:
+        return describe_sets(self.sets(precision))
+
+
 def _parity_gate(
     reference: TorchRunner,
-    candidate: Any,
     kind: str,
-    profile: BatchProfile,
-    shape: tuple[int, int, int],
-    preprocess: Any,
-    seed: int,
+    candidate: Path | TensorRTRunner,
+    inputs: GateInputs,
+    *,
     random_init: bool,
+    int8_options: dict[str, Any] | None = None,
     precision: str | None = None,
-) -> list[dict[str, Any]]:
-    """``candidate`` (a runner of artifact ``kind``) vs PyTorch on seeded images; raises ParityError
-    beyond the tolerance of ``precision`` (default: ``kind``; an engine is judged by its source's)."""
-    tolerance, _note = tolerance_for(precision or kind, random_init=random_init)
-    runtime = "ONNX Runtime" if candidate.name.startswith("onnxruntime") else "TensorRT"
-    rows = []
-    for size in _gate_batches(profile):
-        inputs = random_images(size, shape, preprocess.mean, preprocess.std, seed=seed)
-        for row in compare_outputs(candidate.name, reference(inputs), candidate(inputs), tolerance):
-            rows.append({"artifact": kind, "backend": row.backend, "reference": reference.name,
-                         "batch": row.batch, "output": row.output, **row.figures})
-            if not row.passed:
-                raise ParityError(
-                    f"{kind} artifact on {runtime} disagrees with PyTorch on {row.output!r} at batch {size}: "
-                    + "; ".join(row.failures)
-                )
-    return rows
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """An artifact of ``kind`` (an ONNX path, or an engine's runner) against PyTorch on the gate's inputs.
+
+    Raises ParityError on the first judged row beyond the tolerance of
+    ``precision`` (default: ``kind``; an engine is judged by its source's).
+    INT8 ONNX is judged on the graph run as written, its CPU kernels against
+    that (see :mod:`resnet_deploy.parity.int8`). Returns the rows and notes.
+    """
+    precision = precision or kind
+    tolerance, note = tolerance_for(precision, random_init=random_init)
+    notes = [note] if note else []
+    if isinstance(candidate, Path) and kind == "int8":
+        checks, int8_notes = int8_checks(candidate, int8_options or {}, tolerance)
+        notes += int8_notes
+    else:
+        checks = [Check(OnnxRuntimeRunner(candidate) if isinstance(candidate, Path) else candidate, tolerance)]
+    runtime = "TensorRT" if kind == "engine" else "ONNX Runtime"
+    results, _outputs = run_checks(reference, checks, inputs.sets(precision))
+    rows = [{"artifact": kind, "backend": row.backend, "reference": row.reference, "inputs": row.inputs,
+             "judged": row.judged, "batch": row.batch, "output": row.output, **row.figures} for row in results]
+    failed = next((row for row in results if row.judged and not row.passed), None)
+    if failed is not None:
+        raise ParityError(
+            f"{kind} artifact: {runtime} disagrees with "
+            f"{'PyTorch' if failed.reference == REFERENCE else failed.reference} ({failed.backend}) on "
+            f"{failed.output!r} at batch {failed.batch} of {failed.inputs} images: " + "; ".join(failed.failures)
+        )
+    return rows, notes
 
 
 def export(
@@ -172,6 +209,10 @@ def export(
     calib_size: int = 512,
     calib_method: str = "minmax",
     int8_target: str = "trt",
+    reduce_range: bool | None = None,
+    max_drop: float | None = None,
+    eval_data: str | os.PathLike[str] | None = None,
+    preprocess: dict[str, Any] | None = None,
     engine: bool | None = None,
     build_options: trt_engine.BuildOptions | None = None,
     quiet: bool = False,
@@ -182,7 +223,18 @@ def export(
     INT8 calibrates on ``calib_data`` (a folder of images, a preprocessed .npy
     batch, or ``"random"`` on purpose) with ``calib_method``; ``int8_target``
     "trt" makes symmetric signed activations for TensorRT, "cpu" unsigned ones
-    for x86 VNNI kernels. The activation ranges are cached beside the artifacts.
+    for ONNX Runtime's x86 kernels (with 7-bit weights, ``reduce_range``, on
+    CPUs without VNNI unless told otherwise). The activation ranges are cached
+    beside the artifacts. With real calibration data a seeded fifth of it is
+    held out of the ranges, and reduced precisions are judged on it.
+
+    ``max_drop``: leave the most sensitive units (stem, blocks, head) in float
+    until INT8 loses at most this many top-1 points, measured on labelled
+    ``eval_data`` or else on the calibration hold-out (see :mod:`.mixed`).
+
+    ``preprocess``: the normalisation the weights were trained with, as
+    keyword arguments of :func:`~resnet_deploy.models.registry.declare_preprocess`
+    (``preset``, ``mean``, ``std``, ``resize``, ``interpolation``); default the arch's.
 
     ``engine``: True demands a TensorRT engine (an error where TensorRT or a
     GPU is missing, before any work), False skips it, None builds one where
@@ -199,19 +251,28 @@ def export(
     height, width = parse_input_size(input_size, spec.preprocess.input_size)
     if opset < 13:
         raise ExportError(f"opset {opset} is too old: 13 or newer is needed (per-channel quantization, Split)")
-    preprocess = spec.preprocess.record(height, width)
+    record = declare_preprocess(spec.preprocess, height, width, **(preprocess or {}))
+    image_preprocess = ImagePreprocess.from_manifest(record)
     calibration = None
     if int8:  # checked before the slow steps: a missing data set should fail at once
-        calibration = precision.calibration_data(
-            calib_data, preprocess=ImagePreprocess.from_manifest(preprocess), shape=(3, height, width),
-            size=calib_size, seed=seed,
+        calibration = calibration_data(
+            calib_data, preprocess=image_preprocess, shape=(3, height, width), size=calib_size, seed=seed,
         )
+        reduce_range = precision.resolve_reduce_range(int8_target, reduce_range)
+    elif reduce_range is not None or max_drop is not None:
+        raise ExportError("--reduce-range, --no-reduce-range and --max-drop go with --int8")
+    if max_drop is not None and not 0 <= max_drop <= 100:
+        raise ExportError(f"--max-drop {max_drop} is not a number of top-1 points between 0 and 100")
+    if max_drop is not None and (features_only or num_classes == 0):
+        raise ExportError("--max-drop measures top-1: it needs the classifier (not --features-only or --num-classes 0)")
+    if eval_data is not None and (max_drop is None or not Path(eval_data).is_dir()):
+        raise ExportError("--eval-data takes a folder of class folders, and goes with --max-drop")
     trt = detect.tensorrt()
     if engine and not trt.available:
         raise DeployError(f"--engine: cannot build a TensorRT engine here: {trt.reason}")
     build_engine_here = trt.available and engine is not False
     folder = _prepare_folder(out)
-    log = StepLog(5 + 2 * fp16 + 2 * int8 + 2 * build_engine_here, quiet=quiet)
+    log = StepLog(5 + 2 * fp16 + 2 * int8 + (max_drop is not None) + 2 * build_engine_here, quiet=quiet)
     staged: list[Path] = []
     artifacts: dict[str, Path] = {}
     precision_options: dict[str, Any] = {}
@@ -242,7 +303,7 @@ def export(
             folded = graph.fold_batchnorm(final)
             final = graph.check(final)
             onnx.save(final, str(final_path))
-            probe = random_images(2, (3, height, width), spec.preprocess.mean, spec.preprocess.std, seed=seed)
+            probe = random_images(2, (3, height, width), image_preprocess.mean, image_preprocess.std, seed=seed)
             before = OnnxRuntimeRunner(raw_path)(probe)
             after = OnnxRuntimeRunner(final_path)(probe)
             for out_name in outputs:
@@ -270,26 +331,45 @@ def export(
             staged.append(int8_path)
             artifacts["int8"] = int8_path
             cache = folder / precision.calibration_cache_name(stem, sha256_file(final_path), calibration, calib_method)
-            with log.step(f"INT8 QDQ for {int8_target}, {calib_method} calibration on {calibration.images} images"):
-                from_cache = precision.to_int8(
-                    final_path, int8_path, calibration, target=int8_target, method=calib_method, cache_path=cache,
-                    on_progress=lambda done, total: log.progress(done, total, "images"),
-                )
-                log.note(f"activation ranges {'read from' if from_cache else 'cached in'} {cache.name}")
-            precision_options["int8"] = {
-                "target": int8_target, "method": calib_method, "calibration": calibration.describe(),
-                "range_cache": cache.name if cache.exists() else None, "weights": "per-channel",
-            }
+            held = f", {calibration.holdout_images} held out" if calibration.holdout_images else ""
+            with precision.prepared_for_quantization(final_path) as prepared:
+                def quantize(out: Path, keep_float: list[str]) -> bool:
+                    return precision.to_int8(
+                        prepared, out, calibration, target=int8_target, method=calib_method, cache_path=cache,
+                        reduce_range=reduce_range, keep_float=keep_float,
+                        on_progress=lambda done, total: log.progress(done, total, "images"),
+                    )
+
+                with log.step(f"INT8 QDQ for {int8_target}{' with 7-bit weights' if reduce_range else ''}, "
+                              f"{calib_method} calibration on {calibration.images} images{held}"):
+                    from_cache = quantize(int8_path, [])
+                    log.note(f"activation ranges {'read from' if from_cache else 'cached in'} {cache.name}")
+                precision_options["int8"] = {
+                    **precision.int8_record(int8_target, calib_method, reduce_range),
+                    "calibration": calibration.describe(), "range_cache": cache.name if cache.exists() else None,
+                }
+                if max_drop is not None:
+                    with log.step(f"mixed precision: INT8 within {max_drop} top-1 points"):
+                        measure = mixed.DropMeasure.make(
+                            final_path, eval_data, calibration.holdout() if calibration.holdout else None,
+                            image_preprocess)
+                        chosen = mixed.quantize_within(
+                            prepared, int8_path, block_names=[name for name, _ in torch_points(model)][1:],
+                            max_drop=max_drop, measure=measure, quantize=quantize, on_progress=log.status,
+                        )
+                        log.note(mixed.describe(chosen))
+                    precision_options["int8"]["mixed"] = chosen.to_dict()
 
         parity = []
         reference = TorchRunner(model, outputs)
+        gate_inputs = GateInputs.make(profile, (3, height, width), image_preprocess, seed,
+                                      calibration.holdout() if calibration and calibration.holdout else None)
         for kind, path in artifacts.items():
-            with log.step(f"parity gate {kind}: ONNX Runtime vs PyTorch at batch "
-                          f"{', '.join(map(str, _gate_batches(profile)))}"):
-                parity += _parity_gate(reference, OnnxRuntimeRunner(path), kind, profile, (3, height, width),
-                                       spec.preprocess, seed, random_init=weights is None)
-                note = tolerance_for(kind, random_init=weights is None)[1]
-                if note:
+            with log.step(f"parity gate {kind}: ONNX Runtime vs PyTorch on {gate_inputs.describe(kind)}"):
+                rows, notes = _parity_gate(reference, kind, path, gate_inputs, random_init=weights is None,
+                                           int8_options=precision_options.get("int8"))
+                parity += rows
+                for note in notes:
                     log.note(note)
 
         manifest = Manifest(
@@ -303,7 +383,7 @@ def export(
                 else {"init": "random", "seed": seed}
             ),
             input=_tensor_specs(final.graph.input)[0],
-            preprocess=preprocess,
+            preprocess=record,
             outputs=_tensor_specs(final.graph.output),
             batch=profile,
             dynamic_hw=dynamic_hw,
@@ -324,10 +404,9 @@ def export(
                     build_options or trt_engine.BuildOptions(), built_from=artifact_filename(stem, source),
                 )
             artifacts["engine"] = engine_path
-            with log.step(f"parity gate engine: TensorRT vs PyTorch at batch {', '.join(map(str, _gate_batches(profile)))}"):
-                manifest.parity += _parity_gate(reference, TensorRTRunner(engine_path), "engine", profile,
-                                                (3, height, width), spec.preprocess, seed, random_init=weights is None,
-                                                precision=source)
+            with log.step(f"parity gate engine: TensorRT vs PyTorch on {gate_inputs.describe(source)}"):
+                manifest.parity += _parity_gate(reference, "engine", TensorRTRunner(engine_path), gate_inputs,
+                                                random_init=weights is None, precision=source)[0]
         elif engine is None:
             log.note(f"TensorRT engine not built: {trt.reason}")
 
@@ -376,12 +455,12 @@ def build(
             )
         shape = (3, *manifest.preprocess["crop"])
         reference = TorchRunner(reference_model(manifest), [o.name for o in manifest.outputs])
-        with log.step("parity gate engine: TensorRT vs PyTorch"):
+        inputs = GateInputs.make(manifest.batch, shape, ImagePreprocess.from_manifest(manifest.preprocess), seed)
+        with log.step(f"parity gate engine: TensorRT vs PyTorch on {inputs.describe(source)}"):
             manifest.parity = [p for p in manifest.parity if p["artifact"] != "engine"] + _parity_gate(
-                reference, TensorRTRunner(engine_path), "engine", manifest.batch, shape,
-                ImagePreprocess.from_manifest(manifest.preprocess), seed,
+                reference, "engine", TensorRTRunner(engine_path), inputs,
                 random_init="file" not in manifest.weights, precision=source,
-            )
+            )[0]
         with log.step("write manifest"):
             commit_artifacts(folder, {"engine": engine_path}, manifest, keep_others=True)
     finally:

@@ -14,9 +14,8 @@ import hashlib
 import inspect
 import io
 import logging
-import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..data import IMAGE_SUFFIXES, ImagePreprocess, batched, load_images, load_npy_batch, random_images
+from ..data import Calibration
+from ..environment import int8_isa
 from ..errors import ExportError, first_line
-from ..fileio import sha256_file
 from . import graph
 
 # InstanceNorm (IBN's IN half) over-/underflows in fp16; the split-attention
@@ -47,106 +46,92 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return graph.check(converted)
 
 
-# target -> (activation type, weight type, symmetric activations)
+@dataclass(frozen=True)
+class Int8Target:
+    activation: str  # onnxruntime.quantization.QuantType member
+    weight: str
+    symmetric: bool  # activations with zero point 0
+    description: str
+
+
 INT8_TARGETS = {
-    # TensorRT's explicit quantization: signed, symmetric (zero point 0) activations and weights
-    "trt": ("QInt8", "QInt8", True),
-    # x86 with VNNI: unsigned activations with signed weights is the fast u8s8 kernel pair
-    "cpu": ("QUInt8", "QInt8", False),
+    "trt": Int8Target("QInt8", "QInt8", True, "symmetric signed INT8 (TensorRT's explicit quantization)"),
+    "cpu": Int8Target("QUInt8", "QInt8", False, "unsigned activations, signed weights (ONNX Runtime's x86 u8s8 kernels)"),
 }
+
+
+def resolve_reduce_range(target: str, requested: bool | None) -> bool:
+    """7-bit weights for the ``cpu`` target on x86 without VNNI, unless the caller decided.
+
+    Without VNNI, ONNX Runtime's u8s8 kernels add pairs of u8 x s8 products in
+    int16, which saturates for 8-bit weights; 7-bit weights keep the sum in range.
+    TensorRT accumulates in int32, so the ``trt`` target never needs it.
+    """
+    if target == "trt":
+        if requested:
+            raise ExportError("--reduce-range is for --int8-target cpu: TensorRT accumulates in int32 and never saturates")
+        return False
+    return int8_isa() == "avx2" if requested is None else requested
+
+
+def int8_record(target: str, method: str, reduce_range: bool) -> dict[str, Any]:
+    """What the manifest says about how an INT8 artifact was quantized and where its CPU kernels are exact."""
+    return {"target": target, "method": method, "weights": "per-channel", "reduce_range": reduce_range,
+            # x86 ISA on which ONNX Runtime's optimised kernels compute this graph without int16 saturation
+            "cpu_isa": "avx2" if reduce_range else "vnni"}
+
+
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-CALIBRATION_BATCH = 16
-
-
-@dataclass
-class Calibration:
-    """Where calibration images come from, and a key that changes when they do."""
-
-    source: str  # a folder, a .npy file, or "random"
-    images: int
-    key: str
-    batches: Callable[[], Iterator[np.ndarray]]  # lazily decoded, so a cache hit reads nothing
-
-    def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "images": self.images}
-
-
-def calibration_data(
-    source: str | os.PathLike[str] | None,
-    *,
-    preprocess: ImagePreprocess,
-    shape: tuple[int, int, int],
-    size: int,
-    seed: int,
-) -> Calibration:
-    """Calibration images from a folder (searched recursively), a preprocessed .npy batch, or ``"random"``."""
-    if source is None:
-        raise ExportError(
-            "--int8 needs --calib-data DIR|FILE.npy: activation ranges are measured on the data you give, and random "
-            "pixels have none of the structure of real images, so their ranges (and the INT8 scales) are wrong for "
-            "real inputs; pass --calib-data random to accept that on purpose"
-        )
-    if size < 1:
-        raise ExportError("--calib-size must be at least 1")
-    if str(source) == "random":
-        def random_batches() -> Iterator[np.ndarray]:
-            for start in range(0, size, CALIBRATION_BATCH):
-                count = min(CALIBRATION_BATCH, size - start)
-                yield random_images(count, shape, preprocess.mean, preprocess.std, seed=seed + 1000 + start)
-
-        return Calibration("random", size, f"random:{seed}:{size}:{shape}", random_batches)
-    path = Path(source)
-    if path.is_file():
-        array = load_npy_batch(path, shape)[:size]
-        return Calibration(str(path), len(array), f"npy:{sha256_file(path)}:{size}",
-                           lambda: iter(batched(array, CALIBRATION_BATCH)))
-    if not path.is_dir():
-        raise ExportError(f"calibration data {path} does not exist")
-    found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not found:
-        raise ExportError(f"{path} holds no images for calibration")
-    rng = np.random.default_rng(seed)
-    chosen = sorted(rng.choice(len(found), size=min(size, len(found)), replace=False))
-    paths = [found[i] for i in chosen]
-    key = "dir:" + hashlib.sha256(
-        "\n".join(f"{p.relative_to(path)}:{p.stat().st_size}" for p in paths).encode() + str(preprocess).encode()
-    ).hexdigest()
-
-    def image_batches() -> Iterator[np.ndarray]:
-        for chunk in batched(paths, CALIBRATION_BATCH):
-            yield load_images(chunk, preprocess)
-
-    return Calibration(str(path), len(paths), key, image_batches)
-
-
 def calibration_cache_name(stem: str, fp32_sha256: str, calibration: Calibration, method: str) -> str:
     """Ranges depend on the fp32 graph, the data and the method (not the target): all three key the cache."""
     key = hashlib.sha256(f"{fp32_sha256}|{calibration.key}|{method}".encode()).hexdigest()[:12]
     return f"{stem}.calib-{method}-{key}.json"
 
 
+@contextlib.contextmanager
+def prepared_for_quantization(fp32_path: Path) -> Iterator[Path]:
+    """ONNX Runtime's quantization preprocessing (shape inference, basic fusions) of ``fp32_path``,
+    in a temporary file beside it: the graph whose node names :func:`to_int8`'s ``keep_float`` refers to."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = fp32_path.with_name(fp32_path.name + ".pre.onnx")
+    try:
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
+                warnings.simplefilter("ignore")
+                quant_pre_process(str(fp32_path), str(prepared))
+        except Exception as exc:  # onnxruntime.quantization raises many types
+            raise ExportError(f"INT8 quantization failed: {first_line(exc)}") from exc
+        yield prepared
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
 def to_int8(
-    fp32_path: Path,
+    prepared: Path,
     out_path: Path,
     calibration: Calibration,
     *,
     target: str,
     method: str,
     cache_path: Path,
+    reduce_range: bool = False,
+    keep_float: Sequence[str] = (),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> bool:
-    """Write a QDQ INT8 model (weights per channel) of ``fp32_path`` to ``out_path``.
+    """Write a QDQ INT8 model (weights per channel) of ``prepared`` (from :func:`prepared_for_quantization`)
+    to ``out_path``.
 
-    Returns True when the activation ranges came from ``cache_path`` (no calibration run).
+    ``keep_float``: node names left in float (no Q/DQ around them). Returns True
+    when the activation ranges came from ``cache_path`` (no calibration run).
     """
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if target not in INT8_TARGETS:
         raise ExportError(f"unknown --int8-target {target!r}; choose one of {', '.join(INT8_TARGETS)}")
     if method not in CALIBRATION_METHODS:
         raise ExportError(f"unknown --calib-method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
-    activation, weight, symmetric = INT8_TARGETS[target]
+    chosen = INT8_TARGETS[target]
     supports_cache = "calibration_cache_path" in inspect.signature(quantize_static).parameters
     cached = supports_cache and cache_path.is_file()
 
@@ -164,25 +149,22 @@ def to_int8(
                 on_progress(self.done, calibration.images)
             return {"input": batch}
 
-    prepared = out_path.with_name(out_path.name + ".pre.onnx")
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
             warnings.simplefilter("ignore")
-            quant_pre_process(str(fp32_path), str(prepared))
             quantize_static(
                 str(prepared), str(out_path), None if cached else Reader(),
                 quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=getattr(QuantType, activation), weight_type=getattr(QuantType, weight),
+                activation_type=getattr(QuantType, chosen.activation), weight_type=getattr(QuantType, chosen.weight),
                 calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
-                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+                reduce_range=reduce_range, nodes_to_exclude=list(keep_float),
+                extra_options={"ActivationSymmetric": chosen.symmetric, "WeightSymmetric": True},
                 **({"calibration_cache_path": str(cache_path)} if supports_cache else {}),
             )
     except ExportError:
         raise
     except Exception as exc:  # onnxruntime.quantization raises many types
         raise ExportError(f"INT8 quantization failed: {first_line(exc)}") from exc
-    finally:
-        prepared.unlink(missing_ok=True)
     graph.check(onnx.load(str(out_path)))
     return cached
 

@@ -10,20 +10,17 @@ from __future__ import annotations
 import difflib
 import functools
 import os
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import UnknownArchError
+from ..data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, PREPROCESS_PRESETS
+from ..errors import ExportError, UnknownArchError
 from .checkpoints import fit_state_dict, read_state_dict
 from .resnet import ResNet
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 @dataclass(frozen=True)
@@ -49,11 +46,40 @@ class Preprocess:
             "crop": [height, width],
             "interpolation": self.interpolation,
             "scale": 1 / 255,
-            "mean": list(self.mean),
-            "std": list(self.std),
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
             "layout": "NCHW",
             "color": "RGB",
         }
+
+
+def declare_preprocess(base: Preprocess, height: int, width: int, *, preset: str | None = None,
+                       mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                       resize: int | None = None, interpolation: str | None = None) -> dict[str, Any]:
+    """The manifest's ``preprocess`` entry: the arch's defaults, then a preset, then explicit values.
+
+    It is what calibration, the export gate, verify, predict and serve use, so
+    a model trained with its own normalisation is checked on inputs it knows.
+    """
+    if preset is not None and preset not in PREPROCESS_PRESETS:
+        raise ExportError(f"unknown --preprocess {preset!r}; choose one of {', '.join(PREPROCESS_PRESETS)}")
+    chosen = {**(PREPROCESS_PRESETS[preset] if preset else {}),
+              **{k: v for k, v in (("mean", mean), ("std", std)) if v is not None}}
+    for key in ("mean", "std"):
+        values = chosen.get(key)
+        if values is not None and (len(values) != 3 or not all(math.isfinite(v) for v in values)):
+            raise ExportError(f"--{key} takes three numbers (R,G,B), got {list(values)}")
+    if any(v <= 0 for v in chosen.get("std", (1,))):
+        raise ExportError(f"--std must be positive, got {list(chosen['std'])}")
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise ExportError(f"unknown --interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
+    if resize is not None and resize < min(height, width):
+        raise ExportError(f"--resize {resize} is smaller than the crop {height}x{width}: the shorter side is resized "
+                          "to it before the centre crop")
+    record = replace(base, **chosen, **({"interpolation": interpolation} if interpolation else {})).record(height, width)
+    if resize is not None:
+        record["resize"] = resize
+    return record
 
 
 @dataclass(frozen=True)

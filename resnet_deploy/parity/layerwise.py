@@ -130,7 +130,10 @@ def localize(
     precision: str,
     tolerance: float | None = None,
 ) -> LayerwiseReport:
-    """Run both sides on ``batch`` and compare them block by block."""
+    """Run both sides on ``batch`` and compare them block by block.
+
+    INT8 graphs run unoptimised: each Q/DQ executed as written, so the
+    localisation is of quantization error, not of one CPU's integer kernels."""
     names = find_points(onnx_model)
     modules = torch_points(reference)
     if len(names) != len(modules):
@@ -138,7 +141,8 @@ def localize(
             f"layer-wise mapping failed: the ONNX graph has {len(names) - 1} residual blocks, "
             f"the PyTorch model {len(modules) - 1}"
         )
-    runner = OnnxRuntimeRunner(with_extra_outputs(onnx_model, names).SerializeToString())
+    # an INT8 graph runs as written (every Q/DQ executed): its meaning, not one CPU's kernels
+    runner = OnnxRuntimeRunner(with_extra_outputs(onnx_model, names).SerializeToString(), optimize=precision != "int8")
     onnx_values = runner(batch)
 
     captured: dict[str, torch.Tensor] = {}

@@ -19,12 +19,14 @@ from ..backends import detect
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner, reference_model
 from ..backends.tensorrt import TensorRTRunner, check_engine_compatible, current_environment
-from ..data import ImagePreprocess, batched, labelled_images, list_images, load_images, load_npy_batch, random_images
+from ..data import ImagePreprocess, batched, labelled_images, list_images, load_images, load_npy_batch
 from ..errors import DeployError
 from ..fileio import atomic_open
 from .layerwise import LayerwiseReport, localize
-from .compare import ResultRow, compare_outputs
-from .tolerances import tolerance_for
+from .compare import REFERENCE, Check, ResultRow, run_checks
+from .inputs import InputSet, calibration_holdout, default_sets, describe_sets, random_batches
+from .int8 import int8_checks
+from .tolerances import Tolerance, tolerance_for
 
 
 @dataclass
@@ -43,8 +45,10 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        """True when at least one backend ran and every row passed."""
-        return bool(self.rows) and all(row.passed for row in self.rows)
+        """True when at least one judged row exists and every judged row passed (rows of runtimes
+        that are not the artifact's target are reported, not judged)."""
+        judged = [row for row in self.rows if row.judged]
+        return bool(judged) and all(row.passed for row in judged)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -59,13 +63,19 @@ class Report:
 
 @dataclass
 class VerifyInputs:
-    batches: list[np.ndarray]
+    sets: list[InputSet]
     description: dict[str, Any]
-    labels: np.ndarray | None = None  # with --data: one class index per image
+    labels: np.ndarray | None = None  # with --data: one class index per image of the one set
+    note: str | None = None  # why the calibration hold-out was not used
+
+    @property
+    def batches(self) -> list[np.ndarray]:
+        return [batch for inputs in self.sets for batch in inputs.batches]
 
 
 def _inputs(
     manifest: Manifest,
+    precision: str,
     *,
     batch_sizes: list[int] | None,
     seed: int,
@@ -73,17 +83,20 @@ def _inputs(
     images: str | None,
     data: str | None,
 ) -> VerifyInputs:
+    """The user's inputs (judged), or else seeded random images and, where the export had real
+    calibration data, its hold-out (see :mod:`resnet_deploy.parity.inputs`)."""
     if sum(x is not None for x in (npy, images, data)) > 1:
         raise DeployError("give at most one of --inputs, --images and --data")
     shape = manifest.input.shape[1:]
     if any(isinstance(d, str) for d in shape):  # dynamic H/W: check at the export size
         shape = [3, *manifest.preprocess["crop"]]
     profile = manifest.batch
+    preprocess = ImagePreprocess.from_manifest(manifest.preprocess)
     if npy is not None:
         array = load_npy_batch(npy, shape)
-        return VerifyInputs(batched(array, profile.max), {"kind": "npy", "file": str(npy), "images": len(array)})
+        return VerifyInputs([InputSet("npy", batched(array, profile.max), True)],
+                            {"kind": "npy", "file": str(npy), "images": len(array)})
     if images is not None or data is not None:
-        preprocess = ImagePreprocess.from_manifest(manifest.preprocess)
         if data is not None:
             paths, labels, classes = labelled_images(data)
             if manifest.num_classes and len(classes) > manifest.num_classes:
@@ -94,15 +107,19 @@ def _inputs(
         else:
             paths, labels = list_images(images), None
             description = {"kind": "images", "folder": str(images), "images": len(paths)}
-        return VerifyInputs(batched(load_images(paths, preprocess), profile.max), description, labels)
+        return VerifyInputs([InputSet(description["kind"], batched(load_images(paths, preprocess), profile.max), True)],
+                            description, labels)
     sizes = batch_sizes or sorted({profile.min, profile.opt})
     outside = [b for b in sizes if not profile.min <= b <= profile.max]
     if outside:
         raise DeployError(f"batch sizes {outside} are outside the artifact's profile {profile}")
-    mean, std = manifest.preprocess["mean"], manifest.preprocess["std"]
-    batches = [random_images(b, shape, mean, std, seed=seed + i) for i, b in enumerate(sizes)]
-    return VerifyInputs(batches, {"kind": "random", "seed": seed, "batch_sizes": sizes,
-                                  "range": "normalised uniform [0, 1] images"})
+    holdout, note = calibration_holdout(manifest)
+    sets = default_sets(precision, random_batches(sizes, tuple(shape), preprocess, seed), holdout, profile)
+    description = {"kind": describe_sets(sets), "seed": seed, "batch_sizes": sizes,
+                   "range": "normalised uniform [0, 1] images"}
+    if holdout is not None:
+        description["holdout"] = manifest.precision_options["int8"]["calibration"]["source"]
+    return VerifyInputs(sets, description, note=note)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -112,15 +129,16 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"top1": float((top[:, 0] == labels).mean()), "top5": float((top == labels[:, None]).any(axis=1).mean())}
 
 
-def _onnx_runners(path: Path) -> tuple[list[Any], list[dict[str, str]]]:
-    runners, skipped = [OnnxRuntimeRunner(path)], []
+def _onnx_checks(path: Path, tolerance: Tolerance, cpu: list[Check]) -> tuple[list[Check], list[dict[str, str]]]:
+    """``cpu`` (ONNX Runtime's CPU provider), then its CUDA and TensorRT providers where onnxruntime-gpu has them."""
+    checks, skipped = list(cpu), []
     for provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
         available = detect.onnxruntime_provider(provider)
         if available.available:
-            runners.append(OnnxRuntimeRunner(path, provider=provider))
+            checks.append(Check(OnnxRuntimeRunner(path, provider=provider), tolerance))
         else:
             skipped.append({"backend": f"onnxruntime-{provider[:-len('ExecutionProvider')].lower()}", "reason": available.reason})
-    return runners, skipped
+    return checks, skipped
 
 
 def verify(
@@ -166,7 +184,7 @@ def verify(
     tol = replace(default, **overrides)
     if "min_top1" in overrides:
         note = None
-    given = _inputs(manifest, batch_sizes=batch_sizes, seed=seed, npy=inputs, images=images, data=data)
+    given = _inputs(manifest, precision, batch_sizes=batch_sizes, seed=seed, npy=inputs, images=images, data=data)
     model = reference if reference is not None else reference_model(manifest)
     names = [o.name for o in manifest.outputs]
     reference_runner = TorchRunner(model, names)
@@ -174,32 +192,29 @@ def verify(
     report = Report(
         artifact=str(artifact), precision=precision, arch=manifest.arch,
         reference=f"{reference_runner.name} float32", inputs=given.description, tolerance=tol.to_dict(),
-        notes=[note] if note else [],
+        notes=[n for n in (note, given.note) if n],
     )
     if artifact.suffix == ".engine":
-        runners, report.skipped = [TensorRTRunner(artifact)], []
+        checks, report.skipped = [Check(TensorRTRunner(artifact), tol)], []
     else:
-        runners, report.skipped = _onnx_runners(artifact)
+        cpu = [Check(OnnxRuntimeRunner(artifact), tol)]
+        if precision == "int8":  # the graph as written, and ONNX Runtime's CPU kernels against it
+            cpu, int8_notes = int8_checks(artifact, manifest.precision_options.get("int8", {}), tol)
+            report.notes += int8_notes
+        checks, report.skipped = _onnx_checks(artifact, tol, cpu)
         report.skipped.append({"backend": "tensorrt",
                                "reason": detect.tensorrt().reason or "an ONNX file: verify the .engine to run TensorRT"})
     cuda = detect.torch_cuda()
     if cuda.available:
-        runners.insert(0, TorchRunner(copy.deepcopy(model), names, device="cuda"))
+        checks.insert(0, Check(TorchRunner(copy.deepcopy(model), names, device="cuda"), tol))
     else:
         report.skipped.insert(0, {"backend": "torch-cuda", "reason": cuda.reason})
 
-    expected = [reference_runner(batch) for batch in given.batches]
-    scored = given.labels is not None and names[0] == "logits"
-    if scored:
-        report.accuracy[reference_runner.name] = accuracy(np.concatenate([e["logits"] for e in expected]), given.labels)
-    for runner in runners:
-        logits = []
-        for batch, want in zip(given.batches, expected):
-            got = runner(batch)
-            report.rows += compare_outputs(runner.name, want, got, tol)
-            logits.append(got[names[0]])
-        if scored:
-            report.accuracy[runner.name] = accuracy(np.concatenate(logits), given.labels)
+    report.rows, outputs = run_checks(reference_runner, checks, given.sets)
+    if given.labels is not None and names[0] == "logits":
+        for name, produced in outputs.items():
+            label = reference_runner.name if name == REFERENCE else name
+            report.accuracy[label] = accuracy(np.concatenate([o[names[0]] for o in produced]), given.labels)
     if layerwise:
         report.layerwise = localize(onnx.load(str(artifact)), model, given.batches[0], precision=precision)
     return report

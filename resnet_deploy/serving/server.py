@@ -283,9 +283,12 @@ def create_app(runner: Runner, *, model_name: str, platform: str = "onnxruntime_
             check_model(request)
         except RequestError as exc:
             return error(str(exc), exc.status)
-        return JSONResponse({"name": model_name, "versions": ["1"], "platform": platform,
-                             "inputs": [_tensor_meta(t) for t in runner.inputs],
-                             "outputs": [_tensor_meta(t) for t in runner.outputs]})
+        metadata = {"name": model_name, "versions": ["1"], "platform": platform,
+                    "inputs": [_tensor_meta(t) for t in runner.inputs],
+                    "outputs": [_tensor_meta(t) for t in runner.outputs]}
+        if runner.manifest is not None:  # how a client turns an image into the input tensor
+            metadata["parameters"] = {"preprocess": runner.manifest.preprocess}
+        return JSONResponse(metadata)
 
     async def model_ready(request: Request) -> Response:
         try:

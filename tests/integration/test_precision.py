@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
 from PIL import Image
 
-from resnet_deploy import export, verify
+from resnet_deploy import export, runtime, verify
+from resnet_deploy.backends import onnxrt
+from resnet_deploy.errors import DeployWarning
 from resnet_deploy.export.precision import FP16_KEEP_FP32_OPS
 from resnet_deploy.artifacts import read_manifest
+from resnet_deploy.data import IMAGENET_MEAN, IMAGENET_STD, random_images
 from resnet_deploy.parity.tolerances import DEFAULT_TOLERANCES, tolerance_for
 from tests.conftest import assert_one_line_error
 
@@ -93,7 +98,7 @@ def _check_int8(path, target):
     assert max(r.figures["rel_to_scale"] for r in report.rows) > 1e-3  # int8 error is real
 
 
-def test_int8_calibration_sources_cache_and_manifest(cli, tmp_path):
+def test_int8_calibration_sources_cache_and_manifest(cli, tmp_path, monkeypatch):
     images = tmp_path / "calib" / "class_a"
     images.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -110,17 +115,37 @@ def test_int8_calibration_sources_cache_and_manifest(cli, tmp_path):
     manifest = read_manifest(out / "resnet18.json")
     options = manifest.precision_options["int8"]
     assert options["target"] == "trt" and options["method"] == "minmax" and options["weights"] == "per-channel"
-    assert options["calibration"] == {"source": str(tmp_path / "calib"), "images": 16}
+    # a fifth of the 20 images held out of the ranges, the gate judged on them
+    assert options["calibration"] == {"source": str(tmp_path / "calib"), "images": 16, "holdout": 4, "seed": 0}
+    int8_rows = [p for p in manifest.parity if p["artifact"] == "int8"]
+    simulated = [p for p in int8_rows if p["backend"] == "onnxruntime-cpu-unoptimized"]
+    assert {(p["inputs"], p["judged"], p["reference"]) for p in simulated} == {
+        ("holdout", True, "torch"), ("random", False, "torch")}
+    kernel_rows = [p for p in int8_rows if p["backend"] == "onnxruntime-cpu"]
+    assert {p["reference"] for p in kernel_rows} == {"torch", "onnxruntime-cpu-unoptimized"}
+    assert not any(p["judged"] for p in kernel_rows)  # trt target: CPU kernels reported only
     assert (out / options["range_cache"]).is_file()
     second = cli(*args)  # same model, data and method: no recalibration
     assert second.exit_code == 0 and "activation ranges read from" in second.stderr and "16/16 images" not in second.stderr
     assert read_manifest(out / "resnet18.json").artifact("int8").sha256 == manifest.artifact("int8").sha256
 
-    batch = np.random.default_rng(1).normal(size=(6, 3, 64, 64)).astype(np.float32)
+    # an 8-bit-weight artifact run on ONNX Runtime's CPU kernels: warned about where the CPU lacks VNNI
+    monkeypatch.setattr(onnxrt, "int8_isa", lambda: "avx2")
+    with pytest.warns(DeployWarning, match="no VNNI"):
+        runtime.load(out / "resnet18.int8.onnx").close()
+    predicted = cli("predict", str(out / "resnet18.int8.onnx"), str(images / "0.png"), "--topk", "1")
+    assert predicted.exit_code == 0 and "warning: resnet18.int8.onnx: this CPU has no VNNI" in predicted.stderr
+    monkeypatch.setattr(onnxrt, "int8_isa", lambda: "vnni")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runtime.load(out / "resnet18.int8.onnx").close()
+
+    batch = random_images(6, (3, 64, 64), IMAGENET_MEAN, IMAGENET_STD, seed=1)
     np.save(tmp_path / "calib.npy", batch)
     npy = export("resnet18", input_size=64, int8=True, calib_data=tmp_path / "calib.npy", calib_method="percentile",
                  out=tmp_path / "npy", quiet=True)
-    assert npy.manifest.precision_options["int8"]["calibration"]["images"] == 6
+    assert npy.manifest.precision_options["int8"]["calibration"] == {"source": str(tmp_path / "calib.npy"),
+                                                                      "images": 5, "holdout": 1, "seed": 0}
     assert verify(npy.paths["int8"]).passed
 
 
@@ -143,3 +168,22 @@ def test_top1_judged_except_int8_on_random_weights():
     assert tolerance_for("int8", random_init=True)[0].min_top1 is None
     assert tolerance_for("int8", random_init=False) == (DEFAULT_TOLERANCES["int8"], None)
     assert tolerance_for("fp16", random_init=True)[0].min_top1 == 0.99
+
+
+@pytest.mark.parametrize("isa", ["vnni", "avx2"])
+def test_cpu_kernels_of_8_bit_weights_judged_only_where_exact(tmp_path, isa):
+    """The cpu target with 8-bit weights: with VNNI its optimised kernels must match the graph run as
+    written (judged); without VNNI they saturate, and are reported with the reason instead."""
+    from resnet_deploy.environment import int8_isa
+
+    if int8_isa() != isa:
+        pytest.skip(f"needs an x86 CPU with INT8 kernels of kind {isa!r}; this one is {int8_isa()!r}")
+    result = export("resnet18", input_size=32, int8=True, int8_target="cpu", reduce_range=False,
+                    calib_data="random", calib_size=16, out=tmp_path, quiet=True)
+    options = result.manifest.precision_options["int8"]
+    assert options["reduce_range"] is False and options["cpu_isa"] == "vnni"
+    kernel_rows = [p for p in result.manifest.parity if p["artifact"] == "int8" and p["backend"] == "onnxruntime-cpu"]
+    assert kernel_rows and all(p["judged"] is (isa == "vnni") for p in kernel_rows)
+    report = verify(result.paths["int8"])
+    assert report.passed
+    assert any("no VNNI" in note for note in report.notes) is (isa == "avx2")

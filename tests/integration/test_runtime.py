@@ -212,3 +212,8 @@ def test_doctor_reports_what_can_run(cli):
     assert report["backends"]["tensorrt"] == {"usable": trt.available, "reason": trt.reason or None}
     text = cli("doctor")
     assert "backends:" in text.stdout and "onnxruntime-cpu   yes" in text.stdout
+    from resnet_deploy.environment import int8_isa
+
+    assert report["cpu"]["int8_isa"] == int8_isa()
+    words = {"vnni": "int8 kernels VNNI", "avx2": "int8 kernels no VNNI", "other": "int8 kernels not x86"}
+    assert words[int8_isa()] in text.stdout

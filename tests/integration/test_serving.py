@@ -120,6 +120,9 @@ def test_health_and_metadata(server):
     meta = client.get_model_metadata("resnet18")
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 64, 64]}]
     assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 1000]}]
+    # the manifest's declared preprocessing, so a client prepares images as the export did
+    assert meta["parameters"]["preprocess"]["crop"] == [64, 64]
+    assert meta["parameters"]["preprocess"]["mean"] == [0.485, 0.456, 0.406]
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
 
 

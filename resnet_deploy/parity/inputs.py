@@ -1,0 +1,61 @@
+"""What a parity check runs on, and which of it judges the artifact.
+
+Seeded random images exercise every artifact the same way, but they lie
+outside the ranges real calibration data gives INT8 (and sometimes outside
+what the weights were trained on). Where a calibration hold-out exists (real
+calibration data, a seeded part never used for ranges), reduced precisions
+are judged on it and the random images are reported beside it; fp32 computes
+the same function on any input, so it is judged on both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..artifacts import BatchProfile, Manifest
+from ..data import ImagePreprocess, batched, calibration_data, random_images
+
+
+@dataclass
+class InputSet:
+    label: str  # "random", "holdout", "npy", "images", "labelled images"
+    batches: list[np.ndarray]
+    judged: bool
+
+
+def default_sets(precision: str, random: list[np.ndarray], holdout: np.ndarray | None,
+                 profile: BatchProfile) -> list[InputSet]:
+    """The hold-out (judged) and random images (judged for fp32, reported otherwise), or random alone."""
+    if holdout is None or not len(holdout):
+        return [InputSet("random", random, True)]
+    return [InputSet("holdout", list(batched(holdout, profile.max)), True),
+            InputSet("random", random, precision == "fp32")]
+
+
+def describe_sets(sets: list[InputSet]) -> str:
+    return ", ".join(f"{sum(map(len, s.batches))} {s.label} images" + ("" if s.judged else " (reported)")
+                     for s in sets)
+
+
+def random_batches(sizes: list[int], shape: tuple[int, ...], preprocess: ImagePreprocess, seed: int) -> list[np.ndarray]:
+    """One seeded batch of normalised random images per size (seeds ``seed``, ``seed + 1``, ...)."""
+    return [random_images(size, shape, preprocess.mean, preprocess.std, seed=seed + i) for i, size in enumerate(sizes)]
+
+
+def calibration_holdout(manifest: Manifest) -> tuple[np.ndarray | None, str | None]:
+    """The calibration hold-out an export judged on, rebuilt from the manifest (same source, same seeded
+    split), and a note when it cannot be: the data is not on this machine or has changed."""
+    record = manifest.precision_options.get("int8", {}).get("calibration", {})
+    if not record.get("holdout"):
+        return None, None
+    shape = (3, *manifest.preprocess["crop"])
+    try:
+        calibration = calibration_data(record["source"], preprocess=ImagePreprocess.from_manifest(manifest.preprocess),
+                                       shape=shape, size=record["images"], seed=record.get("seed", 0))
+    except Exception as exc:  # DeployError for a missing source; anything else means it changed
+        return None, f"calibration hold-out not used ({exc}): judged on random images"
+    if calibration.holdout_images != record["holdout"] or calibration.holdout is None:
+        return None, f"calibration data {record['source']} has changed since export: judged on random images"
+    return calibration.holdout(), None

@@ -1,0 +1,40 @@
+"""INT8 artifacts judged twice: what quantization does, and what a CPU's kernels do to it.
+
+A Q/DQ graph run by ONNX Runtime with every graph optimisation off executes
+each QuantizeLinear -> DequantizeLinear -> float op as written: that is what
+the INT8 model means, on any machine, and what TensorRT (int32 accumulation)
+computes up to rounding. Its error against PyTorch is the quantization error.
+The optimised CPU kernels against that run are the kernel error: zero in
+principle, but on x86 without VNNI the u8s8/s8s8 kernels add pairs of
+products in int16 and saturate unless the weights were reduced to 7 bits.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..backends.onnxrt import OnnxRuntimeRunner, int8_kernel_problem
+from .compare import Check
+from .tolerances import KERNEL_TOLERANCE, Tolerance
+
+
+def int8_checks(path: str | os.PathLike[str], int8_options: dict, tolerance: Tolerance) -> tuple[list[Check], list[str]]:
+    """The checks of an INT8 ONNX on ONNX Runtime's CPU provider, and notes saying what is judged and why:
+    the graph as written against PyTorch (judged: the quantization error), the optimised kernels against
+    PyTorch and against the graph as written (judged for the ``cpu`` target on a CPU whose kernels are
+    exact for the artifact, reported otherwise)."""
+    simulated = OnnxRuntimeRunner(path, optimize=False)
+    kernels = OnnxRuntimeRunner(path)
+    problem = int8_kernel_problem(int8_options)
+    notes = [f"int8 judged on {simulated.name} (every Q/DQ executed as written: the quantization itself, "
+             "independent of CPU kernels)"]
+    if int8_options.get("target") == "cpu":
+        judge = problem is None
+        if problem:
+            notes.append(f"{kernels.name} kernels reported, not judged: {problem}")
+    else:
+        judge = False
+        notes.append(f"{kernels.name} reported, not judged: the trt target runs on TensorRT (int32 accumulation)"
+                     + (f"; {problem}" if problem else ""))
+    return [Check(simulated, tolerance), Check(kernels, tolerance, judged=judge),
+            Check(kernels, KERNEL_TOLERANCE, against=simulated.name, judged=judge)], notes
