@@ -1,11 +1,30 @@
 """resnet-deploy: ship ResNet-family models from PyTorch to ONNX Runtime and TensorRT, with proof of parity."""
 
+import importlib
+from typing import Any
+
 from .errors import ArtifactError, CheckpointError, DeployError, ExportError, ParityError, UnknownArchError
-from .export import ExportResult, export
-from .models import create_model, get_model_info, list_models
-from .parity.verify import Report, verify
 
 __version__ = "0.1.0"
+
+# The subpackage first: importing it later would rebind the name `export` to it, over the function below.
+from . import export as _export_package  # noqa: E402  (PyTorch-free until its pipeline is used)
+
+# Imported on first use: the PyTorch side (export, the model zoo) is not needed, or installed, on a target
+# that only runs and verifies artifacts (runtime, predict, serve, verify --reference golden).
+_LAZY = {"ExportResult": ".export", "create_model": ".models", "get_model_info": ".models",
+         "list_models": ".models", "Report": ".parity.verify", "verify": ".parity.verify"}
+
+
+def export(arch: str, **options: Any) -> Any:
+    """Export ``arch``: :func:`resnet_deploy.export.pipeline.export` (imports PyTorch on first call)."""
+    return _export_package.export(arch, **options)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ArtifactError",

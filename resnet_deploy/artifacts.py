@@ -25,6 +25,8 @@ SCHEMA_VERSION = 1
 STEM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # precision -> file suffix after the stem
 ARTIFACT_SUFFIXES = {"fp32": ".onnx", "fp16": ".fp16.onnx", "int8": ".int8.onnx", "engine": ".engine"}
+# PyTorch's outputs on the export's check inputs, for verifying where PyTorch is not installed
+GOLDEN_SUFFIX = ".golden.npz"
 
 
 def check_stem(stem: str) -> str:
@@ -121,6 +123,7 @@ class Manifest:
     artifacts: list[ArtifactEntry] = field(default_factory=list)
     parity: list[dict[str, Any]] = field(default_factory=list)
     precision_options: dict[str, Any] = field(default_factory=dict)  # per precision: how it was made
+    golden: dict[str, Any] = field(default_factory=dict)  # {"file", "bytes", "sha256"}: PyTorch's outputs
     tools: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema: str = SCHEMA
@@ -171,11 +174,9 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     return Manifest.from_dict(data, source=str(path))
 
 
-def manifest_for(artifact: str | os.PathLike[str]) -> tuple[Manifest, str]:
-    """The manifest beside an artifact file, and the artifact's precision.
-
-    Refuses an artifact whose bytes differ from what the manifest recorded.
-    """
+def open_artifact(artifact: str | os.PathLike[str]) -> tuple[Manifest, str, str | None]:
+    """The manifest beside an artifact file, the artifact's precision, and why its bytes are not
+    the ones the manifest recorded (None when they are)."""
     artifact = Path(artifact)
     if not artifact.is_file():
         raise ArtifactError(f"artifact {artifact} does not exist")
@@ -184,25 +185,44 @@ def manifest_for(artifact: str | os.PathLike[str]) -> tuple[Manifest, str]:
     entry = manifest.artifact(precision)
     if entry is None or entry.file != artifact.name:
         raise ArtifactError(f"{artifact.name} is not listed in {stem}.json: re-export it")
-    if sha256_file(artifact) != entry.sha256:
-        raise ArtifactError(f"{artifact} changed since export (sha256 differs from {stem}.json): re-export it")
+    digest = sha256_file(artifact)
+    changed = None if digest == entry.sha256 else (
+        f"{artifact.name} differs from what {stem}.json recorded at export (sha256 {digest[:12]}, "
+        f"recorded {entry.sha256[:12]})")
+    return manifest, precision, changed
+
+
+def manifest_for(artifact: str | os.PathLike[str]) -> tuple[Manifest, str]:
+    """The manifest beside an artifact file, and the artifact's precision.
+
+    Refuses an artifact whose bytes differ from what the manifest recorded:
+    what runs or ships must be what was checked (``verify`` compares it anyway).
+    """
+    manifest, precision, changed = open_artifact(artifact)
+    if changed:
+        raise ArtifactError(f"{changed}: it changed since export; re-export it, or `resnet-deploy verify` it")
     return manifest, precision
 
 
-def commit_artifacts(folder: Path, staged: dict[str, Path], manifest: Manifest, *, keep_others: bool = False) -> Path:
+def commit_artifacts(folder: Path, staged: dict[str, Path], manifest: Manifest, *, keep_others: bool = False,
+                     golden: Path | None = None) -> Path:
     """Move staged temporary files to their final names and write the manifest.
 
-    ``staged`` maps precision -> temporary file in ``folder``. The old manifest
-    goes first, then files the old export had and this one does not, then the
-    new files, then the new manifest: at no moment does a manifest describe a
-    file that is not there. With ``keep_others`` (adding an engine to an
-    export) the manifest's other artifacts stay.
+    ``staged`` maps precision -> temporary file in ``folder``; ``golden`` is the
+    staged golden outputs file. The old manifest goes first, then files the old
+    export had and this one does not, then the new files, then the new
+    manifest: at no moment does a manifest describe a file that is not there.
+    With ``keep_others`` (adding an engine to an export) the manifest's other
+    artifacts and golden file stay.
     """
     old = manifest_path(folder, manifest.stem)
     previous: list[str] = []
     if old.exists():
         try:
-            previous = [a["file"] for a in json.loads(old.read_text()).get("artifacts", [])]
+            data = json.loads(old.read_text())
+            previous = [a["file"] for a in data.get("artifacts", [])]
+            if data.get("golden"):
+                previous.append(data["golden"]["file"])
         except (OSError, ValueError, TypeError, KeyError):
             previous = []
         old.unlink()
@@ -212,7 +232,14 @@ def commit_artifacts(folder: Path, staged: dict[str, Path], manifest: Manifest, 
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; an artifact is meant to be shared
         os.replace(tmp, final)
         entries.append(ArtifactEntry.describe(final, precision))
-    kept = {e.file for e in entries}
+    if golden is not None:
+        final = folder / (check_stem(manifest.stem) + GOLDEN_SUFFIX)
+        os.chmod(golden, 0o644)
+        os.replace(golden, final)
+        manifest.golden = {"file": final.name, "bytes": final.stat().st_size, "sha256": sha256_file(final)}
+    elif not keep_others:
+        manifest.golden = {}
+    kept = {e.file for e in entries} | ({manifest.golden["file"]} if manifest.golden else set())
     for name in previous:
         if name not in kept and "/" not in name:
             (folder / name).unlink(missing_ok=True)

@@ -15,6 +15,7 @@ import click
 from .data import INTERPOLATIONS, PREPROCESS_PRESETS
 from .errors import DeployError, DeployWarning
 from .export.precision import INT8_TARGETS
+from .parity.verify import REFERENCES
 from .runtime import BACKENDS
 
 
@@ -65,10 +66,25 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 @main.command("list")
+@click.option("--weights", "show_weights", is_flag=True, help="The published checkpoints export can fetch by tag.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_command(as_json: bool) -> None:
-    """The architecture table: params, GMACs at the default input, family."""
+def list_command(show_weights: bool, as_json: bool) -> None:
+    """The architecture table: params, GMACs at the default input, family (or, with --weights, published tags)."""
     from .models import get_model_info, list_models
+
+    if show_weights:
+        from .models.pretrained import published_for
+
+        entries = [w for name in list_models() for w in published_for(name)]
+        if as_json:
+            _print_json([{"arch": w.arch, "tag": w.tag, "url": w.url, "top1": w.top1, "preprocess": w.preprocess}
+                         for w in entries])
+            return
+        rows = [[w.arch, w.tag, "-" if w.top1 is None else f"{w.top1:.3f}", str(w.preprocess["resize"]),
+                 w.preprocess["interpolation"], w.url] for w in entries]
+        click.echo(_table(rows, ["arch", "--weights", "top-1 (published)", "resize", "interpolation", "url"],
+                          right={2, 3}))
+        return
 
     infos = [get_model_info(name) for name in list_models()]
     if as_json:
@@ -127,7 +143,8 @@ def _floats3(option: str) -> Any:
 
 @main.command("export")
 @click.option("--arch", required=True, help="Architecture name (see `resnet-deploy list`).")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint (.pt/.pth/.safetensors); default random init.")
+@click.option("--weights", help="Checkpoint (.pt/.pth/.safetensors) or a published tag such as torchvision:IMAGENET1K_V2 "
+                                "(`list --weights`); default random init.")
 @click.option("--num-classes", type=int, help="Classifier size; 0 exports the pooled-feature backbone.")
 @click.option("--input-size", "--crop", "input_size", help="N or HxW: the centre crop the model takes (default: the arch's, e.g. 224).")
 @click.option("--preprocess", "preset", type=click.Choice(list(PREPROCESS_PRESETS)),
@@ -268,6 +285,11 @@ def _format_report(report: Any) -> str:
     lines = [
         f"{report.artifact} ({report.precision}) vs {report.reference} [{report.arch}], inputs: "
         + ", ".join(f"{k}={v}" for k, v in report.inputs.items()),
+    ]
+    if report.file_changed:
+        lines.append(f"FILE CHANGED SINCE EXPORT: {report.file_changed}"
+                     + ("; --strict: that alone fails" if report.strict else "; compared anyway (--strict fails it)"))
+    lines += [
         "",
         _table(rows, ["backend", "vs", "inputs", "batch", "output", "max|err|", "err/scale", "cosine", "top-1",
                       "top-5", "result"], right={3, 5, 6, 7, 8, 9}),
@@ -307,12 +329,16 @@ def _format_report(report: Any) -> str:
 @click.option("--min-cosine", type=float, help="Smallest cosine similarity allowed per sample.")
 @click.option("--min-top1", type=float, help="Smallest top-1 agreement allowed (0-1).")
 @click.option("--layerwise", is_flag=True, help="Compare every block and name the first where outputs part.")
+@click.option("--reference", type=click.Choice(REFERENCES), default="auto", show_default=True,
+              help="torch: the PyTorch model rebuilt from the manifest; golden: the outputs stored at export "
+                   "(STEM.golden.npz, no PyTorch needed); auto: torch where installed.")
+@click.option("--strict", is_flag=True, help="Fail when the artifact's bytes differ from the manifest's record.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write every figure to this JSON file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def verify_command(artifact: str, batch_sizes: str | None, seed: int, inputs_file: str | None, images: str | None,
                    data: str | None, max_error: float | None,
-                   min_cosine: float | None, min_top1: float | None, layerwise: bool, report_path: str | None,
-                   as_json: bool) -> None:
+                   min_cosine: float | None, min_top1: float | None, layerwise: bool, reference: str, strict: bool,
+                   report_path: str | None, as_json: bool) -> None:
     """Compare PyTorch, ONNX Runtime and TensorRT outputs for an artifact; exit 1 when they disagree."""
     from .parity.verify import verify
 
@@ -320,7 +346,7 @@ def verify_command(artifact: str, batch_sizes: str | None, seed: int, inputs_fil
     overrides = {k: v for k, v in (("max_rel_to_scale", max_error), ("min_cosine", min_cosine), ("min_top1", min_top1))
                  if v is not None}
     report = verify(artifact, batch_sizes=sizes, seed=seed, inputs=inputs_file, images=images, data=data,
-                    tolerance_overrides=overrides, layerwise=layerwise)
+                    tolerance_overrides=overrides, layerwise=layerwise, reference=reference, strict=strict)
     if report_path:
         report.write(report_path)
     if as_json:
@@ -477,8 +503,9 @@ def doctor_command(as_json: bool) -> None:
         f"cpu          {cpu['model']}, {cpu['physical_cores']} physical / {cpu['logical_cores']} logical cores, "
         f"{' '.join(cpu['isa']) or 'no AVX2'}",
         f"int8 kernels {INT8_ISA_WORDS[cpu['int8_isa']]}",
-        f"torch        {torch_info['version']}, " + (f"CUDA {torch_info['cuda_build']}: {', '.join(torch_info['gpus'])}"
-                                                      if torch_info["cuda"] else torch_info["reason"]),
+        f"torch        {torch_info['version'] or 'not installed'}, "
+        + (f"CUDA {torch_info['cuda_build']}: {', '.join(torch_info['gpus'])}" if torch_info["cuda"]
+           else torch_info["reason"]),
         f"onnxruntime  {report['onnxruntime']['version']}, providers: {', '.join(report['onnxruntime']['providers'])}",
     ]
     for name in ("onnx", "onnxsim", "onnxscript", "matplotlib"):

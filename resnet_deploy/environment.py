@@ -103,14 +103,16 @@ def doctor() -> dict[str, object]:
 
     report: dict[str, object] = {"python": platform.python_version(), "platform": platform.platform(),
                                  "cpu": cpu_description()}
-    import torch
-
     cuda = detect.torch_cuda()
-    report["torch"] = {
-        "version": torch.__version__, "cuda_build": torch.version.cuda, "cuda": cuda.available,
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda.available else [],
-        "reason": cuda.reason or None,
-    }
+    try:
+        import torch
+    except ImportError:  # a target that runs artifacts needs no PyTorch
+        torch = None
+    torch_version = torch.__version__ if torch else None
+    report["torch"] = {"version": torch_version, "cuda_build": torch.version.cuda if torch else None,
+                       "cuda": cuda.available, "reason": cuda.reason or None,
+                       "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+                       if cuda.available else []}
     for name in ("onnx", "onnxsim", "onnxscript", "matplotlib"):
         report[name] = {"version": package_version(name)}
     import onnxruntime as ort
@@ -120,7 +122,7 @@ def doctor() -> dict[str, object]:
     report["tensorrt"] = {"version": package_version("tensorrt"), "usable": trt.available, "reason": trt.reason or None}
     gpu_ort = detect.onnxruntime_provider("CUDAExecutionProvider")
     report["backends"] = {
-        "torch-cpu": {"usable": True, "reason": None},
+        "torch-cpu": {"usable": torch_version is not None, "reason": None if torch_version else "torch is not installed"},
         "torch-cuda": {"usable": cuda.available, "reason": cuda.reason or None},
         "onnxruntime-cpu": {"usable": True, "reason": None},
         "onnxruntime-cuda": {"usable": gpu_ort.available, "reason": gpu_ort.reason or None},

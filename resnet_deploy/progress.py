@@ -20,6 +20,11 @@ class StepLog:
         self._header = ""
         self._width = 0
 
+    def say(self, text: str) -> None:
+        """A line of its own, now (before or between steps)."""
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
     def note(self, text: str) -> None:
         """A detail of the current step, printed under its timing line."""
         self._notes.append(text)

@@ -120,7 +120,10 @@ def _onnxruntime(path: Path, manifest: Manifest, precision: str, device: str | N
 
 def _torch(manifest: Manifest, device: str | None, threads: int | None, channels_last: bool, compile: bool,
            half: bool) -> Runner:
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise DeployError("the torch backend needs PyTorch, which is not installed here: use --backend ort or trt") from None
 
     from .backends.pytorch import TorchRunner, reference_model
 

@@ -13,7 +13,10 @@ class Availability:
 
 
 def torch_cuda() -> Availability:
-    import torch
+    try:
+        import torch
+    except ImportError:
+        return Availability(False, "torch is not installed")
 
     if not torch.cuda.is_available():
         cuda = torch.version.cuda

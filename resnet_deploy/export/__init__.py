@@ -1,6 +1,19 @@
-"""PyTorch -> ONNX export, graph passes, and the export pipeline."""
+"""PyTorch -> ONNX export, graph passes, and the export pipeline.
 
-from .engine import BuildOptions
-from .pipeline import DEFAULT_BATCH, DEFAULT_OPSET, ExportResult, build, export
+The pipeline (and PyTorch with it) is imported on first use, so that the
+precision and graph helpers load where PyTorch is not installed.
+"""
 
-__all__ = ["DEFAULT_BATCH", "DEFAULT_OPSET", "BuildOptions", "ExportResult", "build", "export"]
+import importlib
+from typing import Any
+
+_LAZY = {"BuildOptions": ".engine", "DEFAULT_BATCH": ".pipeline", "DEFAULT_OPSET": ".pipeline",
+         "ExportResult": ".pipeline", "build": ".pipeline", "export": ".pipeline"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

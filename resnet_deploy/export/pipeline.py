@@ -19,7 +19,15 @@ import numpy as np
 import onnx
 import torch
 
-from ..artifacts import BatchProfile, Manifest, TensorSpec, artifact_filename, check_stem, commit_artifacts
+from ..artifacts import (
+    GOLDEN_SUFFIX,
+    BatchProfile,
+    Manifest,
+    TensorSpec,
+    artifact_filename,
+    check_stem,
+    commit_artifacts,
+)
 from ..backends import detect
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner, reference_model
@@ -29,8 +37,10 @@ from ..environment import tool_versions
 from ..errors import DeployError, ExportError, ParityError
 from ..fileio import TEMP_PREFIX, sha256_file
 from ..models import create_model, get_spec
+from ..models import pretrained
 from ..models.registry import declare_preprocess
-from ..parity.compare import REFERENCE, Check, run_checks
+from ..parity.compare import REFERENCE, Check, Memoized, run_checks
+from ..parity.golden import write_golden
 from ..parity.metrics import compare_arrays
 from ..parity.inputs import InputSet, default_sets, describe_sets
 from ..parity.int8 import int8_checks
@@ -149,7 +159,7 @@ class GateInputs:
 
 
 def _parity_gate(
-    reference: TorchRunner,
+    reference: Memoized,
     kind: str,
     candidate: Path | TensorRTRunner,
     inputs: GateInputs,
@@ -251,7 +261,12 @@ def export(
     height, width = parse_input_size(input_size, spec.preprocess.input_size)
     if opset < 13:
         raise ExportError(f"opset {opset} is too old: 13 or newer is needed (per-channel quantization, Split)")
-    record = declare_preprocess(spec.preprocess, height, width, **(preprocess or {}))
+    declared = {k: v for k, v in (preprocess or {}).items() if v is not None}
+    published = pretrained.resolve(arch, str(weights)) if weights is not None and pretrained.is_tag(weights) else None
+    if published is not None:  # the weights' own preprocessing, under the user's
+        scale = published.preprocess["resize"] / 224  # published for a 224 crop
+        declared = {**published.preprocess, "resize": int(round(min(height, width) * scale)), **declared}
+    record = declare_preprocess(spec.preprocess, height, width, **declared)
     image_preprocess = ImagePreprocess.from_manifest(record)
     calibration = None
     if int8:  # checked before the slow steps: a missing data set should fail at once
@@ -271,8 +286,14 @@ def export(
     if engine and not trt.available:
         raise DeployError(f"--engine: cannot build a TensorRT engine here: {trt.reason}")
     build_engine_here = trt.available and engine is not False
-    folder = _prepare_folder(out)
     log = StepLog(5 + 2 * fp16 + 2 * int8 + (max_drop is not None) + 2 * build_engine_here, quiet=quiet)
+    if weights is None:
+        log.say(f"weights: RANDOM (seeded init, seed {seed}): the artifacts compute nothing useful; pass --weights "
+                "FILE or a published tag (`resnet-deploy list --weights`) to export trained weights")
+    elif published is not None:  # before the output folder exists: a failed download leaves nothing
+        log.say(f"weights: {published.tag} ({published.url})")
+        weights, _digest = pretrained.fetch(published, progress=None if quiet else pretrained.stderr_progress)
+    folder = _prepare_folder(out)
     staged: list[Path] = []
     artifacts: dict[str, Path] = {}
     precision_options: dict[str, Any] = {}
@@ -361,7 +382,7 @@ def export(
                     precision_options["int8"]["mixed"] = chosen.to_dict()
 
         parity = []
-        reference = TorchRunner(model, outputs)
+        reference = Memoized(TorchRunner(model, outputs))
         gate_inputs = GateInputs.make(profile, (3, height, width), image_preprocess, seed,
                                       calibration.holdout() if calibration and calibration.holdout else None)
         for kind, path in artifacts.items():
@@ -378,7 +399,8 @@ def export(
             num_classes=classes,
             model_options={"features_only": features_only, "last_stride": last_stride},
             weights=(
-                {"file": str(Path(weights).resolve()), "sha256": sha256_file(weights)}
+                {"file": str(Path(weights).resolve()), "sha256": sha256_file(weights),
+                 **({"published": published.tag, "url": published.url} if published else {})}
                 if weights is not None
                 else {"init": "random", "seed": seed}
             ),
@@ -410,8 +432,11 @@ def export(
         elif engine is None:
             log.note(f"TensorRT engine not built: {trt.reason}")
 
-        with log.step("write manifest"):
-            manifest_file = commit_artifacts(folder, artifacts, manifest)
+        with log.step("write golden outputs and manifest"):
+            golden = _staged_file(folder, GOLDEN_SUFFIX)
+            staged.append(golden)
+            write_golden(golden, gate_inputs.sets("fp32"), reference)
+            manifest_file = commit_artifacts(folder, artifacts, manifest, golden=golden)
             staged.clear()
     finally:
         for path in staged:
@@ -454,7 +479,7 @@ def build(
                 built_from=onnx_path.name,
             )
         shape = (3, *manifest.preprocess["crop"])
-        reference = TorchRunner(reference_model(manifest), [o.name for o in manifest.outputs])
+        reference = Memoized(TorchRunner(reference_model(manifest), [o.name for o in manifest.outputs]))
         inputs = GateInputs.make(manifest.batch, shape, ImagePreprocess.from_manifest(manifest.preprocess), seed)
         with log.step(f"parity gate engine: TensorRT vs PyTorch on {inputs.describe(source)}"):
             manifest.parity = [p for p in manifest.parity if p["artifact"] != "engine"] + _parity_gate(

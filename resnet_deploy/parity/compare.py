@@ -58,23 +58,39 @@ def compare_outputs(
 class Check:
     runner: Any  # a backends.base.Runner
     tolerance: Tolerance
-    against: str = REFERENCE  # the reference, or the name of a runner checked before this one
+    against: str | None = None  # None: the reference; else the name of a runner checked before this one
     judged: bool = True  # False: its rows are reported, not judged
 
 
 def run_checks(
-    reference: Any, checks: list[Check], sets: list[InputSet]
+    reference: Any, checks: list[Check], sets: list[InputSet], *, reference_label: str = REFERENCE
 ) -> tuple[list[ResultRow], dict[str, list[dict[str, np.ndarray]]]]:
     """Every check on every batch of every input set: the rows, and each runner's outputs in
-    batch order (for accuracy). A row is judged when its check and its input set both are."""
+    batch order (for accuracy), the reference's under ``reference_label``. A row is judged when
+    its check and its input set both are."""
     work = [(inputs, batch) for inputs in sets for batch in inputs.batches]
-    outputs = {REFERENCE: [reference(batch) for _, batch in work]}
+    outputs = {reference_label: [reference(batch) for _, batch in work]}
     rows = []
     for check in checks:
         name = check.runner.name
         if name not in outputs:  # a runner checked twice (against PyTorch and another runner) runs once
             outputs[name] = [check.runner(batch) for _, batch in work]
-        for (inputs, _), want, got in zip(work, outputs[check.against], outputs[name]):
-            rows += compare_outputs(name, want, got, check.tolerance, reference=check.against,
+        against = check.against or reference_label
+        for (inputs, _), want, got in zip(work, outputs[against], outputs[name]):
+            rows += compare_outputs(name, want, got, check.tolerance, reference=against,
                                     judged=check.judged and inputs.judged, inputs=inputs.label)
     return rows, outputs
+
+
+class Memoized:
+    """A deterministic runner (the PyTorch reference) run once per batch object, however many checks ask."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.name = runner.name
+        self._seen: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}  # the batch kept: its id stays unique
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if id(batch) not in self._seen:
+            self._seen[id(batch)] = (batch, self.runner(batch))
+        return self._seen[id(batch)][1]

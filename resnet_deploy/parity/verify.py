@@ -1,29 +1,32 @@
 """`verify`: run every backend that can run here on the same inputs and compare
-each with the float32 PyTorch reference rebuilt from the manifest."""
+each with the float32 PyTorch reference rebuilt from the manifest, or, where
+PyTorch is not installed, with the golden outputs stored at export.
+
+PyTorch is imported only for the ``torch`` reference, so a target with ONNX
+Runtime or TensorRT alone verifies against the golden file."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import importlib.util
+
 import numpy as np
 import onnx
-from torch import nn
 
-from ..artifacts import Manifest, artifact_filename, manifest_for, split_artifact_name
+from ..artifacts import Manifest, artifact_filename, open_artifact, split_artifact_name
 from ..backends import detect
 from ..backends.onnxrt import OnnxRuntimeRunner
-from ..backends.pytorch import TorchRunner, reference_model
-from ..backends.tensorrt import TensorRTRunner, check_engine_compatible, current_environment
 from ..data import ImagePreprocess, batched, labelled_images, list_images, load_images, load_npy_batch
 from ..errors import DeployError
 from ..fileio import atomic_open
-from .layerwise import LayerwiseReport, localize
 from .compare import REFERENCE, Check, ResultRow, run_checks
+from .golden import NAME as GOLDEN
+from .golden import read_golden
 from .inputs import InputSet, calibration_holdout, default_sets, describe_sets, random_batches
 from .int8 import int8_checks
 from .tolerances import Tolerance, tolerance_for
@@ -39,7 +42,9 @@ class Report:
     tolerance: dict[str, Any]
     rows: list[ResultRow] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
-    layerwise: LayerwiseReport | None = None
+    layerwise: Any = None  # a layerwise.LayerwiseReport with --layerwise
+    file_changed: str | None = None  # why the artifact's bytes are not the ones the manifest recorded
+    strict: bool = False  # a changed file fails by itself
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)  # backend -> top1/top5, with --data
     notes: list[str] = field(default_factory=list)  # criteria set aside, and why
 
@@ -48,7 +53,7 @@ class Report:
         """True when at least one judged row exists and every judged row passed (rows of runtimes
         that are not the artifact's target are reported, not judged)."""
         judged = [row for row in self.rows if row.judged]
-        return bool(judged) and all(row.passed for row in judged)
+        return bool(judged) and all(row.passed for row in judged) and not (self.strict and self.file_changed)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -141,6 +146,9 @@ def _onnx_checks(path: Path, tolerance: Tolerance, cpu: list[Check]) -> tuple[li
     return checks, skipped
 
 
+REFERENCES = ("auto", "torch", "golden")
+
+
 def verify(
     artifact: str | os.PathLike[str],
     *,
@@ -151,19 +159,28 @@ def verify(
     data: str | None = None,
     tolerance_overrides: dict[str, float] | None = None,
     layerwise: bool = False,
-    reference: nn.Module | None = None,
+    reference: str = "auto",
+    strict: bool = False,
 ) -> Report:
-    """Compare every backend that can run ``artifact`` here with the PyTorch reference.
+    """Compare every backend that can run ``artifact`` here with the reference.
 
+    The artifact is compared whatever its bytes: a file changed since export
+    (by the user's own graph pass, or corrupted) is reported in ``file_changed``,
+    and with ``strict`` that alone fails. ``reference``: ``torch`` rebuilds the
+    float32 PyTorch model from the manifest; ``golden`` reads ``STEM.golden.npz``
+    (its own inputs; no PyTorch needed); ``auto`` is torch where it is installed.
     ``tolerance_overrides`` replaces fields of the precision's default
-    :class:`~resnet_deploy.parity.tolerances.Tolerance`. ``reference``
-    replaces the model rebuilt from the manifest (for a model changed after
-    export). ``inputs`` is a preprocessed .npy batch, ``images`` a folder of
-    images, ``data`` a folder of class folders (adds top-1/top-5 accuracy per
-    backend). Raises :class:`DeployError` when nothing can run;
-    a parity failure is a report with ``passed == False``.
+    :class:`~resnet_deploy.parity.tolerances.Tolerance`. ``inputs`` is a
+    preprocessed .npy batch, ``images`` a folder of images, ``data`` a folder of
+    class folders (adds top-1/top-5 accuracy per backend). Raises
+    :class:`DeployError` when nothing can run; a parity failure is a report
+    with ``passed == False``.
     """
     artifact = Path(artifact)
+    if reference not in REFERENCES:
+        raise DeployError(f"unknown --reference {reference!r}: choose from {', '.join(REFERENCES)}")
+    if reference == "auto":
+        reference = "torch" if importlib.util.find_spec("torch") is not None else "golden"
     if artifact.suffix == ".engine":
         trt = detect.tensorrt()
         if not trt.available:
@@ -172,8 +189,10 @@ def verify(
                 f"cannot verify {artifact.name}: {trt.reason}; verify the ONNX it was built from instead, "
                 f"e.g. {artifact.parent / artifact_filename(stem, 'fp32')}"
             )
-    manifest, precision = manifest_for(artifact)
+    manifest, precision, changed = open_artifact(artifact)
     if precision == "engine":
+        from ..backends.tensorrt import TensorRTRunner, check_engine_compatible, current_environment
+
         record = manifest.precision_options["engine"]
         check_engine_compatible(record, *current_environment())
         if layerwise:
@@ -184,15 +203,26 @@ def verify(
     tol = replace(default, **overrides)
     if "min_top1" in overrides:
         note = None
-    given = _inputs(manifest, precision, batch_sizes=batch_sizes, seed=seed, npy=inputs, images=images, data=data)
-    model = reference if reference is not None else reference_model(manifest)
     names = [o.name for o in manifest.outputs]
-    reference_runner = TorchRunner(model, names)
+    if reference == "golden":
+        if any(x is not None for x in (inputs, images, data)) or batch_sizes or layerwise:
+            raise DeployError("--reference golden checks the golden file's own inputs: it takes none of --inputs, "
+                              "--images, --data, --batch-sizes and --layerwise, which need PyTorch")
+        sets, reference_runner = read_golden(manifest, artifact.parent, precision)
+        given = VerifyInputs(sets, {"kind": describe_sets(sets), "golden": manifest.golden["file"]})
+        described = f"golden outputs of PyTorch float32 ({manifest.golden['file']})"
+    else:
+        from ..backends.pytorch import TorchRunner, reference_model
+
+        given = _inputs(manifest, precision, batch_sizes=batch_sizes, seed=seed, npy=inputs, images=images, data=data)
+        model = reference_model(manifest)
+        reference_runner = TorchRunner(model, names)
+        described = f"{reference_runner.name} float32"
 
     report = Report(
-        artifact=str(artifact), precision=precision, arch=manifest.arch,
-        reference=f"{reference_runner.name} float32", inputs=given.description, tolerance=tol.to_dict(),
-        notes=[n for n in (note, given.note) if n],
+        artifact=str(artifact), precision=precision, arch=manifest.arch, reference=described,
+        inputs=given.description, tolerance=tol.to_dict(), notes=[n for n in (note, given.note) if n],
+        file_changed=changed, strict=strict,
     )
     if artifact.suffix == ".engine":
         checks, report.skipped = [Check(TensorRTRunner(artifact), tol)], []
@@ -205,16 +235,21 @@ def verify(
         report.skipped.append({"backend": "tensorrt",
                                "reason": detect.tensorrt().reason or "an ONNX file: verify the .engine to run TensorRT"})
     cuda = detect.torch_cuda()
-    if cuda.available:
+    if cuda.available and reference == "torch":
+        import copy
+
         checks.insert(0, Check(TorchRunner(copy.deepcopy(model), names, device="cuda"), tol))
     else:
-        report.skipped.insert(0, {"backend": "torch-cuda", "reason": cuda.reason})
+        report.skipped.insert(0, {"backend": "torch-cuda", "reason": cuda.reason or "the golden reference: no model"})
 
-    report.rows, outputs = run_checks(reference_runner, checks, given.sets)
+    label = GOLDEN if reference == "golden" else REFERENCE
+    report.rows, outputs = run_checks(reference_runner, checks, given.sets, reference_label=label)
     if given.labels is not None and names[0] == "logits":
         for name, produced in outputs.items():
-            label = reference_runner.name if name == REFERENCE else name
-            report.accuracy[label] = accuracy(np.concatenate([o[names[0]] for o in produced]), given.labels)
+            report.accuracy[reference_runner.name if name == label else name] = accuracy(
+                np.concatenate([o[names[0]] for o in produced]), given.labels)
     if layerwise:
+        from .layerwise import localize
+
         report.layerwise = localize(onnx.load(str(artifact)), model, given.batches[0], precision=precision)
     return report

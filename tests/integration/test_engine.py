@@ -23,7 +23,7 @@ def test_without_tensorrt_export_says_why_and_engine_flag_refuses(cli, tmp_path)
     assert_one_line_error(demanded, 2, "--engine: cannot build a TensorRT engine here")
     assert not (tmp_path / "b").exists()
     assert_one_line_error(cli("build", str(tmp_path / "a" / "resnet18.onnx")), 2, "cannot build a TensorRT engine here")
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["resnet18.json", "resnet18.onnx"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["resnet18.golden.npz", "resnet18.json", "resnet18.onnx"]
 
 
 @pytest.mark.gpu

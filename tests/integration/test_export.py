@@ -104,7 +104,8 @@ def test_manifest_describes_the_export(resnet18_export):
     assert entry.sha256 == sha256_file(resnet18_export.onnx_path)
     assert entry.bytes == resnet18_export.onnx_path.stat().st_size
     assert all(p["rel_to_scale"] < 1e-4 for p in manifest.parity)
-    assert sorted(p.name for p in resnet18_export.onnx_path.parent.iterdir()) == ["resnet18.json", "resnet18.onnx"]
+    assert sorted(p.name for p in resnet18_export.onnx_path.parent.iterdir()) == [
+        "resnet18.golden.npz", "resnet18.json", "resnet18.onnx"]
 
 
 def test_inspect(cli, resnet18_export):
@@ -179,7 +180,7 @@ def test_trained_weights_with_real_batchnorm_statistics(tmp_path):
 def test_rerun_overwrites_cleanly(tmp_path):
     first = export("resnet18", input_size=64, out=tmp_path, quiet=True)
     second = export("resnet18", input_size=32, out=tmp_path, quiet=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet18.json", "resnet18.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet18.golden.npz", "resnet18.json", "resnet18.onnx"]
     assert read_manifest(second.manifest_path).input.shape == ["batch", 3, 32, 32]
     assert first.manifest.artifacts[0].sha256 != second.manifest.artifacts[0].sha256
     manifest_for(second.onnx_path)  # consistent

@@ -64,12 +64,12 @@ def test_fp16_and_int8_artifacts_pass_verify(tmp_path, name):
 def test_cli_fp16_and_rerun_without_it_removes_the_stale_file(cli, tmp_path):
     result = cli("export", "--arch", "resnet18", "--input-size", "64", "--fp16", "--out", str(tmp_path))
     assert result.exit_code == 0, result.stderr
-    assert "fp16: " in result.stderr and "[7/7] write manifest" in result.stderr
+    assert "fp16: " in result.stderr and "[7/7] write golden outputs and manifest" in result.stderr
     assert (tmp_path / "resnet18.fp16.onnx").exists()
     info = cli("inspect", str(tmp_path / "resnet18.fp16.onnx")).stdout
     assert "FP16 tensors" in info and "no FP16" not in info
     assert cli("export", "--arch", "resnet18", "--input-size", "64", "--out", str(tmp_path), "-q").exit_code == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet18.json", "resnet18.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet18.golden.npz", "resnet18.json", "resnet18.onnx"]
 
 
 def _check_int8(path, target):

@@ -12,10 +12,11 @@ from PIL import Image
 from resnet_deploy import export
 from resnet_deploy.artifacts import ArtifactEntry, read_manifest, write_manifest
 from resnet_deploy.backends import detect
-from resnet_deploy.parity import verify as verify_module
+from resnet_deploy.backends import pytorch as pytorch_backend
 from resnet_deploy.models import create_model, save_checkpoint
 from resnet_deploy.parity.layerwise import find_points, torch_points
-from resnet_deploy.parity.verify import reference_model, verify
+from resnet_deploy.backends.pytorch import reference_model
+from resnet_deploy.parity.verify import verify
 from tests.conftest import assert_one_line_error
 
 
@@ -94,7 +95,7 @@ def test_changed_batchnorm_eps_in_pytorch_fails_and_is_located(cli, exported, mo
         model.layer2[1].bn2.eps = 1.0  # running_var is 1: the block's output shrinks by 1/sqrt(2)
         return model
 
-    monkeypatch.setattr(verify_module, "reference_model", altered_reference)
+    monkeypatch.setattr(pytorch_backend, "reference_model", altered_reference)
     result = cli("verify", str(exported.onnx_path), "--layerwise")
     assert result.exit_code == 1, result.stdout
     assert "outputs part at layer2.1" in result.stdout
@@ -175,3 +176,90 @@ def test_accuracy_figures():
 
     logits = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
     assert accuracy(logits, np.array([1, 1, 0])) == {"top1": 1 / 3, "top5": 1.0}
+
+
+def _scale_block_conv(source, target, block, factor=3.0):
+    """Scale the first conv weight of ``block`` after export, leaving the manifest as it was."""
+    model = onnx.load(str(source))
+    names = [name for name, _module in torch_points(create_model("resnet18"))]
+    producer_of = {out: i for i, node in enumerate(model.graph.node) for out in node.output}
+    start = producer_of[find_points(model)[names.index(block) - 1]]
+    conv = next(n for n in model.graph.node[start + 1:] if n.op_type == "Conv")
+    weight = next(t for t in model.graph.initializer if t.name == conv.input[1])
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * factor, weight.name))
+    onnx.save(model, str(target))
+
+
+@pytest.fixture
+def copied(exported, tmp_path):
+    """A copy of the export folder: its manifest, golden file and fp32 artifact."""
+    for name in ("resnet18.json", "resnet18.golden.npz", "resnet18.onnx"):
+        (tmp_path / name).write_bytes((exported.manifest_path.parent / name).read_bytes())
+    return tmp_path / "resnet18.onnx"
+
+
+def test_a_file_changed_after_export_is_compared_and_reported(cli, copied):
+    _scale_block_conv(copied, copied, "layer2.1")
+    result = cli("verify", str(copied), "--layerwise")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert "FILE CHANGED SINCE EXPORT: resnet18.onnx differs from what resnet18.json recorded" in result.stdout
+    assert "outputs part at layer2.1" in result.stdout
+    report = json.loads(cli("verify", str(copied), "--json").stdout)
+    assert report["file_changed"] and not report["passed"]
+
+
+def test_strict_fails_on_the_changed_bytes_alone(cli, copied):
+    model = onnx.load(str(copied))
+    model.doc_string = "touched by a graph pass that changed nothing numeric"
+    onnx.save(model, str(copied))
+    relaxed = cli("verify", str(copied))
+    assert relaxed.exit_code == 0 and "FILE CHANGED SINCE EXPORT" in relaxed.stdout, relaxed.stdout
+    strict = cli("verify", str(copied), "--strict")
+    assert strict.exit_code == 1 and "--strict: that alone fails" in strict.stdout
+    assert "overall: FAIL" in strict.stdout
+
+
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # `import torch` raises ImportError, as on a target without PyTorch
+from resnet_deploy.cli import main
+main(sys.argv[1:])
+"""
+
+
+def _without_torch(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True)
+
+
+def test_golden_reference_without_torch(exported, copied, tmp_path):
+    manifest = read_manifest(exported.manifest_path)
+    assert manifest.golden["file"] == "resnet18.golden.npz"
+    passed = _without_torch("verify", str(copied), "--reference", "golden", "--json")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    report = json.loads(passed.stdout)
+    assert report["reference"].startswith("golden outputs") and {r["reference"] for r in report["rows"]} == {"golden"}
+    assert _without_torch("verify", str(copied)).returncode == 0  # auto: golden where torch is missing
+
+    _scale_block_conv(copied, copied, "layer2.1")
+    failed = _without_torch("verify", str(copied), "--reference", "golden")
+    assert failed.returncode == 1 and "FILE CHANGED SINCE EXPORT" in failed.stdout, failed.stdout + failed.stderr
+    assert "overall: FAIL" in failed.stdout
+    needs_torch = _without_torch("verify", str(copied), "--reference", "golden", "--layerwise")
+    assert needs_torch.returncode == 2 and needs_torch.stderr.startswith("error: --reference golden")
+
+
+def test_target_path_runs_without_torch(exported, tmp_path):
+    Image.fromarray(np.zeros((70, 70, 3), np.uint8)).save(tmp_path / "black.png")
+    predicted = _without_torch("predict", str(exported.onnx_path), str(tmp_path / "black.png"), "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    assert len(json.loads(predicted.stdout)["predictions"][0]["top"]) == 5
+    bench = _without_torch("bench", str(exported.onnx_path), "--batch-sizes", "1", "--iters", "3", "--json", "-q")
+    assert bench.returncode == 0, bench.stderr
+    doctor = _without_torch("doctor", "--json")
+    assert doctor.returncode == 0, doctor.stderr
+    assert json.loads(doctor.stdout)["backends"]["torch-cuda"]["reason"] == "torch is not installed"
+    torch_backend = _without_torch("bench", str(exported.onnx_path), "--backend", "torch", "--iters", "1", "-q")
+    assert torch_backend.returncode == 2 and torch_backend.stderr.startswith("error: the torch backend needs PyTorch")

@@ -105,3 +105,16 @@ def test_manifest_for_refuses_changed_artifact(tmp_path):
     (tmp_path / "m.json").unlink()
     with pytest.raises(ArtifactError, match="not found"):
         manifest_for(tmp_path / "m.onnx")
+
+
+def test_golden_file_committed_with_the_manifest_and_removed_with_it(tmp_path):
+    staged, golden = tmp_path / ".tmp-a.onnx", tmp_path / ".tmp-g.npz"
+    staged.write_bytes(b"model")
+    golden.write_bytes(b"golden outputs")
+    commit_artifacts(tmp_path, {"fp32": staged}, _manifest(), golden=golden)
+    manifest, _ = manifest_for(tmp_path / "m.onnx")
+    assert manifest.golden == {"file": "m.golden.npz", "bytes": 14, "sha256": sha256_file(tmp_path / "m.golden.npz")}
+    staged.write_bytes(b"model 2")
+    commit_artifacts(tmp_path, {"fp32": staged}, _manifest())  # a re-export without golden outputs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]
+    assert manifest_for(tmp_path / "m.onnx")[0].golden == {}
