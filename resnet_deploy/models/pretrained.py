@@ -79,6 +79,12 @@ def _torchvision(arch: str, tag: str, file: str, top1: float, preprocess: dict[s
     return PublishedWeights(f"torchvision:{tag}", arch, file, top1, preprocess)
 
 
+def _timm(arch: str, name: str, interpolation: str) -> PublishedWeights:
+    """A timm model on the Hugging Face hub: timm/NAME, file model.safetensors."""
+    return PublishedWeights(f"timm:{name}", arch, f"timm/{name}/resolve/main/model.safetensors", None,
+                            {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": interpolation, "resize": 256})
+
+
 PUBLISHED: dict[tuple[str, str], PublishedWeights] = {}
 for _w in (
     _torchvision("resnet18", "IMAGENET1K_V1", "resnet18-f37072fd.pth", 69.758, _TV_V1),
@@ -98,9 +104,12 @@ for _w in (
     _torchvision("wide_resnet50_2", "IMAGENET1K_V2", "wide_resnet50_2-9ba9bcbe.pth", 81.602, _TV_V2),
     _torchvision("wide_resnet101_2", "IMAGENET1K_V1", "wide_resnet101_2-32ee1156.pth", 78.848, _TV_V1),
     _torchvision("wide_resnet101_2", "IMAGENET1K_V2", "wide_resnet101_2-d733dc28.pth", 82.510, _TV_V2),
-    # timm's pretrained_cfg: 224 px, crop_pct 0.875, bicubic
-    PublishedWeights("timm:resnet50d.ra2_in1k", "resnet50d", "timm/resnet50d.ra2_in1k/resolve/main/model.safetensors",
-                     None, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bicubic", "resize": 256}),
+    # timm's pretrained_cfg for each: 224 px at crop_pct 0.875 (resize 256), interpolation as listed
+    _timm("resnet50d", "resnet50d.ra2_in1k", "bicubic"),
+    _timm("seresnet50", "seresnet50.ra2_in1k", "bicubic"),
+    _timm("seresnext50_32x4d", "seresnext50_32x4d.racm_in1k", "bicubic"),
+    _timm("res2net50_26w_4s", "res2net50_26w_4s.in1k", "bilinear"),
+    _timm("resnest50d", "resnest50d.in1k", "bilinear"),
     PublishedWeights("ibn:resnet50_ibn_a", "resnet50_ibn_a", "resnet50_ibn_a-d9d0bb7b.pth", None, _TV_V1),
 ):
     PUBLISHED[(_w.arch, _w.tag)] = _w

@@ -185,3 +185,20 @@ def test_count_macs_leaves_model_usable_on_meta_only_copy():
         model = create_model("resnet18")
     assert count_macs(model, 224) == pytest.approx(1.814e9, rel=1e-3)
     assert count_macs(model, (112, 112)) < count_macs(model, 224)
+
+
+def test_published_weights_table_is_consistent():
+    from resnet_deploy.models import pretrained
+
+    assert len(pretrained.PUBLISHED) == 23  # torchvision 17, timm 5, IBN-Net 1
+    assert all(key == (w.arch, w.tag) for key, w in pretrained.PUBLISHED.items())
+    for weights in pretrained.PUBLISHED.values():
+        assert weights.arch in list_models() and weights.source in pretrained.BASE_URLS
+        assert {"mean", "std", "interpolation", "resize"} <= set(weights.preprocess)
+        if weights.source == "timm":  # the hub sends the sha256 instead
+            assert weights.sha256_prefix is None and weights.path.endswith("/resolve/main/model.safetensors")
+        else:  # torchvision and IBN-Net name files after their sha256
+            assert weights.sha256_prefix is not None and len(weights.sha256_prefix) == 8
+    assert pretrained.resolve("resnet50", "torchvision").tag == "torchvision:IMAGENET1K_V2"  # the newest
+    assert pretrained.resolve("resnet50", "torchvision:IMAGENET1K_V1").top1 == 76.130
+    assert not pretrained.is_tag("weights.pth") and pretrained.is_tag("timm:resnet50d.ra2_in1k")
