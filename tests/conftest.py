@@ -55,3 +55,25 @@ def train_digits(out: Path) -> dict:
     done = subprocess.run([sys.executable, str(TOOLS / "train_cifar.py"), "--out", str(out), "--json"],
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
+
+
+# The archs whose fp16 and int8 artifacts are checked (issue 5's Must show): their exports are made once.
+PRECISION_ARCHS = ["resnet18", "resnet50", "resnext50_32x4d", "seresnet50", "res2net50_26w_4s", "resnest50d",
+                   "resnet50_ibn_a"]
+
+
+@pytest.fixture(scope="session")
+def precision_export(tmp_path_factory):
+    """``get(arch)``: its fp32 + fp16 + int8 (trt target, random calibration) export at 64 px, made on first
+    use and shared by the export and precision tests (a dynamo export of a 50-layer net takes 10-25 s here)."""
+    from resnet_deploy import export
+
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            made[name] = export(name, input_size=64, fp16=True, int8=True, calib_data="random", calib_size=32,
+                                out=tmp_path_factory.mktemp(name), quiet=True)
+        return made[name]
+
+    return get

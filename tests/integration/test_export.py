@@ -19,7 +19,7 @@ from resnet_deploy.fileio import sha256_file
 from resnet_deploy.models import create_model, get_spec, list_models, save_checkpoint
 from resnet_deploy.parity.metrics import compare_arrays
 from resnet_deploy.parity.verify import verify
-from tests.conftest import assert_one_line_error
+from tests.conftest import PRECISION_ARCHS, assert_one_line_error
 
 HEAVY = {"resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2"}
 UNSEEN_BATCHES = (1, 3, 17)
@@ -50,11 +50,13 @@ def _dims(values):
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_models()])
-def test_every_arch_exports_and_runs_at_unseen_batches(tmp_path, name):
+def test_every_arch_exports_and_runs_at_unseen_batches(tmp_path, name, precision_export):
     size = _small(name)
-    result = export(name, input_size=size, out=tmp_path, quiet=True)
-    assert result.onnx_path == tmp_path / f"{name}.onnx"
-    assert [p["batch"] for p in result.manifest.parity] == [1, 8]
+    # the archs the precision tests check are exported once for both (with fp16 and int8 beside fp32)
+    result = precision_export(name) if name in PRECISION_ARCHS else export(name, input_size=size, out=tmp_path,
+                                                                           quiet=True)
+    assert result.onnx_path == result.manifest_path.parent / f"{name}.onnx"
+    assert [p["batch"] for p in result.manifest.parity if p["artifact"] == "fp32"] == [1, 8]
     model = onnx.load(str(result.onnx_path))
     assert _dims(model.graph.input) == {"input": ["batch", 3, size, size]}
     assert _dims(model.graph.output)["logits"][0] == "batch"
