@@ -168,7 +168,7 @@ def _floats3(option: str) -> Any:
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)
 @click.option("--int8-target", type=click.Choice(list(INT8_TARGETS)), default="trt", show_default=True,
-              help="trt: symmetric signed INT8 (TensorRT); cpu: unsigned activations (ONNX Runtime on x86).")
+              help="; ".join(f"{name}: {target.description}" for name, target in INT8_TARGETS.items()) + ".")
 @click.option("--reduce-range/--no-reduce-range", default=None,
               help="cpu target: 7-bit weights, so x86 kernels without VNNI do not saturate (default: on where this "
                    "CPU lacks VNNI).")

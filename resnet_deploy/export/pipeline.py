@@ -287,12 +287,13 @@ def export(
         raise DeployError(f"--engine: cannot build a TensorRT engine here: {trt.reason}")
     build_engine_here = trt.available and engine is not False
     log = StepLog(5 + 2 * fp16 + 2 * int8 + (max_drop is not None) + 2 * build_engine_here, quiet=quiet)
+    weights_sha256 = None
     if weights is None:
         log.say(f"weights: RANDOM (seeded init, seed {seed}): the artifacts compute nothing useful; pass --weights "
                 "FILE or a published tag (`resnet-deploy list --weights`) to export trained weights")
     elif published is not None:  # before the output folder exists: a failed download leaves nothing
         log.say(f"weights: {published.tag} ({published.url})")
-        weights, _digest = pretrained.fetch(published, progress=None if quiet else pretrained.stderr_progress)
+        weights, weights_sha256 = pretrained.fetch(published, progress=None if quiet else pretrained.stderr_progress)
     folder = _prepare_folder(out)
     staged: list[Path] = []
     artifacts: dict[str, Path] = {}
@@ -347,6 +348,8 @@ def export(
                 onnx.save(precision.to_fp16(final), str(fp16_path))
             precision_options["fp16"] = {"keep_fp32_ops": list(precision.FP16_KEEP_FP32_OPS)}
 
+        # images the ranges never see: decoded once, for the mixed-precision measure and the gate
+        holdout = calibration.holdout() if calibration is not None and calibration.holdout else None
         if calibration is not None:
             int8_path = _staged_file(folder, ".int8.onnx")
             staged.append(int8_path)
@@ -371,9 +374,7 @@ def export(
                 }
                 if max_drop is not None:
                     with log.step(f"mixed precision: INT8 within {max_drop} top-1 points"):
-                        measure = mixed.DropMeasure.make(
-                            final_path, eval_data, calibration.holdout() if calibration.holdout else None,
-                            image_preprocess)
+                        measure = mixed.DropMeasure.make(final_path, eval_data, holdout, image_preprocess)
                         chosen = mixed.quantize_within(
                             prepared, int8_path, block_names=[name for name, _ in torch_points(model)][1:],
                             max_drop=max_drop, measure=measure, quantize=quantize, on_progress=log.status,
@@ -383,8 +384,7 @@ def export(
 
         parity = []
         reference = Memoized(TorchRunner(model, outputs))
-        gate_inputs = GateInputs.make(profile, (3, height, width), image_preprocess, seed,
-                                      calibration.holdout() if calibration and calibration.holdout else None)
+        gate_inputs = GateInputs.make(profile, (3, height, width), image_preprocess, seed, holdout)
         for kind, path in artifacts.items():
             with log.step(f"parity gate {kind}: ONNX Runtime vs PyTorch on {gate_inputs.describe(kind)}"):
                 rows, notes = _parity_gate(reference, kind, path, gate_inputs, random_init=weights is None,
@@ -399,7 +399,7 @@ def export(
             num_classes=classes,
             model_options={"features_only": features_only, "last_stride": last_stride},
             weights=(
-                {"file": str(Path(weights).resolve()), "sha256": sha256_file(weights),
+                {"file": str(Path(weights).resolve()), "sha256": weights_sha256 or sha256_file(weights),
                  **({"published": published.tag, "url": published.url} if published else {})}
                 if weights is not None
                 else {"init": "random", "seed": seed}

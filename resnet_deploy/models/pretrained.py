@@ -28,6 +28,7 @@ from typing import Any
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import CheckpointError
+from ..fileio import sha256_file
 
 BASE_URLS = {
     "torchvision": "https://download.pytorch.org/models/",
@@ -143,14 +144,6 @@ def cache_dir() -> Path:
     return Path(home) / "hub" / "checkpoints"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def stderr_progress(done: int, total: int | None) -> None:
     shown = f"{done / 1e6:.1f}/{total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
     print(f"\r  downloading {shown}", end="" if total is None or done < total else "\n", file=sys.stderr, flush=True)
@@ -168,7 +161,7 @@ def fetch(weights: PublishedWeights, *, progress: Callable[[int, int | None], No
     target = folder / weights.filename
     prefix = weights.sha256_prefix
     if target.is_file():
-        digest = _sha256(target)
+        digest = sha256_file(target)
         if prefix is None or digest.startswith(prefix):
             return target, digest
         raise CheckpointError(f"{target} is in the cache but its sha256 ({digest[:12]}) does not match the "

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..artifacts import BatchProfile, Manifest
 from ..data import ImagePreprocess, batched, calibration_data, random_images
+from ..errors import DeployError
 
 
 @dataclass
@@ -54,7 +55,7 @@ def calibration_holdout(manifest: Manifest) -> tuple[np.ndarray | None, str | No
     try:
         calibration = calibration_data(record["source"], preprocess=ImagePreprocess.from_manifest(manifest.preprocess),
                                        shape=shape, size=record["images"], seed=record.get("seed", 0))
-    except Exception as exc:  # DeployError for a missing source; anything else means it changed
+    except DeployError as exc:  # the source is gone, or no longer holds images of the recorded shape
         return None, f"calibration hold-out not used ({exc}): judged on random images"
     if calibration.holdout_images != record["holdout"] or calibration.holdout is None:
         return None, f"calibration data {record['source']} has changed since export: judged on random images"
