@@ -25,6 +25,7 @@ SCHEMA_VERSION = 1
 STEM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # precision -> file suffix after the stem
 ARTIFACT_SUFFIXES = {"fp32": ".onnx", "fp16": ".fp16.onnx", "int8": ".int8.onnx", "engine": ".engine"}
+MAX_BATCH = 4096  # the largest batch a profile may name
 # PyTorch's outputs on the export's check inputs, for verifying where PyTorch is not installed
 GOLDEN_SUFFIX = ".golden.npz"
 
@@ -83,8 +84,8 @@ class BatchProfile:
         if len(values) != 3:
             raise ArtifactError(f"invalid batch profile {text!r}: expected MIN:OPT:MAX, e.g. 1:8:32")
         profile = cls(*values)
-        if not 1 <= profile.min <= profile.opt <= profile.max:
-            raise ArtifactError(f"invalid batch profile {text!r}: need 1 <= MIN <= OPT <= MAX")
+        if not 1 <= profile.min <= profile.opt <= profile.max <= MAX_BATCH:
+            raise ArtifactError(f"invalid batch profile {text!r}: need 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}")
         return profile
 
     def __str__(self) -> str:

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import sys
 import time
+import contextlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .backends.base import Runner
 from .data import random_images
-from .errors import DeployError
+from .errors import DeployError, within
 
+MAX_ITERATIONS = 1_000_000  # timed or warm-up calls per case
+MIN_DURATION, MAX_DURATION = 0.01, 3600.0  # seconds of timed calls per case
 BLOCK_SECONDS = 0.25
 PAUSE_SECONDS = 0.05  # between blocks: lets a runtime's spinning threads go idle before the next one runs
 
@@ -80,6 +85,32 @@ class _DeviceTimer:
         return [start.elapsed_time(end) / 1e3 for start, end in self.pending]
 
 
+def load_runners(stack: contextlib.ExitStack, artifacts: Sequence[str | os.PathLike[str]], backends: Sequence[str],
+                 **options: Any) -> list[tuple[str, Runner]]:
+    """A labelled runner per artifact and backend (``runtime.load``'s ``options``), entered on ``stack``.
+
+    The PyTorch backend runs the export's float32 model, the same for every
+    artifact of one export: it is loaded once per export, not once per file.
+    """
+    from .artifacts import split_artifact_name
+    from .runtime import load
+
+    if not backends:
+        raise DeployError("no backend given: name at least one, e.g. --backend auto")
+    runners, seen = [], set()
+    for artifact in artifacts:
+        stem = split_artifact_name(artifact)[0]
+        for backend in backends:
+            key = (str(Path(artifact).parent / stem), backend) if backend == "torch" else (str(artifact), backend)
+            if key in seen:
+                continue
+            seen.add(key)
+            runner = stack.enter_context(load(artifact, backend=backend, **options))
+            source = f"{stem} (PyTorch)" if backend == "torch" else Path(artifact).name
+            runners.append((f"{source} [{runner.name}]", runner))
+    return runners
+
+
 def _input_for(runner: Runner, batch_size: int, seed: int) -> np.ndarray:
     shape = runner.example_batch(1).shape[1:]
     return random_images(batch_size, shape, (0.5,) * shape[0], (0.25,) * shape[0], seed=seed)
@@ -96,12 +127,11 @@ def bench(
 ) -> list[BenchResult]:
     """Time each (label, runner) at each batch size: ``iterations`` timed calls each, or as many as
     fit in ``duration`` seconds each (default 3 s, at least 10 calls)."""
-    if iterations is not None and iterations < 1:
-        raise DeployError("--iters must be at least 1")
-    if duration is not None and duration <= 0:
-        raise DeployError("--duration must be positive")
-    if warmup < 0:
-        raise DeployError("--warmup cannot be negative")
+    if iterations is not None:
+        within("--iters", iterations, 1, MAX_ITERATIONS)
+    if duration is not None:
+        within("--duration", duration, MIN_DURATION, MAX_DURATION, "seconds per case")
+    within("--warmup", warmup, 0, MAX_ITERATIONS)
     if iterations is None and duration is None:
         duration = 3.0
     results = []

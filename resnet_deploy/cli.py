@@ -13,9 +13,10 @@ from typing import Any
 import click
 
 from .data import INTERPOLATIONS, PREPROCESS_PRESETS
-from .errors import DeployError, DeployWarning
+from .errors import DeployError, DeployWarning, within
 from .export.precision import INT8_TARGETS
 from .parity.verify import REFERENCES
+from .backends.registry import BACKENDS as BACKEND_TABLE
 from .runtime import BACKENDS
 
 
@@ -406,7 +407,8 @@ def predict_command(artifact: str, images: tuple[str, ...], topk: int, labels: s
 @main.command("bench")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--backend", "backends", default="auto", show_default=True,
-              help="Comma-separated: auto (the file's own runtime), torch (PyTorch eager reference), ort, trt.")
+              help="Comma-separated: auto (the file's own runtime), " + ", ".join(
+                  f"{b.name} ({b.summary.split(':')[0]})" for b in BACKEND_TABLE.values()) + ".")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated, within the profile.")
 @click.option("--iters", type=int, help="Timed calls per case (default: --duration).")
 @click.option("--duration", type=float, help="Seconds of timed calls per case (default 3).")
@@ -427,34 +429,17 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
                   plot_path: str | None, as_json: bool, quiet: bool) -> None:
     """Latency (min/mean/p50/p90/p99) and images/s of artifacts and backends side by side."""
     import contextlib
-    from pathlib import Path
 
-    from .artifacts import split_artifact_name
-    from .bench import bench, plot, stderr_progress
-    from .runtime import load
+    from .bench import bench, load_runners, plot, stderr_progress
 
     if iters is not None and duration is not None:
         raise DeployError("give --iters or --duration, not both")
     chosen = [b.strip() for b in backends.split(",") if b.strip()]
-    unknown = [b for b in chosen if b not in BACKENDS]
-    if unknown or not chosen:
-        raise DeployError(f"unknown --backend {','.join(unknown) or repr(backends)}: choose from {', '.join(BACKENDS)}")
     sizes = _int_list(batch_sizes, "--batch-sizes")
     with contextlib.ExitStack() as stack:
-        runners, seen = [], set()
-        for artifact in artifacts:
-            for backend in chosen:
-                key = (str(Path(artifact).parent / split_artifact_name(artifact)[0]), "torch") if backend == "torch" \
-                    else (artifact, backend)
-                if key in seen:  # the PyTorch reference is the same model for every artifact of an export
-                    continue
-                seen.add(key)
-                runner = stack.enter_context(load(artifact, backend=backend, device=device, threads=threads,
-                                                  channels_last=channels_last, compile=compile_model,
-                                                  half=torch_fp16, cuda_graphs=cuda_graphs,
-                                                  ort_tensorrt=ort_tensorrt))
-                source = Path(artifact).name if backend != "torch" else f"{split_artifact_name(artifact)[0]} (PyTorch)"
-                runners.append((f"{source} [{runner.name}]", runner))
+        runners = load_runners(stack, artifacts, chosen, device=device, threads=threads, channels_last=channels_last,
+                               compile=compile_model, half=torch_fp16, cuda_graphs=cuda_graphs,
+                               ort_tensorrt=ort_tensorrt)
         results = bench(runners, sizes, iterations=iters, duration=duration, warmup=warmup,
                         progress=None if quiet else stderr_progress)
         if not quiet:
@@ -480,10 +465,10 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
 
 
 INT8_ISA_WORDS = {
-    "vnni": "VNNI: ONNX Runtime's x86 INT8 kernels accumulate in int32 (any INT8 artifact runs exactly)",
-    "avx2": "no VNNI: ONNX Runtime's x86 INT8 kernels add u8 x s8 pairs in int16 and saturate on 8-bit weights; "
-            "export --int8-target cpu uses 7-bit weights (reduce_range) here",
-    "other": "not x86: ONNX Runtime's INT8 kernels accumulate in int32",
+    "vnni": "VNNI: x86 INT8 kernels (ONNX Runtime's, OpenVINO's) accumulate in int32 (any INT8 artifact runs exactly)",
+    "avx2": "no VNNI: x86 INT8 kernels (ONNX Runtime's, OpenVINO's) add u8 x s8 pairs in int16 and saturate on "
+            "8-bit weights; export --int8-target cpu uses 7-bit weights (reduce_range) here",
+    "other": "not x86: INT8 kernels accumulate in int32",
 }
 
 
@@ -491,7 +476,7 @@ INT8_ISA_WORDS = {
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor_command(as_json: bool) -> None:
     """What this machine can run (torch, CUDA, ONNX Runtime providers, TensorRT) and why not."""
-    from .environment import doctor
+    from .backends.registry import doctor
 
     report = doctor()
     if as_json:
@@ -508,12 +493,12 @@ def doctor_command(as_json: bool) -> None:
            else torch_info["reason"]),
         f"onnxruntime  {report['onnxruntime']['version']}, providers: {', '.join(report['onnxruntime']['providers'])}",
     ]
-    for name in ("onnx", "onnxsim", "onnxscript", "matplotlib"):
+    for name in ("onnx", "onnxsim", "onnxscript", "openvino", "matplotlib"):
         lines.append(f"{name:<12} {report[name]['version'] or 'not installed'}")
     lines.append(f"tensorrt     {report['tensorrt']['version'] or 'not installed'}")
     lines += ["", "backends:"]
     for name, state in report["backends"].items():
-        lines.append(f"  {name:<17} {'yes' if state['usable'] else 'no: ' + state['reason']}")
+        lines.append(f"  {name:<21} {'yes' if state['usable'] else 'no: ' + state['reason']}")
     click.echo("\n".join(lines))
 
 
@@ -563,11 +548,12 @@ def serve_command(artifact: str, model_name: str | None, host: str, port: int, m
         import uvicorn
     except ImportError:
         raise DeployError("serve needs uvicorn and starlette: pip install 'resnet-deploy[serve]'") from None
+    within("--port", port, 1, 65535)
     runner = load(artifact, backend=backend, device=device, threads=threads)
     high = runner.batch_range[1] if runner.batch_range else 32
-    platform = "tensorrt_plan" if runner.name == "tensorrt" else "onnxruntime_onnx"
-    app = create_app(runner, model_name=model_name or split_artifact_name(artifact)[0], platform=platform,
-                     max_batch=max_batch or min(high, 32), max_delay_ms=max_delay_ms, queue_size=queue_size,
+    app = create_app(runner, model_name=model_name or split_artifact_name(artifact)[0],
+                     platform=BACKEND_TABLE[runner.backend].platform,
+                     max_batch=min(high, 32) if max_batch is None else max_batch, max_delay_ms=max_delay_ms, queue_size=queue_size,
                      workers=workers, max_request_bytes=int(max_request_mb * (1 << 20)))
     runner.warmup()
     click.echo(f"serving {artifact} ({runner.name}) on http://{host}:{port}/v2", err=True)

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,6 +76,14 @@ def load_npy_batch(path: str | os.PathLike[str], shape: Sequence[int]) -> np.nda
     if not np.issubdtype(array.dtype, np.floating):
         raise DeployError(f"{path} holds {array.dtype} data; expected preprocessed float32 images")
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+IMAGENET_CLASSES_FILE = "imagenet_classes.txt"  # shipped in the package, ILSVRC-2012 class index order
+
+
+def imagenet_classes() -> list[str]:
+    """ImageNet-1k's class names in index order: the labels of a 1000-class classifier."""
+    return resources.files(__package__).joinpath(IMAGENET_CLASSES_FILE).read_text().splitlines()
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")

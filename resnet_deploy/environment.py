@@ -1,4 +1,4 @@
-"""What this machine has: tool versions, and why an optional backend is missing."""
+"""What this machine has: tool versions, the CPU and what its INT8 kernels do."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import importlib
 import importlib.metadata
 import os
 import platform
+import warnings
 
-_TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "tensorrt")
+from .errors import DeployWarning
+
+_TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "openvino", "tensorrt")
 # onnxruntime-gpu installs the module onnxruntime under another distribution name
 _DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu")}
 
@@ -87,6 +90,26 @@ def int8_isa() -> str:
     return "vnni" if cpu_flags() & set(VNNI_FLAGS) else "avx2"
 
 
+def int8_kernel_problem(int8_options: dict) -> str | None:
+    """Why this CPU's optimised INT8 kernels (ONNX Runtime's and OpenVINO's alike) do not compute an INT8
+    artifact exactly as its Q/DQ graph says (``manifest.precision_options["int8"]``); None when they do.
+
+    Manifests written before the ``cpu_isa`` record had no reduce_range: they need VNNI.
+    """
+    if int8_options.get("cpu_isa", "vnni") == "vnni" and int8_isa() == "avx2":
+        return ("this CPU has no VNNI (" + ", ".join(VNNI_FLAGS) + "), so x86 INT8 kernels (ONNX Runtime's, "
+                "OpenVINO's) add u8 x s8 products in int16 and saturate on this artifact (8-bit weights); for CPUs "
+                "like this one export with --int8-target cpu --reduce-range")
+    return None
+
+
+def warn_int8_kernels(artifact_name: str, int8_options: dict) -> None:
+    """A DeployWarning where this CPU's INT8 kernels do not compute the artifact exactly."""
+    problem = int8_kernel_problem(int8_options)
+    if problem:
+        warnings.warn(f"{artifact_name}: {problem}", DeployWarning, stacklevel=5)
+
+
 def cpu_description() -> dict[str, object]:
     """CPU model, core counts and the instruction sets that decide CPU speed (AVX2, AVX-512, VNNI, AMX)."""
     fields = first_cpu_fields()
@@ -95,37 +118,3 @@ def cpu_description() -> dict[str, object]:
     return {"model": fields.get("model name") or platform.processor() or platform.machine(),
             "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
             "isa": [f for f in wanted if f in flags], "int8_isa": int8_isa()}
-
-
-def doctor() -> dict[str, object]:
-    """What this machine can run and why not: the report of `resnet-deploy doctor`."""
-    from .backends import detect
-
-    report: dict[str, object] = {"python": platform.python_version(), "platform": platform.platform(),
-                                 "cpu": cpu_description()}
-    cuda = detect.torch_cuda()
-    try:
-        import torch
-    except ImportError:  # a target that runs artifacts needs no PyTorch
-        torch = None
-    torch_version = torch.__version__ if torch else None
-    report["torch"] = {"version": torch_version, "cuda_build": torch.version.cuda if torch else None,
-                       "cuda": cuda.available, "reason": cuda.reason or None,
-                       "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-                       if cuda.available else []}
-    for name in ("onnx", "onnxsim", "onnxscript", "matplotlib"):
-        report[name] = {"version": package_version(name)}
-    import onnxruntime as ort
-
-    report["onnxruntime"] = {"version": package_version("onnxruntime"), "providers": ort.get_available_providers()}
-    trt = detect.tensorrt()
-    report["tensorrt"] = {"version": package_version("tensorrt"), "usable": trt.available, "reason": trt.reason or None}
-    gpu_ort = detect.onnxruntime_provider("CUDAExecutionProvider")
-    report["backends"] = {
-        "torch-cpu": {"usable": torch_version is not None, "reason": None if torch_version else "torch is not installed"},
-        "torch-cuda": {"usable": cuda.available, "reason": cuda.reason or None},
-        "onnxruntime-cpu": {"usable": True, "reason": None},
-        "onnxruntime-cuda": {"usable": gpu_ort.available, "reason": gpu_ort.reason or None},
-        "tensorrt": {"usable": trt.available, "reason": trt.reason or None},
-    }
-    return report

@@ -6,6 +6,10 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
+
 
 class DeployError(Exception):
     """A mistake in the user's input or a limit of this machine (exit 2)."""
@@ -18,6 +22,10 @@ class UnknownArchError(DeployError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class ArgumentError(DeployError, ValueError):
+    """An option or argument outside what it can be (a thread count, a size, a port, a model option)."""
 
 
 class CheckpointError(DeployError):
@@ -36,6 +44,16 @@ class ParityError(DeployError):
     """Two backends disagree beyond tolerance (exit 1)."""
 
     exit_code = 1
+
+
+def within(option: str, value: N, low: N | None = None, high: N | None = None, why: str = "") -> N:
+    """``value`` when it lies in [``low``, ``high``] (an open side where None); else an ArgumentError naming
+    the option, the value and the bounds (``why``: where a bound comes from)."""
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = (f"between {low} and {high}" if low is not None and high is not None
+                  else f"at least {low}" if low is not None else f"at most {high}")
+        raise ArgumentError(f"{option} {value} is out of range: it must be {bounds}" + (f" ({why})" if why else ""))
+    return value
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

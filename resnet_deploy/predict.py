@@ -5,21 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from .backends.base import Runner
-from .data import ImagePreprocess, batched, list_images, load_images
+from .data import ImagePreprocess, batched, imagenet_classes, list_images, load_images
 from .errors import DeployError
-
-IMAGENET_CLASSES_FILE = "imagenet_classes.txt"  # shipped in the package, ILSVRC-2012 class index order
-
-
-def imagenet_classes() -> list[str]:
-    return resources.files(__package__).joinpath(IMAGENET_CLASSES_FILE).read_text().splitlines()
-
 
 def class_names(num_classes: int, labels_file: str | os.PathLike[str] | None = None) -> list[str] | None:
     """Names for the classifier's outputs: one per line of ``labels_file``, else ImageNet's for a
@@ -73,14 +65,10 @@ def predict(
     if topk < 1:
         raise DeployError("--topk must be at least 1")
     files = expand_images(images)
-    low, high = runner.batch_range or (1, 32)
+    high = runner.batch_range[1] if runner.batch_range else 32
     results: list[Prediction] = []
     for chunk in batched(files, min(high, 32)):
-        batch = load_images(chunk, preprocess)
-        count = len(batch)
-        if count < low:
-            batch = np.concatenate([batch, np.zeros((low - count, *batch.shape[1:]), np.float32)])
-        probabilities = softmax(runner(batch)["logits"][:count])
+        probabilities = softmax(runner.run_padded(load_images(chunk, preprocess))["logits"])
         k = min(topk, probabilities.shape[1])
         for path, row in zip(chunk, probabilities):
             order = np.argsort(-row, kind="stable")[:k]

@@ -31,6 +31,14 @@ def cli():
     return invoke
 
 
+def cli_without(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``resnet-deploy ARGS`` in a fresh process where ``import MODULE`` raises ImportError, as on a
+    machine that does not have it installed."""
+    script = (f"import sys; sys.modules[{module!r}] = None\n"
+              "from resnet_deploy.cli import main\nmain(sys.argv[1:])\n")
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+
+
 def assert_one_line_error(result, code: int = 2, contains: str | None = None) -> None:
     """The CLI's contract for bad input: exit code, one 'error:' line on stderr, no traceback."""
     assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
@@ -55,6 +63,16 @@ def train_digits(out: Path) -> dict:
     done = subprocess.run([sys.executable, str(TOOLS / "train_cifar.py"), "--out", str(out), "--json"],
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="session")
+def small_export(tmp_path_factory):
+    """resnet18 at 64 px, profile 1:4:8, fp32 + fp16: the artifact the runtime, verify and OpenVINO tests
+    share (tests that change files work on copies)."""
+    from resnet_deploy import export
+
+    return export("resnet18", input_size=64, batch="1:4:8", fp16=True, out=tmp_path_factory.mktemp("resnet18"),
+                  quiet=True)
 
 
 # The archs whose fp16 and int8 artifacts are checked (issue 5's Must show): their exports are made once.

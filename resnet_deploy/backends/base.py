@@ -24,6 +24,7 @@ class Runner:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     batch_range: tuple[int, int] | None = None  # smallest and largest batch it takes, when bounded
+    backend: str | None = None  # the registry's name of its backend, when loaded by runtime.load
     artifact: str | None = None  # the file it runs, when loaded by runtime.load
     manifest: Manifest | None = None  # that file's manifest, when loaded by runtime.load
     precision: str = "fp32"
@@ -42,6 +43,16 @@ class Runner:
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run a batch already checked by :meth:`check_input`."""
         raise NotImplementedError
+
+    def run_padded(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a batch smaller than the artifact's profile allows (a short last chunk, a lone request):
+        padded with zeros up to the profile's minimum, the padding's outputs dropped."""
+        count = len(batch)
+        low = self.batch_range[0] if self.batch_range else 1
+        if count >= low:
+            return self(batch)
+        padded = np.concatenate([batch, np.zeros((low - count, *batch.shape[1:]), batch.dtype)])
+        return {name: value[:count] for name, value in self(padded).items()}
 
     def check_input(self, batch: Any) -> np.ndarray:
         """The batch as a C-contiguous float32 array, or a one-line error saying what is wrong with it."""

@@ -12,6 +12,12 @@ class Availability:
     reason: str = ""  # why not, when not
 
 
+def torch_cpu() -> Availability:
+    if importlib.util.find_spec("torch") is None:
+        return Availability(False, "torch is not installed")
+    return Availability(True)
+
+
 def torch_cuda() -> Availability:
     try:
         import torch
@@ -38,4 +44,14 @@ def tensorrt() -> Availability:
     gpu = torch_cuda()
     if not gpu.available:
         return Availability(False, f"tensorrt is installed but {gpu.reason}")
+    return Availability(True)
+
+
+def openvino() -> Availability:
+    if importlib.util.find_spec("openvino") is None:
+        return Availability(False, "openvino is not installed (pip install 'resnet-deploy[openvino]')")
+    import openvino as ov
+
+    if "CPU" not in ov.Core().available_devices:
+        return Availability(False, f"openvino {ov.__version__} has no CPU plugin on this machine")
     return Availability(True)

@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..artifacts import TensorSpec
-from ..environment import VNNI_FLAGS, first_cpu_fields, int8_isa, physical_cores
+from ..artifacts import Manifest, TensorSpec
+from ..environment import first_cpu_fields, physical_cores, warn_int8_kernels
+from ..errors import DeployError
 from ..fileio import atomic_path, sha256_file
+from . import detect
 from .base import Runner
+from .registry import LoadOptions, parse_device
 
 GRAPH_CACHE_DIR = ".ort-cache"  # beside the artifact
 
@@ -25,19 +28,6 @@ def cpu_signature() -> str:
     text = platform.machine() + platform.processor() + "".join(
         f"{key}:{fields.get(key, '')}" for key in ("model name", "flags", "Features"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def int8_kernel_problem(int8_options: dict) -> str | None:
-    """Why ONNX Runtime's optimised CPU kernels on this machine do not compute an INT8 artifact exactly
-    as its Q/DQ graph says (``manifest.precision_options["int8"]``); None when they do.
-
-    Manifests written before the ``cpu_isa`` record had no reduce_range: they need VNNI.
-    """
-    if int8_options.get("cpu_isa", "vnni") == "vnni" and int8_isa() == "avx2":
-        return ("this CPU has no VNNI (" + ", ".join(VNNI_FLAGS) + "), so ONNX Runtime's INT8 kernels add "
-                "u8 x s8 products in int16 and saturate on this artifact (8-bit weights); for CPUs like this one "
-                "export with --int8-target cpu --reduce-range")
-    return None
 
 
 def session_options(*, threads: int | None = None, optimize: bool = True) -> ort.SessionOptions:
@@ -151,3 +141,22 @@ class OnnxRuntimeRunner(Runner):
 
     def close(self) -> None:
         self.session = None
+
+
+def load(path: Path, manifest: Manifest, precision: str, options: LoadOptions) -> OnnxRuntimeRunner:
+    """The registry's loader: the artifact on the CPU, CUDA or TensorRT execution provider."""
+    gpu_provider = "TensorrtExecutionProvider" if options.ort_tensorrt else "CUDAExecutionProvider"
+    gpu = detect.onnxruntime_provider(gpu_provider)
+    kind, index = parse_device(options.device, default_cuda=gpu.available or options.ort_tensorrt)
+    if (kind == "cuda" or options.ort_tensorrt) and not gpu.available:
+        raise DeployError(f"cannot run {path.name} on {gpu_provider} with ONNX Runtime: {gpu.reason}")
+    if options.ort_tensorrt and kind != "cuda":
+        raise DeployError("ONNX Runtime's TensorRT provider runs on a CUDA GPU, not the CPU")
+    provider = gpu_provider if kind == "cuda" else "CPUExecutionProvider"
+    if precision == "int8" and provider == "CPUExecutionProvider":
+        warn_int8_kernels(path.name, manifest.precision_options.get("int8", {}))
+    entry = manifest.artifact(precision)
+    return OnnxRuntimeRunner(path, provider=provider, device_id=index, threads=options.threads,
+                             graph_cache=options.graph_cache, model_sha256=entry.sha256 if entry else None,
+                             batch_range=(manifest.batch.min, manifest.batch.max))
+

@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from ..artifacts import Manifest, TensorSpec
-from ..errors import ArtifactError
+from ..errors import ArtifactError, DeployError
 from ..fileio import sha256_file
 from ..models import create_model
+from . import detect
 from .base import Runner
+from .registry import LoadOptions, parse_device
 
 
 def reference_model(manifest: Manifest) -> nn.Module:
@@ -86,3 +88,18 @@ class TorchRunner(Runner):
 
     def close(self) -> None:
         self.model = None
+
+
+def load(path: Path, manifest: Manifest, precision: str, options: LoadOptions) -> TorchRunner:
+    """The registry's loader: the float32 model the artifact ``path`` was exported from, rebuilt."""
+    kind, index = parse_device(options.device, default_cuda=True)
+    if kind == "cuda":
+        cuda = detect.torch_cuda()
+        if not cuda.available:
+            raise DeployError(f"cannot run torch on CUDA: {cuda.reason}")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    return TorchRunner(reference_model(manifest), manifest.outputs, input_spec=manifest.input,
+                       device=f"{kind}:{index}" if kind == "cuda" else "cpu", channels_last=options.channels_last,
+                       compile=options.compile, half=options.half,
+                       batch_range=(manifest.batch.min, manifest.batch.max))

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import TensorSpec
+from ..artifacts import Manifest, TensorSpec
 from ..errors import DeployError
 from . import detect
 from .base import Runner
+from .registry import LoadOptions, parse_device
 
 
 def check_engine_compatible(record: dict[str, Any], trt_version: str, gpu_name: str,
@@ -159,3 +160,16 @@ class TensorRTRunner(Runner):
     def close(self) -> None:
         self._graphs.clear()
         self.context = self.engine = None
+
+
+def load(path: Path, manifest: Manifest, precision: str, options: LoadOptions) -> TensorRTRunner:
+    """The registry's loader: the engine on a CUDA GPU, after checking it was built for this one."""
+    kind, index = parse_device(options.device, default_cuda=True)
+    if kind != "cuda":
+        raise DeployError("a TensorRT engine runs on a CUDA GPU, not the CPU")
+    environment = current_environment(index)  # first: says why when TensorRT or the GPU is missing
+    import torch
+
+    torch.cuda.set_device(index)
+    check_engine_compatible(manifest.precision_options["engine"], *environment)
+    return TensorRTRunner(path, cuda_graphs=options.cuda_graphs)

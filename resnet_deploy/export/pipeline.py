@@ -34,7 +34,7 @@ from ..backends.pytorch import TorchRunner, reference_model
 from ..backends.tensorrt import TensorRTRunner
 from ..data import ImagePreprocess, calibration_data, random_images
 from ..environment import tool_versions
-from ..errors import DeployError, ExportError, ParityError
+from ..errors import DeployError, ExportError, ParityError, within
 from ..fileio import TEMP_PREFIX, sha256_file
 from ..models import create_model, get_spec
 from ..models import pretrained
@@ -55,6 +55,8 @@ DEFAULT_OPSET = 18
 DEFAULT_BATCH = "1:8:32"
 # simplified vs unsimplified graph, both on ONNX Runtime: only reordering may differ
 SIMPLIFY_TOLERANCE = 1e-5
+MAX_SIDE = 4096  # input pixels per side
+MAX_CALIBRATION_IMAGES = 1_000_000
 
 
 @dataclass
@@ -99,8 +101,8 @@ def parse_input_size(value: int | str | tuple[int, int] | None, default: int) ->
             raise ExportError(f"invalid input size {value!r}: expected N or HxW, e.g. 224 or 256x192")
         height = int(match.group(1))
         width = int(match.group(2) or height)
-    if height < 8 or width < 8:
-        raise ExportError(f"input size {height}x{width} is too small: each side must be at least 8")
+    for side in (height, width):
+        within("--input-size", side, 8, MAX_SIDE, "pixels per side")
     return height, width
 
 
@@ -179,7 +181,7 @@ def _parity_gate(
     tolerance, note = tolerance_for(precision, random_init=random_init)
     notes = [note] if note else []
     if isinstance(candidate, Path) and kind == "int8":
-        checks, int8_notes = int8_checks(candidate, int8_options or {}, tolerance)
+        checks, int8_notes = int8_checks(candidate, int8_options or {}, tolerance, [OnnxRuntimeRunner(candidate)])
         notes += int8_notes
     else:
         checks = [Check(OnnxRuntimeRunner(candidate) if isinstance(candidate, Path) else candidate, tolerance)]
@@ -259,8 +261,10 @@ def export(
     stem = check_stem(name or arch)
     spec = get_spec(arch)
     height, width = parse_input_size(input_size, spec.preprocess.input_size)
-    if opset < 13:
-        raise ExportError(f"opset {opset} is too old: 13 or newer is needed (per-channel quantization, Split)")
+    within("--opset", opset, 13, onnx.defs.onnx_opset_version(),
+           f"13 for per-channel quantization; onnx {onnx.__version__} knows up to {onnx.defs.onnx_opset_version()}")
+    within("--seed", seed, 0, 2**32 - 1)
+    within("--calib-size", calib_size, 1, MAX_CALIBRATION_IMAGES)
     declared = {k: v for k, v in (preprocess or {}).items() if v is not None}
     published = pretrained.resolve(arch, str(weights)) if weights is not None and pretrained.is_tag(weights) else None
     if published is not None:  # the weights' own preprocessing, under the user's

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, PREPROCESS_PRESETS
-from ..errors import ExportError, UnknownArchError
+from ..errors import ArgumentError, ExportError, UnknownArchError, within
 from .checkpoints import fit_state_dict, read_state_dict
 from .resnet import ResNet
 
@@ -134,6 +134,7 @@ _REGISTRY: dict[str, ArchSpec] = {spec.name: spec for spec in _ARCHS}
 
 # Options a caller may change at build time; everything else is fixed by the arch.
 MODEL_OVERRIDES = ("in_chans", "last_stride", "features_only")
+MAX_CLASSES = 1_000_000
 
 
 def list_models() -> list[str]:
@@ -156,10 +157,11 @@ def build_model(name: str, *, num_classes: int | None = None, **overrides: Any) 
     spec = get_spec(name)
     unknown = sorted(set(overrides) - set(MODEL_OVERRIDES))
     if unknown:
-        raise TypeError(f"unexpected model option(s) {unknown}; allowed: {list(MODEL_OVERRIDES)}")
-    classes = spec.num_classes if num_classes is None else num_classes
-    if classes < 0:
-        raise ValueError("num_classes must be >= 0")
+        raise ArgumentError(f"unexpected model option(s) {unknown}; allowed: {list(MODEL_OVERRIDES)}")
+    classes = within("--num-classes", spec.num_classes if num_classes is None else num_classes, 0, MAX_CLASSES,
+                     "0: the pooled-feature backbone")
+    if overrides.get("last_stride", 2) not in (1, 2):
+        raise ArgumentError(f"--last-stride {overrides['last_stride']} is not 1 or 2")
     model = ResNet(spec.block, spec.layers, num_classes=classes, **spec.model_args, **overrides)
     return model.eval()
 

@@ -13,28 +13,34 @@ from __future__ import annotations
 
 import os
 
-from ..backends.onnxrt import OnnxRuntimeRunner, int8_kernel_problem
+from ..backends.base import Runner
+from ..backends.onnxrt import OnnxRuntimeRunner
+from ..environment import int8_kernel_problem
 from .compare import Check
 from .tolerances import KERNEL_TOLERANCE, Tolerance
 
 
-def int8_checks(path: str | os.PathLike[str], int8_options: dict, tolerance: Tolerance) -> tuple[list[Check], list[str]]:
-    """The checks of an INT8 ONNX on ONNX Runtime's CPU provider, and notes saying what is judged and why:
-    the graph as written against PyTorch (judged: the quantization error), the optimised kernels against
-    PyTorch and against the graph as written (judged for the ``cpu`` target on a CPU whose kernels are
-    exact for the artifact, reported otherwise)."""
+def int8_checks(path: str | os.PathLike[str], int8_options: dict, tolerance: Tolerance,
+                kernels: list[Runner]) -> tuple[list[Check], list[str]]:
+    """The checks of an INT8 ONNX on CPU, and notes saying what is judged and why: the graph as
+    written against PyTorch (judged: the quantization error), then each runner of optimised CPU
+    ``kernels`` (ONNX Runtime's, OpenVINO's) against PyTorch and against the graph as written (judged
+    for the ``cpu`` target on a CPU whose kernels are exact for the artifact, reported otherwise)."""
     simulated = OnnxRuntimeRunner(path, optimize=False)
-    kernels = OnnxRuntimeRunner(path)
     problem = int8_kernel_problem(int8_options)
+    names = ", ".join(runner.name for runner in kernels)
     notes = [f"int8 judged on {simulated.name} (every Q/DQ executed as written: the quantization itself, "
              "independent of CPU kernels)"]
     if int8_options.get("target") == "cpu":
         judge = problem is None
         if problem:
-            notes.append(f"{kernels.name} kernels reported, not judged: {problem}")
+            notes.append(f"{names} kernels reported, not judged: {problem}")
     else:
         judge = False
-        notes.append(f"{kernels.name} reported, not judged: the trt target runs on TensorRT (int32 accumulation)"
+        notes.append(f"{names} reported, not judged: the trt target runs on TensorRT (int32 accumulation)"
                      + (f"; {problem}" if problem else ""))
-    return [Check(simulated, tolerance), Check(kernels, tolerance, judged=judge),
-            Check(kernels, KERNEL_TOLERANCE, against=simulated.name, judged=judge)], notes
+    checks = [Check(simulated, tolerance)]
+    for runner in kernels:
+        checks += [Check(runner, tolerance, judged=judge),
+                   Check(runner, KERNEL_TOLERANCE, against=simulated.name, judged=judge)]
+    return checks, notes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ import onnx
 
 from ..artifacts import Manifest, artifact_filename, open_artifact, split_artifact_name
 from ..backends import detect
-from ..backends.onnxrt import OnnxRuntimeRunner
+from ..backends.registry import FORMAT_WORDS, artifact_format, open_runner, variants
 from ..data import ImagePreprocess, batched, labelled_images, list_images, load_images, load_npy_batch
-from ..errors import DeployError
+from ..errors import DeployError, DeployWarning, within
 from ..fileio import atomic_open
 from .compare import REFERENCE, Check, ResultRow, run_checks
+
+REFERENCE_VARIANT = "torch-cpu"  # the reference itself: every other runner is compared with it
 from .golden import NAME as GOLDEN
 from .golden import read_golden
 from .inputs import InputSet, calibration_holdout, default_sets, describe_sets, random_batches
@@ -134,19 +137,47 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"top1": float((top[:, 0] == labels).mean()), "top5": float((top == labels[:, None]).any(axis=1).mean())}
 
 
-def _onnx_checks(path: Path, tolerance: Tolerance, cpu: list[Check]) -> tuple[list[Check], list[dict[str, str]]]:
-    """``cpu`` (ONNX Runtime's CPU provider), then its CUDA and TensorRT providers where onnxruntime-gpu has them."""
-    checks, skipped = list(cpu), []
-    for provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
-        available = detect.onnxruntime_provider(provider)
-        if available.available:
-            checks.append(Check(OnnxRuntimeRunner(path, provider=provider), tolerance))
+def _checks(artifact: Path, manifest: Manifest, file_precision: str, tol: Tolerance, *, with_torch: bool,
+            notes: list[str]) -> tuple[list[Check], list[dict[str, str]]]:
+    """A check of every backend variant in the registry that runs ``artifact`` here, and why each
+    other one does not (the PyTorch reference on the CPU excepted: everything is compared with it).
+    An INT8 ONNX is judged on the graph as written, CPU kernels against it (see :mod:`.int8`)."""
+    kind = artifact_format(file_precision)
+    checks: list[Check] = []
+    kernels: list[Any] = []  # runners of optimised x86 INT8 kernels, for an INT8 ONNX
+    skipped: list[dict[str, str]] = []
+    for backend, variant in variants():
+        if variant.name == REFERENCE_VARIANT:
+            continue
+        state = variant.availability()
+        if not backend.takes(kind):
+            reason = state.reason or f"it runs {FORMAT_WORDS[backend.runs]}: verify that file instead"
+        elif backend.runs == "model" and not with_torch:
+            reason = "--reference golden: the PyTorch model is not rebuilt"
         else:
-            skipped.append({"backend": f"onnxruntime-{provider[:-len('ExecutionProvider')].lower()}", "reason": available.reason})
+            reason = state.reason
+        if reason:
+            skipped.append({"backend": variant.name, "reason": reason})
+            continue
+        with warnings.catch_warnings():  # the INT8 kernels' problem is the report's note, not a warning
+            warnings.simplefilter("ignore", DeployWarning)
+            runner = open_runner(artifact, manifest, file_precision, backend.name,
+                                 replace(variant.options, graph_cache=False))  # a changed file must not meet a cache
+        if file_precision == "int8" and variant.cpu_int8_kernels:
+            kernels.append(runner)
+        else:
+            checks.append(Check(runner, tol))
+    if kernels:
+        int8, int8_notes = int8_checks(artifact, manifest.precision_options.get("int8", {}), tol, kernels)
+        checks = int8 + checks
+        notes += int8_notes
     return checks, skipped
 
 
 REFERENCES = ("auto", "torch", "golden")
+# Tolerance field -> (its verify option, lowest, highest)
+OVERRIDABLE = {"max_rel_to_scale": ("--max-error", 0.0, None), "min_cosine": ("--min-cosine", -1.0, 1.0),
+               "min_top1": ("--min-top1", 0.0, 1.0)}
 
 
 def verify(
@@ -189,17 +220,19 @@ def verify(
                 f"cannot verify {artifact.name}: {trt.reason}; verify the ONNX it was built from instead, "
                 f"e.g. {artifact.parent / artifact_filename(stem, 'fp32')}"
             )
-    manifest, precision, changed = open_artifact(artifact)
+    manifest, file_precision, changed = open_artifact(artifact)
+    precision = file_precision
     if precision == "engine":
-        from ..backends.tensorrt import TensorRTRunner, check_engine_compatible, current_environment
-
         record = manifest.precision_options["engine"]
-        check_engine_compatible(record, *current_environment())
         if layerwise:
             raise DeployError(f"--layerwise compares ONNX graphs: verify {record['built_from']} with it")
         precision = split_artifact_name(record["built_from"])[1]  # judged as the ONNX it was built from
     default, note = tolerance_for(precision, random_init="file" not in manifest.weights)
     overrides = tolerance_overrides or {}
+    for key, value in overrides.items():
+        if key not in OVERRIDABLE:
+            raise DeployError(f"unknown tolerance {key!r}: choose from {', '.join(OVERRIDABLE)}")
+        within(*OVERRIDABLE[key][:1], value, *OVERRIDABLE[key][1:])
     tol = replace(default, **overrides)
     if "min_top1" in overrides:
         note = None
@@ -224,23 +257,8 @@ def verify(
         inputs=given.description, tolerance=tol.to_dict(), notes=[n for n in (note, given.note) if n],
         file_changed=changed, strict=strict,
     )
-    if artifact.suffix == ".engine":
-        checks, report.skipped = [Check(TensorRTRunner(artifact), tol)], []
-    else:
-        cpu = [Check(OnnxRuntimeRunner(artifact), tol)]
-        if precision == "int8":  # the graph as written, and ONNX Runtime's CPU kernels against it
-            cpu, int8_notes = int8_checks(artifact, manifest.precision_options.get("int8", {}), tol)
-            report.notes += int8_notes
-        checks, report.skipped = _onnx_checks(artifact, tol, cpu)
-        report.skipped.append({"backend": "tensorrt",
-                               "reason": detect.tensorrt().reason or "an ONNX file: verify the .engine to run TensorRT"})
-    cuda = detect.torch_cuda()
-    if cuda.available and reference == "torch":
-        import copy
-
-        checks.insert(0, Check(TorchRunner(copy.deepcopy(model), names, device="cuda"), tol))
-    else:
-        report.skipped.insert(0, {"backend": "torch-cuda", "reason": cuda.reason or "the golden reference: no model"})
+    checks, report.skipped = _checks(artifact, manifest, file_precision, tol, with_torch=reference == "torch",
+                                     notes=report.notes)
 
     label = GOLDEN if reference == "golden" else REFERENCE
     report.rows, outputs = run_checks(reference_runner, checks, given.sets, reference_label=label)

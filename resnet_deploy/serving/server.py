@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import Runner
-from ..errors import DeployError
+from ..errors import DeployError, first_line, within
+
+MAX_DELAY_MS = 10_000.0  # a batch waiting longer than this is a misconfiguration, not batching
+MAX_QUEUE = 100_000  # queued requests before 503
+MAX_WORKERS = 64
+MAX_REQUEST_MB = 4096.0
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 _NUMPY_TO_OIP = {"float32": "FP32", "float16": "FP16", "int64": "INT64"}
@@ -125,14 +130,11 @@ class DynamicBatcher:
             sizes = [len(i.batch) for i in items]
             total = sum(sizes)
             batch = np.concatenate([i.batch for i in items]) if len(items) > 1 else items[0].batch
-            low = self.runner.batch_range[0] if self.runner.batch_range else 1
-            if total < low:  # the artifact's profile starts above this batch: pad, then drop the padding
-                batch = np.concatenate([batch, np.zeros((low - total, *batch.shape[1:]), batch.dtype)])
             try:
-                outputs = await loop.run_in_executor(self._executor, self.runner, batch)
+                outputs = await loop.run_in_executor(self._executor, self.runner.run_padded, batch)
             except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
                 self.stats.failed += len(items)
-                error = RequestError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                error = RequestError(first_line(exc),
                                      400 if isinstance(exc, DeployError) else 500)
                 for item in items:
                     if not item.future.done():
@@ -251,10 +253,11 @@ def create_app(runner: Runner, *, model_name: str, platform: str = "onnxruntime_
     from .. import __version__
 
     high = runner.batch_range[1] if runner.batch_range else max_batch
-    if not 1 <= max_batch <= high:
-        raise DeployError(f"--max-batch {max_batch} is outside the artifact's profile (1 to {high})")
-    if max_delay_ms < 0 or queue_size < 1 or workers < 1:
-        raise DeployError("--max-delay-ms cannot be negative; the queue and --workers need at least 1")
+    within("--max-batch", max_batch, 1, high, "the artifact's profile")
+    within("--max-delay-ms", max_delay_ms, 0, MAX_DELAY_MS)
+    within("--queue", queue_size, 1, MAX_QUEUE)
+    within("--workers", workers, 1, MAX_WORKERS, "runner calls in flight at once")
+    within("--max-request-mb", max_request_bytes / (1 << 20), 0.001, MAX_REQUEST_MB)
     batcher = DynamicBatcher(runner, max_batch=max_batch, max_delay=max_delay_ms / 1e3, queue_size=queue_size,
                              workers=workers)
     state = {"ready": False}

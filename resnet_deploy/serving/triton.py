@@ -16,11 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import Manifest, check_stem, manifest_for
-from ..errors import DeployError
+from ..backends.registry import BACKENDS, NATIVE, artifact_format
+from ..data import imagenet_classes
+from ..errors import DeployError, within
 from ..fileio import atomic_open, atomic_path
 
-PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "engine": ("tensorrt_plan", "model.plan")}
+MODEL_FILES = {"onnx": "model.onnx", "engine": "model.plan"}  # artifact format -> Triton's default model file
 LABELS_FILE = "imagenet_labels.txt"
+MAX_INSTANCES = 64
+MAX_QUEUE_DELAY_US = 10_000_000
 _DATATYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 
 
@@ -76,15 +80,16 @@ def _check(options: TritonOptions, manifest: Manifest, platform: str) -> TritonO
         raise DeployError(f"--kind must be gpu or cpu, not {options.kind!r}")
     if platform == "tensorrt_plan" and options.kind == "cpu":
         raise DeployError("a TensorRT plan runs on a GPU: use --kind gpu, or serve the ONNX on CPU")
-    max_batch = options.max_batch or manifest.batch.max
+    max_batch = manifest.batch.max if options.max_batch is None else options.max_batch
     if not 1 <= max_batch <= manifest.batch.max:
         raise DeployError(f"--max-batch {max_batch} is outside the artifact's profile (1 to {manifest.batch.max}): "
                           "re-export with a larger --batch MAX")
     bad = [b for b in options.preferred if not 1 <= b <= max_batch]
     if bad:
         raise DeployError(f"--preferred sizes {bad} must lie between 1 and the max batch {max_batch}")
-    if options.instances < 1 or options.version < 1 or options.queue_delay_us < 0:
-        raise DeployError("--instances and --version must be at least 1, --queue-delay-us not negative")
+    within("--instances", options.instances, 1, MAX_INSTANCES, "per device")
+    within("--version", options.version, 1, 2**31 - 1)
+    within("--queue-delay-us", options.queue_delay_us, 0, MAX_QUEUE_DELAY_US)
     return TritonOptions(options.model_name, max_batch, tuple(sorted(set(options.preferred))), options.queue_delay_us,
                          options.instances, options.kind, options.version)
 
@@ -92,11 +97,10 @@ def _check(options: TritonOptions, manifest: Manifest, platform: str) -> TritonO
 def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.PathLike[str],
                            options: TritonOptions = TritonOptions()) -> Path:
     """Add (or update) ``artifact`` as a model of the repository ``repo``; returns the model's folder."""
-    from ..predict import imagenet_classes
-
     artifact = Path(artifact)
     manifest, precision = manifest_for(artifact)
-    platform, filename = PLATFORMS["engine" if precision == "engine" else "onnx"]
+    kind = artifact_format(precision)
+    platform, filename = BACKENDS[NATIVE[kind]].platform, MODEL_FILES[kind]
     options = _check(options, manifest, platform)
     name = check_stem(options.model_name or manifest.stem)
     model_dir = Path(repo) / name

@@ -196,7 +196,13 @@ def test_rerun_overwrites_cleanly(tmp_path):
         (["--arch", "resnet18", "--batch", "32:8:1"], "MIN <= OPT <= MAX"),
         (["--arch", "resnet18", "--input-size", "64by64"], "invalid input size"),
         (["--arch", "resnet18", "--name", "a.b"], "invalid artifact name"),
-        (["--arch", "resnet18", "--opset", "11"], "opset 11 is too old"),
+        (["--arch", "resnet18", "--opset", "11"], "--opset 11 is out of range: it must be between 13 and"),
+        (["--arch", "resnet18", "--opset", "99"], "--opset 99 is out of range"),
+        (["--arch", "resnet18", "--num-classes", "-2"], "--num-classes -2 is out of range"),
+        (["--arch", "resnet18", "--input-size", "100000"], "--input-size 100000 is out of range"),
+        (["--arch", "resnet18", "--batch", "1:8:100000"], "MAX <= 4096"),
+        (["--arch", "resnet18", "--int8", "--calib-data", "random", "--calib-size", "0"], "--calib-size 0"),
+        (["--arch", "resnet18", "--seed", "-1"], "--seed -1 is out of range"),
     ],
 )
 def test_cli_bad_arguments(cli, tmp_path, args, message):

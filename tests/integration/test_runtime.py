@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_deploy import export, runtime
-from resnet_deploy.backends import detect
+from resnet_deploy import runtime
+from resnet_deploy.backends import detect, registry
 from resnet_deploy.backends.onnxrt import GRAPH_CACHE_DIR
 from resnet_deploy.data import random_images
 from resnet_deploy.errors import DeployError
-from resnet_deploy.predict import imagenet_classes
+from resnet_deploy.data import imagenet_classes
 from tests.conftest import assert_one_line_error
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("runtime")
-    return export("resnet18", input_size=64, batch="1:4:8", fp16=True, out=folder, quiet=True)
+@pytest.fixture
+def exported(small_export):
+    return small_export
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,8 @@ def test_optimised_graph_is_cached_beside_the_artifact(exported):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"backend": "tflite"}, "unknown backend 'tflite'"),
-    ({"backend": "trt"}, "TensorRT runs engines: build one with `resnet-deploy build"),
+    ({"backend": "trt"}, "is an ONNX model, and --backend trt runs a TensorRT engine: use --backend ort or openvino "
+                         "or torch; build one with `resnet-deploy build"),
     ({"device": "gpu"}, "unknown device 'gpu'"),
 ])
 def test_load_errors_are_clear(exported, kwargs, message):
@@ -194,8 +195,9 @@ def test_bench_compares_artifacts_and_backends_in_one_table(cli, exported, tmp_p
     (["--batch-sizes", "16"], "outside"),
     (["--batch-sizes", "one"], "invalid --batch-sizes"),
     (["--iters", "3", "--duration", "1"], "not both"),
-    (["--backend", "tvm"], "unknown --backend tvm"),
-    (["--iters", "0"], "--iters must be at least 1"),
+    (["--backend", "tvm"], "unknown backend 'tvm': choose from auto, ort, trt, openvino, torch"),
+    (["--iters", "0"], "--iters 0 is out of range: it must be between 1 and"),
+    (["--threads", "100000"], "--threads 100000 is out of range"),
 ])
 def test_bench_bad_arguments(cli, exported, args, message):
     assert_one_line_error(cli("bench", str(exported.onnx_path), "-q", *args), contains=message)
@@ -209,9 +211,10 @@ def test_doctor_reports_what_can_run(cli):
     assert "CPUExecutionProvider" in report["onnxruntime"]["providers"]
     assert report["cpu"]["physical_cores"] >= 1
     trt = detect.tensorrt()
-    assert report["backends"]["tensorrt"] == {"usable": trt.available, "reason": trt.reason or None}
+    assert report["backends"]["tensorrt"] == {"backend": "trt", "usable": trt.available, "reason": trt.reason or None}
+    assert set(report["backends"]) == {variant.name for _, variant in registry.variants()}
     text = cli("doctor")
-    assert "backends:" in text.stdout and "onnxruntime-cpu   yes" in text.stdout
+    assert "backends:" in text.stdout and re.search(r"onnxruntime-cpu +yes", text.stdout)
     from resnet_deploy.environment import int8_isa
 
     assert report["cpu"]["int8_isa"] == int8_isa()

@@ -21,6 +21,7 @@ from tritonclient.grpc import model_config_pb2  # noqa: E402
 import uvicorn  # noqa: E402
 
 from resnet_deploy import export, runtime  # noqa: E402
+from resnet_deploy.backends.base import Runner
 from resnet_deploy.data import random_images  # noqa: E402
 from resnet_deploy.serving.server import create_app  # noqa: E402
 from tests.conftest import assert_one_line_error  # noqa: E402
@@ -73,7 +74,10 @@ def test_triton_repository_config_parses_with_tritons_model_config(cli, exported
     (["--max-batch", "17"], "outside the artifact's profile"),
     (["--preferred", "32"], "must lie between 1 and the max batch"),
     (["--model-name", "bad.name"], "invalid artifact name"),
-    (["--instances", "0"], "at least 1"),
+    (["--instances", "0"], "--instances 0 is out of range: it must be between 1 and 64"),
+    (["--instances", "100000"], "--instances 100000 is out of range"),
+    (["--max-batch", "0"], "--max-batch 0 is outside the artifact's profile"),
+    (["--queue-delay-us", "-1"], "--queue-delay-us -1 is out of range"),
 ])
 def test_triton_bad_options(cli, exported, tmp_path, args, message):
     assert_one_line_error(cli("triton", str(exported.onnx_path), "--repo", str(tmp_path / "r"), *args),
@@ -215,7 +219,7 @@ def test_full_queue_answers_503_not_a_crash(exported):
 
     from resnet_deploy.serving.server import DynamicBatcher, RequestError
 
-    class Slow:
+    class Slow(Runner):
         batch_range = (1, 4)
 
         def __call__(self, batch):
@@ -267,5 +271,9 @@ def test_serve_command_starts_on_loopback_and_answers(exported):
 
 def test_serve_bad_options_are_one_line_errors(cli, exported):
     assert_one_line_error(cli("serve", str(exported.onnx_path), "--max-batch", "64"),
-                          contains="outside the artifact's profile (1 to 16)")
-    assert_one_line_error(cli("serve", str(exported.onnx_path), "--workers", "0"), contains="--workers")
+                          contains="--max-batch 64 is out of range: it must be between 1 and 16 (the artifact's profile)")
+    for option, value in (("--workers", "0"), ("--workers", "100000"), ("--queue", "0"), ("--max-batch", "0"),
+                          ("--max-delay-ms", "-1"), ("--max-request-mb", "0"), ("--port", "70000"),
+                          ("--threads", "100000")):
+        assert_one_line_error(cli("serve", str(exported.onnx_path), option, value),
+                              contains=f"{option} {value}")

@@ -10,7 +10,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from resnet_deploy import environment
-from resnet_deploy.backends import onnxrt
 from resnet_deploy.data import (
     HOLDOUT_MAX,
     IMAGENET_MEAN,
@@ -34,7 +33,6 @@ def isa(request, monkeypatch):
     """Pretend to be each kind of x86 CPU: the policy must hold on both."""
     monkeypatch.setattr(environment, "int8_isa", lambda: request.param)
     monkeypatch.setattr(precision, "int8_isa", lambda: request.param)
-    monkeypatch.setattr(onnxrt, "int8_isa", lambda: request.param)
     return request.param
 
 
@@ -51,13 +49,13 @@ def test_kernel_problem_only_for_8_bit_weights_without_vnni(isa):
     eight_bit = precision.int8_record("cpu", "minmax", reduce_range=False)
     seven_bit = precision.int8_record("cpu", "minmax", reduce_range=True)
     assert eight_bit["cpu_isa"] == "vnni" and seven_bit["cpu_isa"] == "avx2"
-    assert onnxrt.int8_kernel_problem(seven_bit) is None
-    problem = onnxrt.int8_kernel_problem(eight_bit)
+    assert environment.int8_kernel_problem(seven_bit) is None
+    problem = environment.int8_kernel_problem(eight_bit)
     assert (problem is None) is (isa == "vnni")
     if problem:
         assert "no VNNI" in problem and "--reduce-range" in problem
     # manifests from before the record: 8-bit weights, VNNI needed
-    assert (onnxrt.int8_kernel_problem({"target": "trt"}) is None) is (isa == "vnni")
+    assert (environment.int8_kernel_problem({"target": "trt"}) is None) is (isa == "vnni")
 
 
 def test_isa_read_from_cpu_flags(monkeypatch):

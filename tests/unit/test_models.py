@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from resnet_deploy.errors import UnknownArchError
+from resnet_deploy.errors import DeployError, UnknownArchError
 from resnet_deploy.models import count_macs, create_model, get_model_info, get_spec, list_models
 
 # Reference figures: torchvision, timm and IBN-Net model definitions.
@@ -165,8 +165,10 @@ def test_cifar_stem_keeps_resolution():
 
 def test_num_classes_override():
     assert create_model("resnet18", num_classes=7).fc.out_features == 7
-    with pytest.raises(ValueError):
+    with pytest.raises(DeployError, match="--num-classes -1 is out of range"):
         create_model("resnet18", num_classes=-1)
+    with pytest.raises(DeployError, match="--last-stride 3"):
+        create_model("resnet18", last_stride=3)
 
 
 def test_unknown_arch_names_closest_matches():
@@ -176,7 +178,7 @@ def test_unknown_arch_names_closest_matches():
 
 
 def test_unknown_override_is_rejected():
-    with pytest.raises(TypeError, match="stem"):
+    with pytest.raises(DeployError, match="stem"):
         create_model("resnet18", stem="deep")
 
 

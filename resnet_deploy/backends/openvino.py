@@ -1,0 +1,88 @@
+"""OpenVINO: the same ONNX artifacts on edge CPUs, compiled once per machine.
+
+OpenVINO reads the ONNX directly (fp32, fp16 and Q/DQ INT8: its low-precision
+transformations turn Q/DQ pairs into INT8 kernels). The inference precision is
+pinned to f32: on CPUs with bf16 or AMX, OpenVINO would otherwise run an fp32
+artifact in bf16 by default, which is not the model that was verified. With
+the cache, the compiled blob is kept in ``.ov-cache/`` beside the artifact
+(OpenVINO's own model cache, keyed on the model, the config and the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from ..artifacts import Manifest, TensorSpec
+from ..environment import warn_int8_kernels
+from ..errors import DeployError, first_line
+from .base import Runner
+from .registry import LoadOptions, parse_device
+
+CACHE_DIR = ".ov-cache"  # beside the artifact
+
+
+def _spec(port: Any, known: set[str]) -> TensorSpec:
+    """The port's shape and dtype, under its name in the ONNX graph: a port can carry several tensor
+    names (an fp16 graph's output is also its last Cast's), and ``get_any_name`` picks any of them."""
+    names = port.get_names()
+    name = next(iter(sorted(names & known)), None) or port.get_any_name()
+    shape = [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]
+    return TensorSpec(name, shape, port.get_element_type().to_dtype().name)
+
+
+class OpenVINORunner(Runner):
+    """Runs an ONNX model on OpenVINO's CPU plugin: latency hint, f32 inference precision, one infer request.
+    ``tensor_names``: the ONNX graph's input and output names, which name the runner's tensors."""
+
+    def __init__(self, model: str | os.PathLike[str], *, threads: int | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None, tensor_names: Sequence[str] = ("input", "logits"),
+                 batch_range: tuple[int, int] | None = None) -> None:
+        core = ov.Core()
+        if cache_dir is not None:
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            self.compiled = core.compile_model(str(model), "CPU", config)
+        except RuntimeError as exc:
+            raise DeployError(f"OpenVINO cannot compile {Path(model).name}: {first_line(exc)}") from None
+        self.request = self.compiled.create_infer_request()
+        self.name = "openvino-cpu"
+        self.device = "cpu"
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        self.cache_dir = str(cache_dir) if cache_dir is not None else None
+        known = set(tensor_names)
+        self.inputs = [_spec(port, known) for port in self.compiled.inputs]
+        self.outputs = [_spec(port, known) for port in self.compiled.outputs]
+        self.batch_range = batch_range
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        results = self.request.infer({0: batch}, share_inputs=True, share_outputs=False)
+        return {spec.name: np.asarray(results[port]) for spec, port in zip(self.outputs, self.compiled.outputs)}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "openvino": ov.__version__, "threads": self.threads,
+                "model_cache": self.cache_dir}
+
+    def close(self) -> None:
+        self.request = self.compiled = None
+
+
+def load(path: Path, manifest: Manifest, precision: str, options: LoadOptions) -> OpenVINORunner:
+    """The registry's loader: the ONNX artifact on this machine's CPU."""
+    kind, _ = parse_device(options.device, default_cuda=False)
+    if kind != "cpu":
+        raise DeployError("the openvino backend runs on the CPU here: use --device cpu, or --backend ort/trt on a GPU")
+    if precision == "int8":
+        warn_int8_kernels(path.name, manifest.precision_options.get("int8", {}))
+    cache = path.parent / CACHE_DIR if options.graph_cache else None
+    return OpenVINORunner(path, threads=options.threads, cache_dir=cache,
+                          tensor_names=[spec.name for spec in (manifest.input, *manifest.outputs)],
+                          batch_range=(manifest.batch.min, manifest.batch.max))

@@ -1,0 +1,94 @@
+"""The OpenVINO backend, added as one module and a registry row: runtime.load, verify, bench and doctor
+take it like any other backend."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from resnet_deploy import runtime
+from resnet_deploy.backends import detect
+from resnet_deploy.backends.openvino import CACHE_DIR
+from resnet_deploy.data import random_images
+from resnet_deploy.errors import DeployError
+from resnet_deploy.parity.verify import verify
+from tests.conftest import assert_one_line_error, cli_without
+
+OPENVINO = detect.openvino()
+pytestmark = [pytest.mark.openvino,
+              pytest.mark.skipif(not OPENVINO.available, reason=f"OpenVINO backend: {OPENVINO.reason}")]
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def test_openvino_runs_the_artifacts_like_onnx_runtime(small_export):
+    for precision, limit in (("fp32", 1e-4), ("fp16", 1e-2)):
+        path = small_export.paths[precision]
+        with runtime.load(path, backend="openvino") as runner, runtime.load(path) as ort_runner:
+            assert runner.name == "openvino-cpu" and runner.backend == "openvino"
+            assert runner.precision == precision and runner.batch_range == (1, 8)
+            assert runner.output_names == ["logits"] and runner.inputs[0].shape[1:] == [3, 64, 64]
+            assert runner.describe()["openvino"] and runner.describe()["threads"] >= 1
+            for size in (1, 3):
+                batch = random_images(size, (3, 64, 64), MEAN, STD, seed=size)
+                got, want = runner(batch)["logits"], ort_runner(batch)["logits"]
+                assert got.shape == (size, 1000) and got.dtype == np.float32
+                assert np.abs(got - want).max() <= limit * np.abs(want).max()
+            first = runner(batch)["logits"].copy()
+            runner(random_images(3, (3, 64, 64), MEAN, STD, seed=9))
+            np.testing.assert_array_equal(first, got)  # outputs are copies, not views the next call overwrites
+            with pytest.raises(DeployError, match="outside the artifact's profile"):
+                runner(random_images(9, (3, 64, 64), MEAN, STD))
+        assert runner.request is None
+    assert any((small_export.onnx_path.parent / CACHE_DIR).iterdir())  # the compiled blob, kept for next time
+
+
+def test_openvino_only_on_the_cpu(small_export):
+    with pytest.raises(DeployError, match="openvino backend runs on the CPU"):
+        runtime.load(small_export.onnx_path, backend="openvino", device="cuda")
+
+
+def test_verify_judges_openvino_beside_onnx_runtime(small_export):
+    report = verify(small_export.onnx_path)
+    rows = [row for row in report.rows if row.backend == "openvino-cpu"]
+    assert [row.batch for row in rows] == [1, 4] and all(row.judged and row.passed for row in rows)
+    assert report.passed
+
+
+def test_openvino_int8_kernels_are_checked_against_the_graph_as_written(precision_export):
+    """OpenVINO's INT8 kernels are x86 kernels like ONNX Runtime's: compared with PyTorch and with the Q/DQ
+    graph run as written, judged where the artifact is made for them (here the trt target: reported)."""
+    report = verify(precision_export("resnet18").paths["int8"])
+    rows = [row for row in report.rows if row.backend == "openvino-cpu"]
+    assert {row.reference for row in rows} == {"torch", "onnxruntime-cpu-unoptimized"}
+    assert not any(row.judged for row in rows)
+    assert any("openvino-cpu" in note and "not judged" in note for note in report.notes)
+    assert report.passed  # judged on the graph as written
+
+
+def test_bench_lists_openvino(cli, small_export):
+    result = cli("bench", str(small_export.onnx_path), "--backend", "auto,openvino", "--batch-sizes", "1",
+                 "--iters", "3", "--warmup", "1", "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [row["backend"] for row in report["results"]] == ["onnxruntime-cpu", "openvino-cpu"]
+    assert report["runners"][1]["openvino"]
+
+
+def test_without_openvino_doctor_says_why_and_the_backend_refuses(small_export):
+    doctor = cli_without("openvino", "doctor", "--json")
+    assert doctor.returncode == 0, doctor.stderr
+    state = json.loads(doctor.stdout)["backends"]["openvino-cpu"]
+    assert state["usable"] is False and "openvino is not installed" in state["reason"]
+    refused = cli_without("openvino", "bench", str(small_export.onnx_path), "--backend", "openvino", "-q")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: the openvino backend needs openvino")
+    verified = cli_without("openvino", "verify", str(small_export.onnx_path), "--json")
+    assert verified.returncode == 0, verified.stderr
+    skipped = {s["backend"]: s["reason"] for s in json.loads(verified.stdout)["skipped"]}
+    assert "openvino is not installed" in skipped["openvino-cpu"]
+
+
+def test_bad_backend_for_the_file_is_one_line(cli, small_export):
+    result = cli("predict", str(small_export.onnx_path), str(small_export.onnx_path), "--backend", "trt")
+    assert_one_line_error(result, 2, "--backend trt runs a TensorRT engine: use --backend ort or openvino or torch")
