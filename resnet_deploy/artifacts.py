@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
-from .fileio import atomic_open, sha256_file
+from .fileio import Staging, atomic_open, sha256_file
+from .precisions import ENGINE, ENGINE_SUFFIX, PRECISIONS
 
 SCHEMA = "resnet-deploy/manifest"
 SCHEMA_VERSION = 1
 STEM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-# precision -> file suffix after the stem
-ARTIFACT_SUFFIXES = {"fp32": ".onnx", "fp16": ".fp16.onnx", "int8": ".int8.onnx", "engine": ".engine"}
+# artifact kind (a precision's ONNX, or the engine) -> file suffix after the stem
+ARTIFACT_SUFFIXES = {name: p.suffix for name, p in PRECISIONS.items()} | {ENGINE: ENGINE_SUFFIX}
 MAX_BATCH = 4096  # the largest batch a profile may name
 # PyTorch's outputs on the export's check inputs, for verifying where PyTorch is not installed
 GOLDEN_SUFFIX = ".golden.npz"
@@ -205,17 +206,18 @@ def manifest_for(artifact: str | os.PathLike[str]) -> tuple[Manifest, str]:
     return manifest, precision
 
 
-def commit_artifacts(folder: Path, staged: dict[str, Path], manifest: Manifest, *, keep_others: bool = False,
+def commit_artifacts(staging: Staging, staged: dict[str, Path], manifest: Manifest, *, keep_others: bool = False,
                      golden: Path | None = None) -> Path:
     """Move staged temporary files to their final names and write the manifest.
 
-    ``staged`` maps precision -> temporary file in ``folder``; ``golden`` is the
+    ``staged`` maps precision -> temporary file of ``staging``; ``golden`` is the
     staged golden outputs file. The old manifest goes first, then files the old
     export had and this one does not, then the new files, then the new
     manifest: at no moment does a manifest describe a file that is not there.
     With ``keep_others`` (adding an engine to an export) the manifest's other
     artifacts and golden file stay.
     """
+    folder = staging.folder
     old = manifest_path(folder, manifest.stem)
     previous: list[str] = []
     if old.exists():
@@ -229,14 +231,10 @@ def commit_artifacts(folder: Path, staged: dict[str, Path], manifest: Manifest, 
         old.unlink()
     entries = [e for e in manifest.artifacts if e.precision not in staged] if keep_others else []
     for precision, tmp in staged.items():
-        final = folder / artifact_filename(manifest.stem, precision)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an artifact is meant to be shared
-        os.replace(tmp, final)
+        final = staging.commit(tmp, folder / artifact_filename(manifest.stem, precision))
         entries.append(ArtifactEntry.describe(final, precision))
     if golden is not None:
-        final = folder / (check_stem(manifest.stem) + GOLDEN_SUFFIX)
-        os.chmod(golden, 0o644)
-        os.replace(golden, final)
+        final = staging.commit(golden, folder / (check_stem(manifest.stem) + GOLDEN_SUFFIX))
         manifest.golden = {"file": final.name, "bytes": final.stat().st_size, "sha256": sha256_file(final)}
     elif not keep_others:
         manifest.golden = {}

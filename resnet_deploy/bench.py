@@ -26,6 +26,8 @@ from .backends.base import Runner
 from .data import random_images
 from .errors import DeployError, within
 
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+DEFAULT_WARMUP = 10  # untimed calls per case
 MAX_ITERATIONS = 1_000_000  # timed or warm-up calls per case
 MIN_DURATION, MAX_DURATION = 0.01, 3600.0  # seconds of timed calls per case
 BLOCK_SECONDS = 0.25
@@ -122,7 +124,7 @@ def bench(
     *,
     iterations: int | None = None,
     duration: float | None = None,
-    warmup: int = 10,
+    warmup: int = DEFAULT_WARMUP,
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
     """Time each (label, runner) at each batch size: ``iterations`` timed calls each, or as many as

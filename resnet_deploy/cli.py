@@ -12,12 +12,22 @@ from typing import Any
 
 import click
 
+from .backends.registry import BACKENDS as BACKEND_TABLE
+from .bench import DEFAULT_BATCH_SIZES, DEFAULT_WARMUP
 from .data import INTERPOLATIONS, PREPROCESS_PRESETS
 from .errors import DeployError, DeployWarning, within
-from .export.precision import INT8_TARGETS
+from .export.engine import DEFAULT_WORKSPACE_GIB, HARDWARE_COMPAT, BuildOptions
+from .export.options import EXPORTERS, LAST_STRIDES, ExportOptions
+from .export.precision import CALIBRATION_METHODS, INT8_TARGETS
 from .parity.verify import REFERENCES
-from .backends.registry import BACKENDS as BACKEND_TABLE
+from .predict import DEFAULT_TOPK
 from .runtime import BACKENDS
+from .serving.server import DEFAULT_MAX_DELAY_MS, DEFAULT_QUEUE, DEFAULT_REQUEST_MB, DEFAULT_WORKERS
+from .serving.triton import KINDS as TRITON_KINDS
+from .serving.triton import TritonOptions
+
+EXPORT = ExportOptions()  # the export's defaults, shown by --help
+TRITON = TritonOptions()
 
 
 class _Group(click.Group):
@@ -102,12 +112,13 @@ def list_command(show_weights: bool, as_json: bool) -> None:
 def _engine_options(func: Any) -> Any:
     """TensorRT build options shared by `export` and `build`."""
     options = [
-        click.option("--workspace", type=float, default=4.0, show_default=True, help="Builder workspace limit, GiB."),
+        click.option("--workspace", type=float, default=DEFAULT_WORKSPACE_GIB, show_default=True,
+                     help="Builder workspace limit, GiB."),
         click.option("--timing-cache", type=click.Path(dir_okay=False),
                      help="Timing cache file, read and updated, reused across builds."),
         click.option("--dla-core", type=int, help="Build for this DLA core (Jetson), with GPU fallback."),
         click.option("--version-compatible", is_flag=True, help="Engine runs on later TensorRT versions too."),
-        click.option("--hardware-compat", type=click.Choice(["none", "ampere+", "same-cc"]), default="none",
+        click.option("--hardware-compat", type=click.Choice(list(HARDWARE_COMPAT)), default=BuildOptions().hardware_compat,
                      show_default=True, help="Engine runs on other GPU architectures too."),
     ]
     for option in reversed(options):
@@ -154,21 +165,22 @@ def _floats3(option: str) -> Any:
 @click.option("--std", callback=_floats3("--std"), help="Normalisation std R,G,B (overrides --preprocess).")
 @click.option("--resize", type=int, help="Shorter side before the centre crop (default: crop / 0.875, or the arch's).")
 @click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), help="Resize filter (default: the arch's).")
-@click.option("--batch", default="1:8:32", show_default=True, help="Batch profile MIN:OPT:MAX.")
+@click.option("--batch", default=EXPORT.batch, show_default=True, help="Batch profile MIN:OPT:MAX.")
 @click.option("--dynamic-hw", is_flag=True, help="Make height and width symbolic too.")
-@click.option("--opset", type=int, default=18, show_default=True)
-@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
+@click.option("--opset", type=int, default=EXPORT.opset, show_default=True)
+@click.option("--exporter", type=click.Choice(EXPORTERS), default=EXPORT.exporter, show_default=True)
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim (BatchNorm is still folded).")
 @click.option("--features-only", is_flag=True, help="Export the four stage maps (layer1..layer4).")
-@click.option("--last-stride", type=click.Choice(["1", "2"]), default="2", show_default=True,
+@click.option("--last-stride", type=click.Choice([str(s) for s in LAST_STRIDES]), default=str(EXPORT.last_stride),
+              show_default=True,
               help="Stride of layer4 (1 for re-identification backbones).")
 @click.option("--fp16", is_flag=True, help="Also write STEM.fp16.onnx (float16 graph, float32 I/O).")
 @click.option("--int8", is_flag=True, help="Also write STEM.int8.onnx (QDQ, per-channel weights).")
 @click.option("--calib-data", help="INT8 calibration: a folder of images, a preprocessed .npy, or 'random'.")
-@click.option("--calib-size", type=int, default=512, show_default=True, help="Calibration images to use.")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+@click.option("--calib-size", type=int, default=EXPORT.calib_size, show_default=True, help="Calibration images to use.")
+@click.option("--calib-method", type=click.Choice(list(CALIBRATION_METHODS)), default=EXPORT.calib_method,
               show_default=True)
-@click.option("--int8-target", type=click.Choice(list(INT8_TARGETS)), default="trt", show_default=True,
+@click.option("--int8-target", type=click.Choice(list(INT8_TARGETS)), default=EXPORT.int8_target, show_default=True,
               help="; ".join(f"{name}: {target.description}" for name, target in INT8_TARGETS.items()) + ".")
 @click.option("--reduce-range/--no-reduce-range", default=None,
               help="cpu target: 7-bit weights, so x86 kernels without VNNI do not saturate (default: on where this "
@@ -178,8 +190,8 @@ def _floats3(option: str) -> Any:
 @click.option("--eval-data", type=click.Path(file_okay=False),
               help="--max-drop: labelled images (one folder per class) to measure top-1 on (default: the calibration "
                    "hold-out, against fp32's classes).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random init and of parity inputs.")
-@click.option("--out", default="artifacts", show_default=True, help="Output folder.")
+@click.option("--seed", type=int, default=EXPORT.seed, show_default=True, help="Seed of random init and of parity inputs.")
+@click.option("--out", default=EXPORT.out, show_default=True, help="Output folder.")
 @click.option("--name", help="Artifact stem (default: the arch name).")
 @click.option("--engine/--no-engine", default=None,
               help="Demand a TensorRT engine (error where it cannot be built) or skip it; default: build where possible.")
@@ -380,7 +392,7 @@ def _int_list(text: str, option: str) -> list[int]:
 @main.command("predict")
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--topk", type=int, default=5, show_default=True, help="Classes to show per image.")
+@click.option("--topk", type=int, default=DEFAULT_TOPK, show_default=True, help="Classes to show per image.")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line (default: ImageNet's for 1000 classes).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @_runtime_options
@@ -409,10 +421,11 @@ def predict_command(artifact: str, images: tuple[str, ...], topk: int, labels: s
 @click.option("--backend", "backends", default="auto", show_default=True,
               help="Comma-separated: auto (the file's own runtime), " + ", ".join(
                   f"{b.name} ({b.summary.split(':')[0]})" for b in BACKEND_TABLE.values()) + ".")
-@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated, within the profile.")
+@click.option("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)), show_default=True,
+              help="Comma-separated, within the profile.")
 @click.option("--iters", type=int, help="Timed calls per case (default: --duration).")
 @click.option("--duration", type=float, help="Seconds of timed calls per case (default 3).")
-@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls per case first.")
+@click.option("--warmup", type=int, default=DEFAULT_WARMUP, show_default=True, help="Untimed calls per case first.")
 @_runtime_options
 @click.option("--channels-last", is_flag=True, help="torch backend: NHWC memory format.")
 @click.option("--compile", "compile_model", is_flag=True,
@@ -508,10 +521,11 @@ def doctor_command(as_json: bool) -> None:
 @click.option("--model-name", help="Default: the artifact's stem, e.g. resnet50.")
 @click.option("--max-batch", type=int, help="max_batch_size (default: the profile's MAX).")
 @click.option("--preferred", help="Preferred batch sizes of the dynamic batcher, e.g. 8,16.")
-@click.option("--queue-delay-us", type=int, default=100, show_default=True, help="Dynamic batcher's max queue delay.")
-@click.option("--instances", type=int, default=1, show_default=True, help="Model instances per device.")
-@click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True)
-@click.option("--version", "model_version", type=int, default=1, show_default=True)
+@click.option("--queue-delay-us", type=int, default=TRITON.queue_delay_us, show_default=True,
+              help="Dynamic batcher's max queue delay.")
+@click.option("--instances", type=int, default=TRITON.instances, show_default=True, help="Model instances per device.")
+@click.option("--kind", type=click.Choice(TRITON_KINDS), default=TRITON.kind, show_default=True)
+@click.option("--version", "model_version", type=int, default=TRITON.version, show_default=True)
 def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: int | None, preferred: str | None,
                    queue_delay_us: int, instances: int, kind: str, model_version: int) -> None:
     """Write ARTIFACT into a Triton Inference Server model repository."""
@@ -530,10 +544,12 @@ def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: 
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it).")
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--max-batch", type=int, help="Largest batch the dynamic batcher forms (default: min(profile MAX, 32)).")
-@click.option("--max-delay-ms", type=float, default=2.0, show_default=True, help="How long a batch waits to fill.")
-@click.option("--queue", "queue_size", type=int, default=64, show_default=True, help="Queued requests before 503.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Runner calls in flight at once.")
-@click.option("--max-request-mb", type=float, default=64, show_default=True, help="Largest request body.")
+@click.option("--max-delay-ms", type=float, default=DEFAULT_MAX_DELAY_MS, show_default=True,
+              help="How long a batch waits to fill.")
+@click.option("--queue", "queue_size", type=int, default=DEFAULT_QUEUE, show_default=True,
+              help="Queued requests before 503.")
+@click.option("--workers", type=int, default=DEFAULT_WORKERS, show_default=True, help="Runner calls in flight at once.")
+@click.option("--max-request-mb", type=float, default=DEFAULT_REQUEST_MB, show_default=True, help="Largest request body.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @_runtime_options
 def serve_command(artifact: str, model_name: str | None, host: str, port: int, max_batch: int | None,

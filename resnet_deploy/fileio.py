@@ -2,7 +2,9 @@
 
 A file is written under a temporary name in its own folder, flushed to disk and
 renamed over the target, so a reader never sees a half-written file and an
-interrupted write leaves the previous version (or nothing) in place.
+interrupted write leaves the previous version (or nothing) in place. Several
+files that belong together (an export) are staged and committed one by one,
+their manifest last (:class:`Staging`).
 """
 
 from __future__ import annotations
@@ -18,26 +20,73 @@ from typing import IO
 TEMP_PREFIX = ".tmp-"
 
 
+class Staging:
+    """Files written under temporary names in one folder and put in place by :meth:`commit`: flushed
+    to disk, made readable (mkstemp makes 0600; an artifact is meant to be shared) and renamed over
+    their final names. As a context manager, whatever was staged and not committed is removed on exit,
+    so a failed step leaves nothing behind. The one write path of the package: :func:`atomic_path`,
+    the export pipeline, manifests, downloads."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self._pending: list[Path] = []
+
+    def file(self, suffix: str = "") -> Path:
+        """A new empty temporary file in the folder, removed on exit unless committed."""
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=self.folder)
+        os.close(fd)
+        self._pending.append(Path(name))
+        return self._pending[-1]
+
+    def commit(self, staged: Path, target: str | os.PathLike[str]) -> Path:
+        """Put ``staged`` in place as ``target`` (same folder), durably."""
+        with open(staged, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(staged, 0o644)
+        os.replace(staged, target)
+        self._pending.remove(staged)
+        _fsync_folder(self.folder)
+        return Path(target)
+
+    def discard(self) -> None:
+        """Remove every staged file not committed."""
+        for path in self._pending:
+            path.unlink(missing_ok=True)
+        self._pending.clear()
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; where a folder cannot be opened, the rename stands)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success rename it over ``target``.
+    """Yield a temporary path beside ``target``; on success it replaces ``target`` (see :class:`Staging`).
 
     For writers that insist on a file name (torch.save, onnx.save, TensorRT).
     On any exception the temporary file is removed and ``target`` is untouched.
     """
     target = Path(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with Staging(target.parent) as staging:
+        tmp = staging.file(target.suffix)
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        staging.commit(tmp, target)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,9 @@ from .backends.base import Runner
 from .data import ImagePreprocess, batched, imagenet_classes, list_images, load_images
 from .errors import DeployError
 
+DEFAULT_TOPK = 5
+
+
 def class_names(num_classes: int, labels_file: str | os.PathLike[str] | None = None) -> list[str] | None:
     """Names for the classifier's outputs: one per line of ``labels_file``, else ImageNet's for a
     1000-class head, else None (classes are shown by index)."""
@@ -55,7 +58,7 @@ def predict(
     images: Sequence[str | os.PathLike[str]],
     preprocess: ImagePreprocess,
     *,
-    topk: int = 5,
+    topk: int = DEFAULT_TOPK,
     names: list[str] | None = None,
 ) -> list[Prediction]:
     """Top-``topk`` classes of each image. Images are decoded in parallel and run in batches the

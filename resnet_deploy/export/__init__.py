@@ -7,8 +7,8 @@ precision and graph helpers load where PyTorch is not installed.
 import importlib
 from typing import Any
 
-_LAZY = {"BuildOptions": ".engine", "DEFAULT_BATCH": ".pipeline", "DEFAULT_OPSET": ".pipeline",
-         "ExportResult": ".pipeline", "build": ".pipeline", "export": ".pipeline"}
+_LAZY = {"BuildOptions": ".engine", "DEFAULT_BATCH": ".options", "DEFAULT_OPSET": ".options",
+         "ExportOptions": ".options", "ExportResult": ".pipeline", "build": ".pipeline", "export": ".pipeline"}
 
 __all__ = sorted(_LAZY)
 

@@ -67,18 +67,6 @@ def profile_shapes(manifest: Manifest) -> dict[str, tuple[tuple[int, ...], tuple
     }
 
 
-def engine_source(precisions: set[str], int8_target: str | None) -> str:
-    """Which artifact an engine is built from: the most reduced precision TensorRT can take.
-
-    INT8 only for the ``trt`` target (TensorRT's explicit quantization needs
-    symmetric signed activations; the ``cpu`` target's are unsigned), then
-    FP16, then FP32. Returns the precision key.
-    """
-    if "int8" in precisions and int8_target == "trt":
-        return "int8"
-    return "fp16" if "fp16" in precisions else "fp32"
-
-
 @dataclass(frozen=True)
 class BuildOptions:
     workspace_gib: float = DEFAULT_WORKSPACE_GIB

@@ -79,11 +79,17 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     model.graph.initializer.extend(keep)
 
 
-def check(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx.checker's full check (with strict shape inference); returns the shape-inferred model."""
+def check_file(path: str | os.PathLike[str], *, keep_inferred: bool = True) -> None:
+    """onnx.checker's full check (with strict shape inference) of the ONNX file at ``path``; with
+    ``keep_inferred`` the file is rewritten with the inferred shapes.
+
+    By path, onnx's C++ side reads the file itself: no protobuf round trip through Python, which
+    took 5 s of a resnext101's 27 s export (1.8 s this way).
+    """
     try:
-        onnx.checker.check_model(model, full_check=True)
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.checker.check_model(str(path), full_check=True)
+        if keep_inferred:
+            onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"the ONNX model is invalid: {first_line(exc)}") from exc
 

@@ -7,10 +7,11 @@ manifest last, by :func:`resnet_deploy.artifacts.commit_artifacts`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,8 @@ from ..backends.pytorch import TorchRunner, reference_model
 from ..backends.tensorrt import TensorRTRunner
 from ..data import ImagePreprocess, calibration_data, random_images
 from ..environment import tool_versions
-from ..errors import DeployError, ExportError, ParityError, within
-from ..fileio import TEMP_PREFIX, sha256_file
+from ..errors import ArgumentError, DeployError, ExportError, ParityError, within
+from ..fileio import Staging, sha256_file
 from ..models import create_model, get_spec
 from ..models import pretrained
 from ..models.registry import declare_preprocess
@@ -46,13 +47,13 @@ from ..parity.inputs import InputSet, default_sets, describe_sets
 from ..parity.int8 import int8_checks
 from ..parity.layerwise import torch_points
 from ..parity.tolerances import tolerance_for
+from ..precisions import ENGINE, ENGINE_SUFFIX, PRECISIONS, engine_source
 from ..progress import StepLog
 from . import engine as trt_engine
 from . import graph, mixed, precision
+from .options import ExportOptions
 from .torch2onnx import export_onnx, output_names
 
-DEFAULT_OPSET = 18
-DEFAULT_BATCH = "1:8:32"
 # simplified vs unsimplified graph, both on ONNX Runtime: only reordering may differ
 SIMPLIFY_TOLERANCE = 1e-5
 MAX_SIDE = 4096  # input pixels per side
@@ -110,17 +111,11 @@ def _prepare_folder(out: str | os.PathLike[str]) -> Path:
     folder = Path(out)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=TEMP_PREFIX, delete=True)
-        probe.close()
+        with Staging(folder) as probe:  # a file made and removed: the folder takes writes
+            probe.file()
     except OSError as exc:
         raise ExportError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
     return folder
-
-
-def _staged_file(folder: Path, suffix: str) -> Path:
-    fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
-    os.close(fd)
-    return Path(name)
 
 
 def _tensor_specs(values: Any) -> list[TensorSpec]:
@@ -199,38 +194,289 @@ def _parity_gate(
     return rows, notes
 
 
-def export(
-    arch: str,
-    *,
-    weights: str | os.PathLike[str] | None = None,
-    num_classes: int | None = None,
-    input_size: int | str | tuple[int, int] | None = None,
-    batch: str | BatchProfile = DEFAULT_BATCH,
-    dynamic_hw: bool = False,
-    opset: int = DEFAULT_OPSET,
-    exporter: str = "dynamo",
-    simplify: bool = True,
-    out: str | os.PathLike[str] = "artifacts",
-    name: str | None = None,
-    seed: int = 0,
-    features_only: bool = False,
-    last_stride: int = 2,
-    fp16: bool = False,
-    int8: bool = False,
-    calib_data: str | os.PathLike[str] | None = None,
-    calib_size: int = 512,
-    calib_method: str = "minmax",
-    int8_target: str = "trt",
-    reduce_range: bool | None = None,
-    max_drop: float | None = None,
-    eval_data: str | os.PathLike[str] | None = None,
-    preprocess: dict[str, Any] | None = None,
-    engine: bool | None = None,
-    build_options: trt_engine.BuildOptions | None = None,
-    quiet: bool = False,
-) -> ExportResult:
+@dataclass
+class Job:
+    """One export in progress: its checked request, then what each step adds for the later ones."""
+
+    arch: str
+    options: ExportOptions
+    stem: str
+    profile: BatchProfile
+    shape: tuple[int, int, int]  # C, H, W of the example and check images
+    preprocess_record: dict[str, Any]
+    image_preprocess: ImagePreprocess
+    precisions: list[str]  # the ONNX artifacts to make, in the registry's order
+    calibration: Any = None  # data.CalibrationData with int8
+    published: Any = None  # models.pretrained.PublishedWeights for a tag
+    weights_sha256: str | None = None
+    trt: Any = None  # detect.Availability of TensorRT here
+    folder: Path = Path()
+    staging: Staging | None = None
+    resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    model: Any = None
+    outputs: list[str] = field(default_factory=list)
+    final: onnx.ModelProto | None = None  # the checked fp32 graph
+    artifacts: dict[str, Path] = field(default_factory=dict)  # artifact kind -> staged file
+    precision_options: dict[str, Any] = field(default_factory=dict)
+    holdout: np.ndarray | None = None
+    prepared: Path | None = None  # the fp32 graph prepared for quantization
+    quantize: Any = None  # (out path, units kept in float) -> ranges read from cache?
+    reference: Memoized | None = None
+    gate_inputs: GateInputs | None = None
+    parity: list[dict[str, Any]] = field(default_factory=list)
+    manifest: Manifest | None = None
+    manifest_file: Path | None = None
+
+    @property
+    def build_engine(self) -> bool:
+        return bool(self.trt.available) and self.options.engine is not False
+
+    @property
+    def random_init(self) -> bool:
+        return self.options.weights is None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the export: its title on the progress line, its work, and when it runs."""
+
+    title: Callable[[Job], str]
+    run: Callable[[Job, StepLog], None]
+    runs_for: Callable[[Job], bool] = lambda job: True
+
+
+def _plan(arch: str, o: ExportOptions) -> Job:
+    """Every check that needs no work: bad input fails here, before a file is written."""
+    profile = o.batch if isinstance(o.batch, BatchProfile) else BatchProfile.parse(o.batch)
+    stem = check_stem(o.name or arch)
+    spec = get_spec(arch)
+    height, width = parse_input_size(o.input_size, spec.preprocess.input_size)
+    within("--opset", o.opset, 13, onnx.defs.onnx_opset_version(),
+           f"13 for per-channel quantization; onnx {onnx.__version__} knows up to {onnx.defs.onnx_opset_version()}")
+    within("--seed", o.seed, 0, 2**32 - 1)
+    within("--calib-size", o.calib_size, 1, MAX_CALIBRATION_IMAGES)
+    declared = {k: v for k, v in (o.preprocess or {}).items() if v is not None}
+    published = (pretrained.resolve(arch, str(o.weights))
+                 if o.weights is not None and pretrained.is_tag(o.weights) else None)
+    if published is not None:  # the weights' own preprocessing, under the user's
+        scale = published.preprocess["resize"] / 224  # published for a 224 crop
+        declared = {**published.preprocess, "resize": int(round(min(height, width) * scale)), **declared}
+    record = declare_preprocess(spec.preprocess, height, width, **declared)
+    job = Job(arch, o, stem, profile, (3, height, width), record, ImagePreprocess.from_manifest(record),
+              [name for name in PRECISIONS if name == "fp32" or getattr(o, name, False)], published=published)
+    if o.int8:  # checked before the slow steps: a missing data set should fail at once
+        job.calibration = calibration_data(o.calib_data, preprocess=job.image_preprocess, shape=job.shape,
+                                           size=o.calib_size, seed=o.seed)
+        o.reduce_range = precision.resolve_reduce_range(o.int8_target, o.reduce_range)
+    elif o.reduce_range is not None or o.max_drop is not None:
+        raise ExportError("--reduce-range, --no-reduce-range and --max-drop go with --int8")
+    if o.max_drop is not None and not 0 <= o.max_drop <= 100:
+        raise ExportError(f"--max-drop {o.max_drop} is not a number of top-1 points between 0 and 100")
+    if o.max_drop is not None and (o.features_only or o.num_classes == 0):
+        raise ExportError("--max-drop measures top-1: it needs the classifier (not --features-only or --num-classes 0)")
+    if o.eval_data is not None and (o.max_drop is None or not Path(o.eval_data).is_dir()):
+        raise ExportError("--eval-data takes a folder of class folders, and goes with --max-drop")
+    job.trt = detect.tensorrt()
+    if o.engine and not job.trt.available:
+        raise DeployError(f"--engine: cannot build a TensorRT engine here: {job.trt.reason}")
+    return job
+
+
+def _build_model(job: Job, log: StepLog) -> None:
+    o = job.options
+    with torch.random.fork_rng():
+        torch.manual_seed(o.seed)
+        job.model = create_model(job.arch, num_classes=o.num_classes, weights=o.weights,
+                                 features_only=o.features_only, last_stride=o.last_stride)
+    classes = 0 if o.features_only else job.model.num_classes
+    job.outputs = output_names(num_classes=classes, features_only=o.features_only)
+
+
+def _to_onnx(job: Job, log: StepLog) -> None:
+    o = job.options
+    job.artifacts["raw"] = job.staging.file(".raw.onnx")
+    export_onnx(job.model, job.artifacts["raw"], input_hw=job.shape[1:], in_chans=job.shape[0], outputs=job.outputs,
+                opset=o.opset, exporter=o.exporter, dynamic_hw=o.dynamic_hw)
+
+
+def _simplify_and_check(job: Job, log: StepLog) -> None:
+    """onnxsim, BatchNorm folding and onnx's full check; the result must compute what the export did."""
+    raw_path = job.artifacts.pop("raw")
+    final_path = job.artifacts["fp32"] = job.staging.file(".onnx")
+    raw = onnx.load(str(raw_path))
+    final = graph.simplify(raw) if job.options.simplify else raw
+    folded = graph.fold_batchnorm(final)
+    onnx.save(final, str(final_path))
+    graph.check_file(final_path)
+    job.final = onnx.load(str(final_path))
+    probe = random_images(2, job.shape, job.image_preprocess.mean, job.image_preprocess.std, seed=job.options.seed)
+    before = OnnxRuntimeRunner(raw_path)(probe)
+    after = OnnxRuntimeRunner(final_path)(probe)
+    for out_name in job.outputs:
+        figures = compare_arrays(before[out_name], after[out_name])
+        if not figures.finite or figures.rel_to_scale > SIMPLIFY_TOLERANCE:
+            raise ExportError(
+                f"the simplified graph differs from the exported one on {out_name!r} "
+                f"(max |error| {figures.rel_to_scale:.2e} of output scale); retry with --no-simplify"
+            )
+    raw_path.unlink()
+    log.note(f"{len(job.final.graph.node)} nodes, BatchNorm folded here: {folded}, "
+             f"left: {graph.op_histogram(job.final).get('BatchNormalization', 0)}")
+
+
+def _fp16(job: Job, log: StepLog) -> None:
+    path = job.artifacts["fp16"] = job.staging.file(PRECISIONS["fp16"].suffix)
+    onnx.save(precision.to_fp16(job.final), str(path))
+    graph.check_file(path)
+    job.precision_options["fp16"] = {"keep_fp32_ops": list(precision.FP16_KEEP_FP32_OPS)}
+
+
+def _int8_title(job: Job) -> str:
+    o, calibration = job.options, job.calibration
+    held = f", {calibration.holdout_images} held out" if calibration.holdout_images else ""
+    return (f"INT8 QDQ for {o.int8_target}{' with 7-bit weights' if o.reduce_range else ''}, "
+            f"{o.calib_method} calibration on {calibration.images} images{held}")
+
+
+def _int8(job: Job, log: StepLog) -> None:
+    o, calibration = job.options, job.calibration
+    path = job.artifacts["int8"] = job.staging.file(PRECISIONS["int8"].suffix)
+    fp32 = job.artifacts["fp32"]
+    cache = job.folder / precision.calibration_cache_name(job.stem, sha256_file(fp32), calibration, o.calib_method)
+    job.prepared = job.resources.enter_context(precision.prepared_for_quantization(fp32))
+
+    def quantize(out: Path, keep_float: list[str]) -> bool:
+        return precision.to_int8(
+            job.prepared, out, calibration, target=o.int8_target, method=o.calib_method, cache_path=cache,
+            reduce_range=o.reduce_range, keep_float=keep_float,
+            on_progress=lambda done, total: log.progress(done, total, "images"),
+        )
+
+    job.quantize = quantize
+    # images the ranges never see: decoded once, for the mixed-precision measure and the gates
+    job.holdout = calibration.holdout() if calibration.holdout else None
+    from_cache = quantize(path, [])
+    log.note(f"activation ranges {'read from' if from_cache else 'cached in'} {cache.name}")
+    job.precision_options["int8"] = {
+        **precision.int8_record(o.int8_target, o.calib_method, o.reduce_range),
+        "calibration": calibration.describe(), "range_cache": cache.name if cache.exists() else None,
+    }
+
+
+def _mixed(job: Job, log: StepLog) -> None:
+    o = job.options
+    measure = mixed.DropMeasure.make(job.artifacts["fp32"], o.eval_data, job.holdout, job.image_preprocess)
+    chosen = mixed.quantize_within(
+        job.prepared, job.artifacts["int8"], block_names=[name for name, _ in torch_points(job.model)][1:],
+        max_drop=o.max_drop, measure=measure, quantize=job.quantize, on_progress=log.status,
+    )
+    log.note(mixed.describe(chosen))
+    job.precision_options["int8"]["mixed"] = chosen.to_dict()
+
+
+def _gate_inputs(job: Job) -> GateInputs:
+    """The gates' inputs, and the PyTorch reference they are compared with: made at the first gate
+    (after the conversions, so with the calibration hold-out where there is one)."""
+    if job.gate_inputs is None:
+        job.reference = Memoized(TorchRunner(job.model, job.outputs))
+        job.gate_inputs = GateInputs.make(job.profile, job.shape, job.image_preprocess, job.options.seed, job.holdout)
+    return job.gate_inputs
+
+
+def _gate_step(name: str) -> Step:
+    """The parity gate of the ``name`` precision's ONNX: ONNX Runtime against PyTorch."""
+    def run(job: Job, log: StepLog) -> None:
+        rows, notes = _parity_gate(job.reference, name, job.artifacts[name], _gate_inputs(job),
+                                   random_init=job.random_init, int8_options=job.precision_options.get("int8"))
+        job.parity += rows
+        for note in notes:
+            log.note(note)
+
+    return Step(lambda job: f"parity gate {name}: ONNX Runtime vs PyTorch on {_gate_inputs(job).describe(name)}", run,
+                lambda job: name in job.precisions)
+
+
+def _manifest(job: Job) -> Manifest:
+    o = job.options
+    return Manifest(
+        stem=job.stem,
+        arch=job.arch,
+        num_classes=0 if o.features_only else job.model.num_classes,
+        model_options={"features_only": o.features_only, "last_stride": o.last_stride},
+        weights=(
+            {"file": str(Path(o.weights).resolve()), "sha256": job.weights_sha256 or sha256_file(o.weights),
+             **({"published": job.published.tag, "url": job.published.url} if job.published else {})}
+            if o.weights is not None
+            else {"init": "random", "seed": o.seed}
+        ),
+        input=_tensor_specs(job.final.graph.input)[0],
+        preprocess=job.preprocess_record,
+        outputs=_tensor_specs(job.final.graph.output),
+        batch=job.profile,
+        dynamic_hw=o.dynamic_hw,
+        opset=o.opset,
+        exporter=o.exporter,
+        simplified=o.simplify,
+        parity=job.parity,
+        precision_options=job.precision_options,
+        tools=tool_versions(),
+    )
+
+
+def _engine_source(job: Job) -> str:
+    return engine_source(job.precision_options, set(job.precisions))
+
+
+def _engine(job: Job, log: StepLog) -> None:
+    job.manifest = _manifest(job)
+    source = _engine_source(job)
+    path = job.staging.file(ENGINE_SUFFIX)
+    job.manifest.precision_options[ENGINE] = trt_engine.build_engine(
+        job.artifacts[source], path, trt_engine.profile_shapes(job.manifest),
+        job.options.build_options or trt_engine.BuildOptions(), built_from=artifact_filename(job.stem, source),
+    )
+    job.artifacts[ENGINE] = path
+
+
+def _engine_gate(job: Job, log: StepLog) -> None:
+    inputs = _gate_inputs(job)
+    job.manifest.parity += _parity_gate(job.reference, ENGINE, TensorRTRunner(job.artifacts[ENGINE]), inputs,
+                                        random_init=job.random_init, precision=_engine_source(job))[0]
+
+
+def _commit(job: Job, log: StepLog) -> None:
+    if job.options.engine is None and not job.build_engine:
+        log.note(f"TensorRT engine not built: {job.trt.reason}")
+    job.manifest = job.manifest or _manifest(job)
+    golden = job.staging.file(GOLDEN_SUFFIX)
+    write_golden(golden, _gate_inputs(job).sets("fp32"), job.reference)
+    job.manifest_file = commit_artifacts(job.staging, job.artifacts, job.manifest, golden=golden)
+
+
+# The export, in order. A step is named, timed and counted by the one loop in export(); a new precision
+# is a registry row (resnet_deploy.precisions) with its conversion step here; its gate follows by itself.
+STEPS: list[Step] = [
+    Step(lambda job: f"build {job.arch}", _build_model),
+    Step(lambda job: f"export to ONNX ({job.options.exporter}, opset {job.options.opset})", _to_onnx),
+    Step(lambda job: "simplify and check" if job.options.simplify else "check", _simplify_and_check),
+    Step(lambda job: "convert to FP16 (float32 I/O; InstanceNorm and Softmax kept in float32)", _fp16,
+         lambda job: "fp16" in job.precisions),
+    Step(_int8_title, _int8, lambda job: "int8" in job.precisions),
+    Step(lambda job: f"mixed precision: INT8 within {job.options.max_drop} top-1 points", _mixed,
+         lambda job: job.options.max_drop is not None),
+    *[_gate_step(name) for name in PRECISIONS],
+    Step(lambda job: f"build TensorRT engine from the {_engine_source(job)} ONNX", _engine,
+         lambda job: job.build_engine),
+    Step(lambda job: f"parity gate engine: TensorRT vs PyTorch on {_gate_inputs(job).describe(_engine_source(job))}",
+         _engine_gate, lambda job: job.build_engine),
+    Step(lambda job: "write golden outputs and manifest", _commit),
+]
+
+
+def export(arch: str, **options: Any) -> ExportResult:
     """Export ``arch`` to ``out/STEM.onnx`` (``STEM.fp16.onnx`` with ``fp16``, ``STEM.int8.onnx``
-    with ``int8``) and its manifest ``out/STEM.json``.
+    with ``int8``) and its manifest ``out/STEM.json``; ``options`` are the fields of
+    :class:`ExportOptions`.
 
     INT8 calibrates on ``calib_data`` (a folder of images, a preprocessed .npy
     batch, or ``"random"`` on purpose) with ``calib_method``; ``int8_target``
@@ -257,198 +503,29 @@ def export(
     failure case no new file is left in ``out``.
     """
     start = time.perf_counter()
-    profile = batch if isinstance(batch, BatchProfile) else BatchProfile.parse(batch)
-    stem = check_stem(name or arch)
-    spec = get_spec(arch)
-    height, width = parse_input_size(input_size, spec.preprocess.input_size)
-    within("--opset", opset, 13, onnx.defs.onnx_opset_version(),
-           f"13 for per-channel quantization; onnx {onnx.__version__} knows up to {onnx.defs.onnx_opset_version()}")
-    within("--seed", seed, 0, 2**32 - 1)
-    within("--calib-size", calib_size, 1, MAX_CALIBRATION_IMAGES)
-    declared = {k: v for k, v in (preprocess or {}).items() if v is not None}
-    published = pretrained.resolve(arch, str(weights)) if weights is not None and pretrained.is_tag(weights) else None
-    if published is not None:  # the weights' own preprocessing, under the user's
-        scale = published.preprocess["resize"] / 224  # published for a 224 crop
-        declared = {**published.preprocess, "resize": int(round(min(height, width) * scale)), **declared}
-    record = declare_preprocess(spec.preprocess, height, width, **declared)
-    image_preprocess = ImagePreprocess.from_manifest(record)
-    calibration = None
-    if int8:  # checked before the slow steps: a missing data set should fail at once
-        calibration = calibration_data(
-            calib_data, preprocess=image_preprocess, shape=(3, height, width), size=calib_size, seed=seed,
-        )
-        reduce_range = precision.resolve_reduce_range(int8_target, reduce_range)
-    elif reduce_range is not None or max_drop is not None:
-        raise ExportError("--reduce-range, --no-reduce-range and --max-drop go with --int8")
-    if max_drop is not None and not 0 <= max_drop <= 100:
-        raise ExportError(f"--max-drop {max_drop} is not a number of top-1 points between 0 and 100")
-    if max_drop is not None and (features_only or num_classes == 0):
-        raise ExportError("--max-drop measures top-1: it needs the classifier (not --features-only or --num-classes 0)")
-    if eval_data is not None and (max_drop is None or not Path(eval_data).is_dir()):
-        raise ExportError("--eval-data takes a folder of class folders, and goes with --max-drop")
-    trt = detect.tensorrt()
-    if engine and not trt.available:
-        raise DeployError(f"--engine: cannot build a TensorRT engine here: {trt.reason}")
-    build_engine_here = trt.available and engine is not False
-    log = StepLog(5 + 2 * fp16 + 2 * int8 + (max_drop is not None) + 2 * build_engine_here, quiet=quiet)
-    weights_sha256 = None
-    if weights is None:
-        log.say(f"weights: RANDOM (seeded init, seed {seed}): the artifacts compute nothing useful; pass --weights "
+    unknown = sorted(set(options) - set(ExportOptions.__dataclass_fields__))
+    if unknown:
+        raise ArgumentError(f"unknown export option(s) {unknown}")
+    job = _plan(arch, ExportOptions(**options))
+    steps = [step for step in STEPS if step.runs_for(job)]
+    log = StepLog(len(steps), quiet=job.options.quiet)
+    o = job.options
+    if o.weights is None:
+        log.say(f"weights: RANDOM (seeded init, seed {o.seed}): the artifacts compute nothing useful; pass --weights "
                 "FILE or a published tag (`resnet-deploy list --weights`) to export trained weights")
-    elif published is not None:  # before the output folder exists: a failed download leaves nothing
-        log.say(f"weights: {published.tag} ({published.url})")
-        weights, weights_sha256 = pretrained.fetch(published, progress=None if quiet else pretrained.stderr_progress)
-    folder = _prepare_folder(out)
-    staged: list[Path] = []
-    artifacts: dict[str, Path] = {}
-    precision_options: dict[str, Any] = {}
-    try:
-        with log.step(f"build {arch}"):
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                model = create_model(
-                    arch, num_classes=num_classes, weights=weights, features_only=features_only, last_stride=last_stride
-                )
-        classes = 0 if features_only else model.num_classes
-        outputs = output_names(num_classes=classes, features_only=features_only)
-
-        raw_path = _staged_file(folder, ".raw.onnx")
-        staged.append(raw_path)
-        with log.step(f"export to ONNX ({exporter}, opset {opset})"):
-            export_onnx(
-                model, raw_path, input_hw=(height, width), in_chans=3, outputs=outputs,
-                opset=opset, exporter=exporter, dynamic_hw=dynamic_hw,
-            )
-
-        final_path = _staged_file(folder, ".onnx")
-        staged.append(final_path)
-        artifacts["fp32"] = final_path
-        with log.step("simplify and check" if simplify else "check"):
-            raw = onnx.load(str(raw_path))
-            final = graph.simplify(raw) if simplify else raw
-            folded = graph.fold_batchnorm(final)
-            final = graph.check(final)
-            onnx.save(final, str(final_path))
-            probe = random_images(2, (3, height, width), image_preprocess.mean, image_preprocess.std, seed=seed)
-            before = OnnxRuntimeRunner(raw_path)(probe)
-            after = OnnxRuntimeRunner(final_path)(probe)
-            for out_name in outputs:
-                figures = compare_arrays(before[out_name], after[out_name])
-                if not figures.finite or figures.rel_to_scale > SIMPLIFY_TOLERANCE:
-                    raise ExportError(
-                        f"the simplified graph differs from the exported one on {out_name!r} "
-                        f"(max |error| {figures.rel_to_scale:.2e} of output scale); retry with --no-simplify"
-                    )
-            raw_path.unlink()
-            staged.remove(raw_path)
-            log.note(f"{len(final.graph.node)} nodes, BatchNorm folded here: {folded}, "
-                     f"left: {graph.op_histogram(final).get('BatchNormalization', 0)}")
-
-        if fp16:
-            fp16_path = _staged_file(folder, ".fp16.onnx")
-            staged.append(fp16_path)
-            artifacts["fp16"] = fp16_path
-            with log.step("convert to FP16 (float32 I/O; InstanceNorm and Softmax kept in float32)"):
-                onnx.save(precision.to_fp16(final), str(fp16_path))
-            precision_options["fp16"] = {"keep_fp32_ops": list(precision.FP16_KEEP_FP32_OPS)}
-
-        # images the ranges never see: decoded once, for the mixed-precision measure and the gate
-        holdout = calibration.holdout() if calibration is not None and calibration.holdout else None
-        if calibration is not None:
-            int8_path = _staged_file(folder, ".int8.onnx")
-            staged.append(int8_path)
-            artifacts["int8"] = int8_path
-            cache = folder / precision.calibration_cache_name(stem, sha256_file(final_path), calibration, calib_method)
-            held = f", {calibration.holdout_images} held out" if calibration.holdout_images else ""
-            with precision.prepared_for_quantization(final_path) as prepared:
-                def quantize(out: Path, keep_float: list[str]) -> bool:
-                    return precision.to_int8(
-                        prepared, out, calibration, target=int8_target, method=calib_method, cache_path=cache,
-                        reduce_range=reduce_range, keep_float=keep_float,
-                        on_progress=lambda done, total: log.progress(done, total, "images"),
-                    )
-
-                with log.step(f"INT8 QDQ for {int8_target}{' with 7-bit weights' if reduce_range else ''}, "
-                              f"{calib_method} calibration on {calibration.images} images{held}"):
-                    from_cache = quantize(int8_path, [])
-                    log.note(f"activation ranges {'read from' if from_cache else 'cached in'} {cache.name}")
-                precision_options["int8"] = {
-                    **precision.int8_record(int8_target, calib_method, reduce_range),
-                    "calibration": calibration.describe(), "range_cache": cache.name if cache.exists() else None,
-                }
-                if max_drop is not None:
-                    with log.step(f"mixed precision: INT8 within {max_drop} top-1 points"):
-                        measure = mixed.DropMeasure.make(final_path, eval_data, holdout, image_preprocess)
-                        chosen = mixed.quantize_within(
-                            prepared, int8_path, block_names=[name for name, _ in torch_points(model)][1:],
-                            max_drop=max_drop, measure=measure, quantize=quantize, on_progress=log.status,
-                        )
-                        log.note(mixed.describe(chosen))
-                    precision_options["int8"]["mixed"] = chosen.to_dict()
-
-        parity = []
-        reference = Memoized(TorchRunner(model, outputs))
-        gate_inputs = GateInputs.make(profile, (3, height, width), image_preprocess, seed, holdout)
-        for kind, path in artifacts.items():
-            with log.step(f"parity gate {kind}: ONNX Runtime vs PyTorch on {gate_inputs.describe(kind)}"):
-                rows, notes = _parity_gate(reference, kind, path, gate_inputs, random_init=weights is None,
-                                           int8_options=precision_options.get("int8"))
-                parity += rows
-                for note in notes:
-                    log.note(note)
-
-        manifest = Manifest(
-            stem=stem,
-            arch=arch,
-            num_classes=classes,
-            model_options={"features_only": features_only, "last_stride": last_stride},
-            weights=(
-                {"file": str(Path(weights).resolve()), "sha256": weights_sha256 or sha256_file(weights),
-                 **({"published": published.tag, "url": published.url} if published else {})}
-                if weights is not None
-                else {"init": "random", "seed": seed}
-            ),
-            input=_tensor_specs(final.graph.input)[0],
-            preprocess=record,
-            outputs=_tensor_specs(final.graph.output),
-            batch=profile,
-            dynamic_hw=dynamic_hw,
-            opset=opset,
-            exporter=exporter,
-            simplified=simplify,
-            parity=parity,
-            precision_options=precision_options,
-            tools=tool_versions(),
-        )
-        if build_engine_here:
-            source = trt_engine.engine_source(set(artifacts), int8_target if int8 else None)
-            engine_path = _staged_file(folder, ".engine")
-            staged.append(engine_path)
-            with log.step(f"build TensorRT engine from the {source} ONNX"):
-                manifest.precision_options["engine"] = trt_engine.build_engine(
-                    artifacts[source], engine_path, trt_engine.profile_shapes(manifest),
-                    build_options or trt_engine.BuildOptions(), built_from=artifact_filename(stem, source),
-                )
-            artifacts["engine"] = engine_path
-            with log.step(f"parity gate engine: TensorRT vs PyTorch on {gate_inputs.describe(source)}"):
-                manifest.parity += _parity_gate(reference, "engine", TensorRTRunner(engine_path), gate_inputs,
-                                                random_init=weights is None, precision=source)[0]
-        elif engine is None:
-            log.note(f"TensorRT engine not built: {trt.reason}")
-
-        with log.step("write golden outputs and manifest"):
-            golden = _staged_file(folder, GOLDEN_SUFFIX)
-            staged.append(golden)
-            write_golden(golden, gate_inputs.sets("fp32"), reference)
-            manifest_file = commit_artifacts(folder, artifacts, manifest, golden=golden)
-            staged.clear()
-    finally:
-        for path in staged:
-            path.unlink(missing_ok=True)
+    elif job.published is not None:  # before the output folder exists: a failed download leaves nothing
+        log.say(f"weights: {job.published.tag} ({job.published.url})")
+        o.weights, job.weights_sha256 = pretrained.fetch(
+            job.published, progress=None if o.quiet else pretrained.stderr_progress)
+    job.folder = _prepare_folder(o.out)
+    with Staging(job.folder) as job.staging, job.resources:
+        for step in steps:
+            with log.step(step.title(job)):
+                step.run(job, log)
     return ExportResult(
-        onnx_path=folder / manifest.artifact("fp32").file,
-        manifest_path=manifest_file,
-        manifest=manifest,
+        onnx_path=job.folder / job.manifest.artifact("fp32").file,
+        manifest_path=job.manifest_file,
+        manifest=job.manifest,
         timings=log.timings,
         seconds=time.perf_counter() - start,
     )
@@ -475,8 +552,8 @@ def build(
         raise DeployError(f"{onnx_path.name} was quantized for the cpu target (unsigned activations), which "
                           "TensorRT's explicit quantization does not take: re-export with --int8-target trt")
     folder, log = onnx_path.parent, StepLog(3, quiet=quiet)
-    engine_path = _staged_file(folder, ".engine")
-    try:
+    with Staging(folder) as staging:
+        engine_path = staging.file(".engine")
         with log.step(f"build TensorRT engine from {onnx_path.name}"):
             manifest.precision_options["engine"] = trt_engine.build_engine(
                 onnx_path, engine_path, trt_engine.profile_shapes(manifest), options or trt_engine.BuildOptions(),
@@ -491,7 +568,5 @@ def build(
                 random_init="file" not in manifest.weights, precision=source,
             )[0]
         with log.step("write manifest"):
-            commit_artifacts(folder, {"engine": engine_path}, manifest, keep_others=True)
-    finally:
-        engine_path.unlink(missing_ok=True)
+            commit_artifacts(staging, {"engine": engine_path}, manifest, keep_others=True)
     return folder / artifact_filename(manifest.stem, "engine")

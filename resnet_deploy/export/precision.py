@@ -34,7 +34,8 @@ FP16_KEEP_FP32_OPS = ("InstanceNormalization", "Softmax")
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A float16 copy of ``model`` with float32 I/O and :data:`FP16_KEEP_FP32_OPS` in float32."""
+    """A float16 copy of ``model`` with float32 I/O and :data:`FP16_KEEP_FP32_OPS` in float32 (unchecked:
+    check the file it is saved to, :func:`~.graph.check_file`)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -43,7 +44,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             model, keep_io_types=True, op_block_list=list(FP16_KEEP_FP32_OPS), disable_shape_infer=False
         )
     graph.topological_sort(converted)
-    return graph.check(converted)
+    return converted
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def to_int8(
         raise
     except Exception as exc:  # onnxruntime.quantization raises many types
         raise ExportError(f"INT8 quantization failed: {first_line(exc)}") from exc
-    graph.check(onnx.load(str(out_path)))
+    graph.check_file(out_path, keep_inferred=False)
     return cached
 
 

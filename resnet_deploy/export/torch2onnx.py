@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from ..errors import ExportError, first_line
+from ..models.resnet import STAGE_NAMES
+from .options import EXPORTERS
 
-EXPORTERS = ("dynamo", "torchscript")
 EXAMPLE_BATCH = 2
 MIN_DYNAMIC_SIDE = 32
 
@@ -27,7 +28,7 @@ MIN_DYNAMIC_SIDE = 32
 def output_names(*, num_classes: int, features_only: bool) -> list[str]:
     """``logits`` for classifiers, ``features`` for pooled backbones, one name per stage map."""
     if features_only:
-        return ["layer1", "layer2", "layer3", "layer4"]
+        return list(STAGE_NAMES)
     return ["logits"] if num_classes > 0 else ["features"]
 
 

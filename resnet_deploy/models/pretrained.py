@@ -18,7 +18,6 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from typing import Any
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import CheckpointError
-from ..fileio import sha256_file
+from ..fileio import Staging, sha256_file
 
 BASE_URLS = {
     "torchvision": "https://download.pytorch.org/models/",
@@ -176,26 +175,23 @@ def fetch(weights: PublishedWeights, *, progress: Callable[[int, int | None], No
     published = (response.headers.get("X-Linked-Etag") or "").strip('"').lower() or None
     total = int(response.headers.get("Content-Length") or 0) or None
     digest = hashlib.sha256()
-    fd, name = tempfile.mkstemp(prefix=".download-", dir=folder)
-    tmp = Path(name)
     try:
-        with response, os.fdopen(fd, "wb") as handle:
-            done = 0
-            for block in iter(lambda: response.read(CHUNK), b""):
-                handle.write(block)
-                digest.update(block)
-                done += len(block)
-                if progress is not None:
-                    progress(done, total)
-        actual = digest.hexdigest()
-        expected = prefix or (published if published and re.fullmatch(r"[0-9a-f]{64}", published) else None)
-        if expected is not None and not actual.startswith(expected):
-            raise CheckpointError(f"{weights.url} has sha256 {actual[:12]}, not the published {expected[:12]}: "
-                                  "refused (a broken download or a changed file)")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        with Staging(folder) as staging:  # a refused or broken download leaves nothing in the cache
+            tmp = staging.file(".download")
+            with response, open(tmp, "wb") as handle:
+                done = 0
+                for block in iter(lambda: response.read(CHUNK), b""):
+                    handle.write(block)
+                    digest.update(block)
+                    done += len(block)
+                    if progress is not None:
+                        progress(done, total)
+            actual = digest.hexdigest()
+            expected = prefix or (published if published and re.fullmatch(r"[0-9a-f]{64}", published) else None)
+            if expected is not None and not actual.startswith(expected):
+                raise CheckpointError(f"{weights.url} has sha256 {actual[:12]}, not the published {expected[:12]}: "
+                                      "refused (a broken download or a changed file)")
+            staging.commit(tmp, target)
     except (OSError, urllib.error.URLError) as exc:
         raise CheckpointError(f"download of {weights.url} failed: {exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return target, actual

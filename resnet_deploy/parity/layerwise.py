@@ -21,11 +21,13 @@ from torch import nn
 
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..errors import ArtifactError
+from ..models.resnet import STAGE_NAMES
+from ..precisions import PRECISIONS
 from .metrics import compare_arrays
 
 PASS_THROUGH = {"Cast", "QuantizeLinear", "DequantizeLinear", "Identity"}
 # error relative to the point's own scale above which a block is named as where outputs part
-LAYER_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "int8": 1e-1}
+LAYER_TOLERANCE = {name: p.layer_tolerance for name, p in PRECISIONS.items()}
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -79,7 +81,7 @@ def find_points(model: onnx.ModelProto) -> list[str]:
 def torch_points(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of the stem and every residual block, matching :func:`find_points`."""
     points: list[tuple[str, nn.Module]] = [("stem", model.maxpool)]
-    for stage in ("layer1", "layer2", "layer3", "layer4"):
+    for stage in STAGE_NAMES:
         for index, block in enumerate(getattr(model, stage)):
             points.append((f"{stage}.{index}", block))
     return points

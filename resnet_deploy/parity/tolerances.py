@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from ..precisions import PRECISIONS
 from .metrics import ErrorFigures
 
 
@@ -42,11 +43,7 @@ RANDOM_INIT_NOTE = (
     "a few hundredths of the logit spread), so int8's expected error flips them; cosine still is"
 )
 
-DEFAULT_TOLERANCES = {
-    "fp32": Tolerance(max_rel_to_scale=1e-4, min_top1=1.0),
-    "fp16": Tolerance(min_cosine=0.9999, min_top1=0.99),
-    "int8": Tolerance(min_cosine=0.99, min_top1=0.95),
-}
+DEFAULT_TOLERANCES = {name: Tolerance(**p.tolerance) for name, p in PRECISIONS.items()}
 
 
 # An INT8 graph's optimised CPU kernels against the same graph run as written (every Q/DQ executed):
@@ -62,6 +59,6 @@ def tolerance_for(precision: str, *, random_init: bool) -> tuple[Tolerance, str 
     their top-1 criterion holds even on random weights; int8's is not.
     """
     tolerance = DEFAULT_TOLERANCES[precision]
-    if precision == "int8" and random_init:
+    if random_init and not PRECISIONS[precision].top1_on_random_weights:
         return replace(tolerance, min_top1=None), RANDOM_INIT_NOTE
     return tolerance, None

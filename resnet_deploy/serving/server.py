@@ -25,6 +25,10 @@ import numpy as np
 from ..backends.base import Runner
 from ..errors import DeployError, first_line, within
 
+DEFAULT_MAX_DELAY_MS = 2.0
+DEFAULT_QUEUE = 64
+DEFAULT_WORKERS = 1
+DEFAULT_REQUEST_MB = 64.0
 MAX_DELAY_MS = 10_000.0  # a batch waiting longer than this is a misconfiguration, not batching
 MAX_QUEUE = 100_000  # queued requests before 503
 MAX_WORKERS = 64
@@ -242,8 +246,8 @@ def build_infer_response(request: dict[str, Any], outputs: dict[str, np.ndarray]
 
 
 def create_app(runner: Runner, *, model_name: str, platform: str = "onnxruntime_onnx", max_batch: int = 8,
-               max_delay_ms: float = 2.0, queue_size: int = 64, workers: int = 1,
-               max_request_bytes: int = 64 << 20) -> Any:
+               max_delay_ms: float = DEFAULT_MAX_DELAY_MS, queue_size: int = DEFAULT_QUEUE,
+               workers: int = DEFAULT_WORKERS, max_request_bytes: int = int(DEFAULT_REQUEST_MB * (1 << 20))) -> Any:
     """The ASGI application (Starlette) serving ``runner`` as model ``model_name``."""
     from starlette.applications import Starlette
     from starlette.requests import Request

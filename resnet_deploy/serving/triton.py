@@ -23,6 +23,7 @@ from ..fileio import atomic_open, atomic_path
 
 MODEL_FILES = {"onnx": "model.onnx", "engine": "model.plan"}  # artifact format -> Triton's default model file
 LABELS_FILE = "imagenet_labels.txt"
+KINDS = ("gpu", "cpu")  # Triton instance group kinds
 MAX_INSTANCES = 64
 MAX_QUEUE_DELAY_US = 10_000_000
 _DATATYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
@@ -35,7 +36,7 @@ class TritonOptions:
     preferred: tuple[int, ...] = ()
     queue_delay_us: int = 100
     instances: int = 1
-    kind: str = "gpu"  # gpu | cpu
+    kind: str = "gpu"  # one of KINDS
     version: int = 1
 
 
@@ -76,7 +77,7 @@ def model_config(manifest: Manifest, platform: str, name: str, options: TritonOp
 
 
 def _check(options: TritonOptions, manifest: Manifest, platform: str) -> TritonOptions:
-    if options.kind not in ("gpu", "cpu"):
+    if options.kind not in KINDS:
         raise DeployError(f"--kind must be gpu or cpu, not {options.kind!r}")
     if platform == "tensorrt_plan" and options.kind == "cpu":
         raise DeployError("a TensorRT plan runs on a GPU: use --kind gpu, or serve the ONNX on CPU")

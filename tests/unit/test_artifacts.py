@@ -19,7 +19,7 @@ from resnet_deploy.artifacts import (
     write_manifest,
 )
 from resnet_deploy.errors import ArtifactError
-from resnet_deploy.fileio import atomic_open, sha256_file
+from resnet_deploy.fileio import Staging, atomic_open, sha256_file
 
 
 @pytest.mark.parametrize("text, expected", [("1:8:32", (1, 8, 32)), ("4", (4, 4, 4)), ("2:2:64", (2, 2, 64))])
@@ -80,15 +80,31 @@ def test_atomic_open_keeps_old_content_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
 
+def _staged(staging, data: bytes):
+    path = staging.file()
+    path.write_bytes(data)
+    return path
+
+
+def test_staging_commits_durably_and_removes_what_it_did_not_commit(tmp_path):
+    with pytest.raises(RuntimeError):
+        with Staging(tmp_path) as staging:
+            kept, dropped = _staged(staging, b"kept"), _staged(staging, b"dropped")
+            assert kept.name.startswith(".tmp-") and kept.parent == tmp_path
+            final = staging.commit(kept, tmp_path / "final.bin")
+            raise RuntimeError("a later step fails")
+    assert [p.name for p in tmp_path.iterdir()] == ["final.bin"] and not dropped.exists()
+    assert final.read_bytes() == b"kept" and final.stat().st_mode & 0o777 == 0o644
+
+
 def test_commit_replaces_and_removes_stale(tmp_path):
     old_extra = tmp_path / "m.fp16.onnx"
     old_extra.write_bytes(b"old fp16")
     stale = _manifest()
     stale.artifacts = [ArtifactEntry("m.fp16.onnx", "fp16", 8, "x")]
     write_manifest(stale, tmp_path)
-    staged = tmp_path / ".tmp-new.onnx"
-    staged.write_bytes(b"new fp32 model")
-    path = commit_artifacts(tmp_path, {"fp32": staged}, _manifest())
+    with Staging(tmp_path) as staging:
+        path = commit_artifacts(staging, {"fp32": _staged(staging, b"new fp32 model")}, _manifest())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]
     manifest, precision = manifest_for(tmp_path / "m.onnx")
     assert precision == "fp32" and manifest.artifacts[0].sha256 == sha256_file(tmp_path / "m.onnx")
@@ -96,9 +112,8 @@ def test_commit_replaces_and_removes_stale(tmp_path):
 
 
 def test_manifest_for_refuses_changed_artifact(tmp_path):
-    staged = tmp_path / ".tmp-new.onnx"
-    staged.write_bytes(b"model bytes")
-    commit_artifacts(tmp_path, {"fp32": staged}, _manifest())
+    with Staging(tmp_path) as staging:
+        commit_artifacts(staging, {"fp32": _staged(staging, b"model bytes")}, _manifest())
     (tmp_path / "m.onnx").write_bytes(b"tampered")
     with pytest.raises(ArtifactError, match="changed since export"):
         manifest_for(tmp_path / "m.onnx")
@@ -108,13 +123,12 @@ def test_manifest_for_refuses_changed_artifact(tmp_path):
 
 
 def test_golden_file_committed_with_the_manifest_and_removed_with_it(tmp_path):
-    staged, golden = tmp_path / ".tmp-a.onnx", tmp_path / ".tmp-g.npz"
-    staged.write_bytes(b"model")
-    golden.write_bytes(b"golden outputs")
-    commit_artifacts(tmp_path, {"fp32": staged}, _manifest(), golden=golden)
+    with Staging(tmp_path) as staging:
+        commit_artifacts(staging, {"fp32": _staged(staging, b"model")}, _manifest(),
+                         golden=_staged(staging, b"golden outputs"))
     manifest, _ = manifest_for(tmp_path / "m.onnx")
     assert manifest.golden == {"file": "m.golden.npz", "bytes": 14, "sha256": sha256_file(tmp_path / "m.golden.npz")}
-    staged.write_bytes(b"model 2")
-    commit_artifacts(tmp_path, {"fp32": staged}, _manifest())  # a re-export without golden outputs
+    with Staging(tmp_path) as staging:  # a re-export without golden outputs
+        commit_artifacts(staging, {"fp32": _staged(staging, b"model 2")}, _manifest())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]
     assert manifest_for(tmp_path / "m.onnx")[0].golden == {}

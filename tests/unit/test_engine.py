@@ -13,11 +13,11 @@ from resnet_deploy.errors import DeployError
 from resnet_deploy.export.engine import (
     BuildOptions,
     engine_record,
-    engine_source,
     needs_strongly_typed_flag,
     network_flags,
     profile_shapes,
 )
+from resnet_deploy.precisions import engine_source
 
 
 def _fake_trt(version: str):
@@ -51,11 +51,12 @@ def test_profile_shapes_from_the_manifest():
 
 
 def test_engine_source_prefers_the_most_reduced_precision_tensorrt_takes():
-    assert engine_source({"fp32"}, None) == "fp32"
-    assert engine_source({"fp32", "fp16"}, None) == "fp16"
-    assert engine_source({"fp32", "fp16", "int8"}, "trt") == "int8"
-    assert engine_source({"fp32", "fp16", "int8"}, "cpu") == "fp16"  # unsigned activations: not for TensorRT
-    assert engine_source({"fp32", "int8"}, "cpu") == "fp32"
+    trt, cpu = {"int8": {"target": "trt"}}, {"int8": {"target": "cpu"}}
+    assert engine_source({}, {"fp32"}) == "fp32"
+    assert engine_source({}, {"fp32", "fp16"}) == "fp16"
+    assert engine_source(trt, {"fp32", "fp16", "int8"}) == "int8"
+    assert engine_source(cpu, {"fp32", "fp16", "int8"}) == "fp16"  # unsigned activations: not for TensorRT
+    assert engine_source(cpu, {"fp32", "int8"}) == "fp32"
 
 
 def test_build_options_checked():
