@@ -39,11 +39,15 @@ def onnxruntime_provider(provider: str) -> Availability:
 
 
 def tensorrt() -> Availability:
+    """TensorRT with cuda-python (its device buffers) and a CUDA GPU: no PyTorch needed."""
+    from . import cuda
+
     if importlib.util.find_spec("tensorrt") is None:
         return Availability(False, "tensorrt is not installed (pip install 'resnet-deploy[gpu]' on a machine with an NVIDIA GPU)")
-    gpu = torch_cuda()
-    if not gpu.available:
-        return Availability(False, f"tensorrt is installed but {gpu.reason}")
+    if not cuda.bindings_installed():
+        return Availability(False, f"tensorrt is installed but cuda-python is not ({cuda.INSTALL_HINT})")
+    if cuda.device_count() == 0:
+        return Availability(False, "tensorrt is installed but the CUDA runtime sees no GPU")
     return Availability(True)
 
 

@@ -1,4 +1,4 @@
-"""TensorRT: an engine deserialised once, run with torch CUDA tensors as buffers.
+"""TensorRT: an engine deserialised once, run with cuda-python device buffers (no PyTorch).
 
 Written against the TensorRT 10/11 Python API: tensors addressed by name
 (``num_io_tensors``, ``get_tensor_name``, ``set_input_shape``,
@@ -15,7 +15,7 @@ import numpy as np
 
 from ..artifacts import Manifest, TensorSpec
 from ..errors import DeployError
-from . import detect
+from . import cuda, detect
 from .base import Runner
 from .registry import LoadOptions, parse_device
 
@@ -46,31 +46,35 @@ def current_environment(device: int | None = None) -> tuple[str, str, tuple[int,
     if not available.available:
         raise DeployError(f"cannot run a TensorRT engine here: {available.reason}")
     import tensorrt as trt
-    import torch
 
-    return trt.__version__, torch.cuda.get_device_name(device), tuple(torch.cuda.get_device_capability(device))
+    index = cuda.check(cuda.runtime_api().cudaGetDevice()) if device is None else device
+    name, capability = cuda.device_properties(index)
+    return trt.__version__, name, capability
 
 
-def trt_dtype_to_torch(trt: Any, torch: Any, dtype: Any) -> Any:
-    table = {
-        trt.float32: torch.float32,
-        trt.float16: torch.float16,
-        trt.int32: torch.int32,
-        trt.int8: torch.int8,
-        trt.bool: torch.bool,
-    }
-    if dtype not in table:
-        raise DeployError(f"unsupported TensorRT I/O dtype {dtype}")
-    return table[dtype]
+class _Bound:
+    """The device buffers of one input shape, the host arrays outputs land in, and its CUDA graph."""
+
+    def __init__(self, shape: tuple[int, ...], input_dtype: np.dtype, outputs: dict[str, tuple[tuple[int, ...], np.dtype]]):
+        self.shape = shape
+        self.input = cuda.DeviceBuffer(int(np.prod(shape)) * input_dtype.itemsize)
+        self.outputs = {name: (cuda.DeviceBuffer(int(np.prod(out_shape)) * dtype.itemsize),
+                               np.empty(out_shape, dtype)) for name, (out_shape, dtype) in outputs.items()}
+        self.graph: Any = None
+
+    def free(self) -> None:
+        self.input.free()
+        for buffer, _host in self.outputs.values():
+            buffer.free()
 
 
 class TensorRTRunner(Runner):
-    """Runs a serialized engine on the current CUDA device: deserialised once, torch CUDA tensors
-    as buffers, a dedicated stream, input shape set per call within the optimization profile.
+    """Runs a serialized engine on the current CUDA device: deserialised once, device buffers from
+    cuda-python (no PyTorch), a dedicated stream, input shape set per call within the optimization
+    profile; buffers are kept per input shape.
 
     With ``cuda_graphs`` the enqueue of each batch size is captured once into a CUDA graph
-    (static input and output buffers) and replayed, which removes per-layer launch overhead
-    at small batch sizes.
+    and replayed, which removes per-layer launch overhead at small batch sizes.
     """
 
     def __init__(self, engine_path: str | os.PathLike[str], *, dla_core: int | None = None,
@@ -79,9 +83,8 @@ class TensorRTRunner(Runner):
         if not available.available:
             raise DeployError(f"cannot run {Path(engine_path).name}: {available.reason}")
         import tensorrt as trt
-        import torch
 
-        self._trt, self._torch = trt, torch
+        self._trt = trt
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         if dla_core is not None:
@@ -93,73 +96,69 @@ class TensorRTRunner(Runner):
                 "TensorRT version or GPU; rebuild it here with `resnet-deploy build`"
             )
         self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
+        self.stream = cuda.Stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         if sum(is_input.values()) != 1:
             raise DeployError(f"expected an engine with one input, found {[n for n in names if is_input[n]]}")
+        self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
 
         def spec(name: str) -> TensorSpec:
-            dtype = trt_dtype_to_torch(trt, torch, self.engine.get_tensor_dtype(name))
-            return TensorSpec(name, list(self.engine.get_tensor_shape(name)), str(dtype).removeprefix("torch."))
+            return TensorSpec(name, list(self.engine.get_tensor_shape(name)), self._dtypes[name].name)
 
         self.name = "tensorrt"
-        self.device = f"cuda:{torch.cuda.current_device()}"
+        self.device = f"cuda:{cuda.check(cuda.runtime_api().cudaGetDevice())}"
         self.inputs = [spec(n) for n in names if is_input[n]]
         self.outputs = [spec(n) for n in names if not is_input[n]]
         low, _, high = self.engine.get_tensor_profile_shape(self.input_name, 0)
         self.batch_range = (int(low[0]), int(high[0]))
         self.cuda_graphs = cuda_graphs
-        self._graphs: dict[tuple[int, ...], tuple[Any, Any, dict[str, Any]]] = {}
+        self._bound: dict[tuple[int, ...], _Bound] = {}
 
-    def _bind(self, shape: tuple[int, ...]) -> tuple[Any, dict[str, Any]]:
-        """Fresh input and output buffers for ``shape``, their addresses set on the context."""
-        torch, engine, context = self._torch, self.engine, self.context
-        dtype = trt_dtype_to_torch(self._trt, torch, engine.get_tensor_dtype(self.input_name))
-        source = torch.empty(shape, dtype=dtype, device="cuda")
+    def _bind(self, shape: tuple[int, ...]) -> _Bound:
+        """The buffers of ``shape`` (made on its first call), their addresses set on the context."""
+        context = self.context
         if not context.set_input_shape(self.input_name, shape):
             raise DeployError(f"input shape {list(shape)} is outside the engine's optimization profile")
-        context.set_tensor_address(self.input_name, source.data_ptr())
-        outputs = {}
-        for name in self.output_names:
-            out_dtype = trt_dtype_to_torch(self._trt, torch, engine.get_tensor_dtype(name))
-            outputs[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=out_dtype, device="cuda")
-            context.set_tensor_address(name, outputs[name].data_ptr())
-        return source, outputs
+        if shape not in self._bound:
+            outputs = {name: (tuple(context.get_tensor_shape(name)), self._dtypes[name]) for name in self.output_names}
+            self._bound[shape] = _Bound(shape, self._dtypes[self.input_name], outputs)
+        bound = self._bound[shape]
+        context.set_tensor_address(self.input_name, bound.input.ptr)
+        for name, (buffer, _host) in bound.outputs.items():
+            context.set_tensor_address(name, buffer.ptr)
+        return bound
 
     def _enqueue(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+        if not self.context.execute_async_v3(self.stream.ptr):
             raise DeployError("TensorRT execution failed")
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        torch = self._torch
-        host = torch.from_numpy(batch)
-        with torch.cuda.stream(self.stream):
-            if not self.cuda_graphs:
-                source, outputs = self._bind(tuple(batch.shape))
-                source.copy_(host, non_blocking=True)
-                self._enqueue()
-            else:
-                if batch.shape not in self._graphs:
-                    source, outputs = self._bind(tuple(batch.shape))
-                    self._enqueue()  # TensorRT needs one run after a shape change before capture
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, stream=self.stream):
-                        self._enqueue()
-                    self._graphs[batch.shape] = (graph, source, outputs)
-                graph, source, outputs = self._graphs[batch.shape]
-                source.copy_(host, non_blocking=True)
-                graph.replay()
-            result = {name: tensor.float().cpu() for name, tensor in outputs.items()}
+        source = np.ascontiguousarray(batch, dtype=self._dtypes[self.input_name])
+        bound = self._bind(tuple(batch.shape))
+        self.stream.to_device(bound.input, source.ctypes.data, source.nbytes)
+        if not self.cuda_graphs:
+            self._enqueue()
+        else:
+            if bound.graph is None:
+                self._enqueue()  # TensorRT needs one run after a shape change before capture
+                bound.graph = self.stream.capture(self._enqueue)
+            self.stream.launch(bound.graph)
+        for buffer, host in bound.outputs.values():
+            self.stream.to_host(host.ctypes.data, buffer, host.nbytes)
         self.stream.synchronize()
-        return {name: tensor.numpy() for name, tensor in result.items()}
+        return {name: host.astype(np.float32) for name, (_buffer, host) in bound.outputs.items()}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "tensorrt": self._trt.__version__, "cuda_graphs": self.cuda_graphs}
 
     def close(self) -> None:
-        self._graphs.clear()
-        self.context = self.engine = None
+        for bound in self._bound.values():
+            bound.free()
+        self._bound.clear()
+        if self.stream is not None:
+            self.stream.destroy()
+        self.stream = self.context = self.engine = None
 
 
 def load(path: Path, manifest: Manifest, precision: str, options: LoadOptions) -> TensorRTRunner:
@@ -168,8 +167,6 @@ def load(path: Path, manifest: Manifest, precision: str, options: LoadOptions) -
     if kind != "cuda":
         raise DeployError("a TensorRT engine runs on a CUDA GPU, not the CPU")
     environment = current_environment(index)  # first: says why when TensorRT or the GPU is missing
-    import torch
-
-    torch.cuda.set_device(index)
+    cuda.check(cuda.runtime_api().cudaSetDevice(index))
     check_engine_compatible(manifest.precision_options["engine"], *environment)
     return TensorRTRunner(path, cuda_graphs=options.cuda_graphs)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import Manifest
-from ..backends import detect
+from ..backends import cuda, detect
 from ..errors import DeployError, ExportError
 from ..fileio import atomic_path, atomic_write_bytes
 
@@ -110,7 +110,6 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple], o
         raise DeployError(f"cannot build a TensorRT engine: {available.reason}")
     options.check()
     import tensorrt as trt
-    import torch
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -143,5 +142,5 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple], o
         tmp.write_bytes(bytes(serialized))
     if options.timing_cache is not None:
         atomic_write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
-    major, minor = torch.cuda.get_device_capability()
-    return engine_record(trt.__version__, torch.cuda.get_device_name(), (major, minor), built_from, options)
+    name, capability = cuda.device_properties(cuda.check(cuda.runtime_api().cudaGetDevice()))
+    return engine_record(trt.__version__, name, capability, built_from, options)
