@@ -153,6 +153,11 @@ class Manifest:
         except (KeyError, TypeError) as exc:
             raise ArtifactError(f"{source} is malformed: {exc}") from None
 
+    @property
+    def random_init(self) -> bool:
+        """Exported from seeded random weights, not a checkpoint."""
+        return "file" not in self.weights
+
     def artifact(self, precision: str) -> ArtifactEntry | None:
         return next((a for a in self.artifacts if a.precision == precision), None)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .backends.base import Runner
 from .data import ImagePreprocess, batched, imagenet_classes, list_images, load_images
-from .errors import DeployError
+from .errors import DeployError, within
 
 DEFAULT_TOPK = 5
 
@@ -65,8 +65,7 @@ def predict(
     artifact's profile allows (a short last batch is padded up to the profile's minimum)."""
     if "logits" not in runner.output_names:
         raise DeployError(f"predict needs a classifier; this artifact outputs {runner.output_names}")
-    if topk < 1:
-        raise DeployError("--topk must be at least 1")
+    within("--topk", topk, 1, None)  # more than the classes shows them all
     files = expand_images(images)
     high = runner.batch_range[1] if runner.batch_range else 32
     results: list[Prediction] = []

@@ -9,7 +9,8 @@ What it does, so the figures can be checked:
 - measures the machine's float32 matrix-multiply rate: 2048x2048 products on as many threads
   as the runtimes get, median of 20, through torch.mm, numpy and ONNX Runtime's MatMul, and
   takes the best (on this AMD machine MKL's torch.mm is the slowest of the three);
-- loads the three runners with `resnet_deploy.runtime.load` (torch backend, ORT fp32, ORT int8)
+- loads the runners with `resnet_deploy.runtime.load` (torch backend, ORT fp32 and both int8 files,
+  and where `openvino` is installed the same three files on OpenVINO)
   and times them with `resnet_deploy.bench.bench`, the code behind `resnet-deploy bench`:
   interleaved blocks of about 0.25 s, each after one untimed call and a 50 ms pause, the order
   rotated every round, because runtimes keep thread pools spinning after a call and slow
@@ -43,17 +44,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks_md import replace_section  # noqa: E402  (tools/, the script's folder)
 from resnet_deploy import export, runtime  # noqa: E402
+from resnet_deploy.backends import detect  # noqa: E402
 from resnet_deploy.bench import bench, stderr_progress  # noqa: E402
 from resnet_deploy.data import random_images  # noqa: E402
 from resnet_deploy.environment import cpu_description, physical_cores, tool_versions  # noqa: E402
 from resnet_deploy.errors import DeployWarning  # noqa: E402
 from resnet_deploy.models import get_model_info  # noqa: E402
 
+# the runners, in table order: PyTorch, then ONNX Runtime and OpenVINO on the same three files
+LABELS = ("torch eager fp32", "onnxruntime fp32", "onnxruntime int8 (cpu target, 8-bit weights)",
+          "onnxruntime int8 (cpu target, 7-bit weights: reduce_range)", "openvino fp32",
+          "openvino int8 (cpu target, 8-bit weights)", "openvino int8 (cpu target, 7-bit weights: reduce_range)")
 ISA_NAMES = {"vnni": "AVX-512 VNNI", "avx2": "AVX2, no VNNI", "other": "not x86"}
 
 
 def section(isa: str) -> str:
     """One BENCHMARKS.md section per INT8 instruction set: the figures of one never replace the other's."""
+    return f"## CPU ({ISA_NAMES[isa]}): PyTorch eager, ONNX Runtime and OpenVINO, fp32 and int8"
+
+
+def former_section(isa: str) -> str:
+    """The section's title before OpenVINO was measured too."""
     return f"## CPU ({ISA_NAMES[isa]}): PyTorch eager vs ONNX Runtime fp32 vs int8"
 
 
@@ -136,12 +147,14 @@ def main() -> int:
         with warnings.catch_warnings():  # the 8-bit artifact on a CPU without VNNI: measured on purpose
             warnings.simplefilter("ignore", DeployWarning)
             runners = [
-                ("torch eager fp32", runtime.load(result.paths["fp32"], backend="torch", threads=threads)),
-                ("onnxruntime fp32", runtime.load(result.paths["fp32"], threads=threads)),
-                ("onnxruntime int8 (cpu target, 8-bit weights)", runtime.load(result.paths["int8"], threads=threads)),
-                ("onnxruntime int8 (cpu target, 7-bit weights: reduce_range)",
-                 runtime.load(reduced.paths["int8"], threads=threads)),
+                (LABELS[0], runtime.load(result.paths["fp32"], backend="torch", threads=threads)),
+                (LABELS[1], runtime.load(result.paths["fp32"], threads=threads)),
+                (LABELS[2], runtime.load(result.paths["int8"], threads=threads)),
+                (LABELS[3], runtime.load(reduced.paths["int8"], threads=threads)),
             ]
+            if detect.openvino().available:  # the same files on OpenVINO's CPU plugin
+                runners += [(label, runtime.load(path, backend="openvino", threads=threads)) for label, path in zip(
+                    LABELS[4:], (result.paths["fp32"], result.paths["int8"], reduced.paths["int8"]))]
         results = bench(runners, sizes, duration=args.duration, progress=stderr_progress)
         print(file=sys.stderr)
         print("bench vs a plain session.run loop ...", file=sys.stderr)
@@ -153,7 +166,7 @@ def main() -> int:
         "gflops": round(gflop_per_image * r.batch / r.latency_ms["p50"] * 1e3, 1),
     } for r in results]
     batch1 = {r["runtime"]: r["p50_ms"] for r in rows if r["batch"] == 1}
-    eager, fp32, int8, int8_reduced = (batch1.get(name) for name, _ in runners)
+    eager, fp32, int8, int8_reduced, ov_fp32, ov_int8, ov_int8_reduced = (batch1.get(label) for label in LABELS)
     cpu = cpu_description()
     report = {
         "date": date.today().isoformat(),
@@ -172,13 +185,17 @@ def main() -> int:
             "ort_int8_over_ort_fp32": round(int8 / fp32, 3) if fp32 else None,
             "ort_int8_reduce_range_over_ort_fp32": round(int8_reduced / fp32, 3) if fp32 else None,
             "ort_fp32_share_of_matmul_rate": round(gflop_per_image / (fp32 / 1e3) / peak, 3) if fp32 else None,
+            "openvino_fp32_over_ort_fp32": round(ov_fp32 / fp32, 3) if ov_fp32 else None,
+            "openvino_int8_over_ort_int8": round(ov_int8 / int8, 3) if ov_int8 else None,
+            "openvino_int8_reduce_range_over_ort_int8_reduce_range":
+                round(ov_int8_reduced / int8_reduced, 3) if ov_int8_reduced else None,
         },
         "bench_overhead": overhead,
     }
     text = _markdown(report)
     print(json.dumps(report, indent=2) if args.json else text)
     if args.write:
-        replace_section(section(report["int8_isa"]), text)
+        replace_section(section(report["int8_isa"]), text, formerly=(former_section(report["int8_isa"]),))
     return 0
 
 
@@ -208,7 +225,11 @@ def _markdown(report: dict) -> str:
         f"(goal <= 0.5); ONNX Runtime int8 / fp32 = **{b1['ort_int8_over_ort_fp32']}** with 8-bit weights, "
         f"**{b1['ort_int8_reduce_range_over_ort_fp32']}** with 7-bit weights (reduce_range) (goal <= 0.45); "
         f"ONNX Runtime fp32 reaches **{b1['ort_fp32_share_of_matmul_rate']:.0%}** of the measured matmul rate "
-        "(goal >= 75%).",
+        "(goal >= 75%)."
+        + (f" OpenVINO / ONNX Runtime on the same files: fp32 **{b1['openvino_fp32_over_ort_fp32']}**, "
+           f"int8 8-bit weights **{b1['openvino_int8_over_ort_int8']}**, 7-bit weights "
+           f"**{b1['openvino_int8_reduce_range_over_ort_int8_reduce_range']}**."
+           if b1["openvino_fp32_over_ort_fp32"] else " (OpenVINO not installed: not measured.)"),
         "",
         f"bench's own figure against a plain `session.run` loop on the same session (ORT fp32, batch 1, alternated "
         f"blocks): {report['bench_overhead']['bench_p50_ms']} vs {report['bench_overhead']['plain_loop_p50_ms']} ms, "

@@ -26,7 +26,7 @@ def reference_model(manifest: Manifest) -> nn.Module:
     options = manifest.model_options
     kwargs = {"features_only": options.get("features_only", False), "last_stride": options.get("last_stride", 2)}
     num_classes = None if kwargs["features_only"] else manifest.num_classes
-    if "file" in weights:
+    if not manifest.random_init:
         path = Path(weights["file"])
         if not path.is_file():
             raise ArtifactError(f"the weights file the artifact was exported from, {path}, is gone")

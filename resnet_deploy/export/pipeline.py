@@ -565,7 +565,7 @@ def build(
         with log.step(f"parity gate engine: TensorRT vs PyTorch on {inputs.describe(source)}"):
             manifest.parity = [p for p in manifest.parity if p["artifact"] != "engine"] + _parity_gate(
                 reference, "engine", TensorRTRunner(engine_path), inputs,
-                random_init="file" not in manifest.weights, precision=source,
+                random_init=manifest.random_init, precision=source,
             )[0]
         with log.step("write manifest"):
             commit_artifacts(staging, {"engine": engine_path}, manifest, keep_others=True)

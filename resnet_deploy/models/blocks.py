@@ -22,6 +22,12 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
     return rounded
 
 
+def group_width(planes: int, base_width: int, cardinality: int) -> int:
+    """Channels of a bottleneck's grouped 3x3 conv: ``planes`` scaled by ``base_width / 64`` per
+    group, times the groups (torchvision's and timm's formula: ResNeXt, Wide ResNet, Res2Net, ResNeSt)."""
+    return int(math.floor(planes * (base_width / 64.0))) * cardinality
+
+
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation gate (timm's ``SEModule``: 1x1 convs with bias, 1/16 reduction)."""
 
@@ -125,7 +131,7 @@ class Bottleneck(ResidualBlock):
         ibn: bool = False,
     ) -> None:
         super().__init__()
-        width = int(math.floor(planes * (base_width / 64.0))) * cardinality
+        width = group_width(planes, base_width, cardinality)
         outplanes = planes * self.expansion
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = IBN(width) if ibn else nn.BatchNorm2d(width)
@@ -167,7 +173,7 @@ class Bottle2neck(ResidualBlock):
         super().__init__()
         self.scale = scale
         self.is_first = stride > 1 or downsample is not None
-        self.width = int(math.floor(planes * (base_width / 64.0))) * cardinality
+        self.width = group_width(planes, base_width, cardinality)
         num_convs = max(1, scale - 1)
         outplanes = planes * self.expansion
         self.conv1 = nn.Conv2d(inplanes, self.width * scale, 1, bias=False)
@@ -265,7 +271,7 @@ class ResNestBottleneck(ResidualBlock):
         avd: bool = True,
     ) -> None:
         super().__init__()
-        width = int(planes * (base_width / 64.0)) * cardinality
+        width = group_width(planes, base_width, cardinality)
         pool_stride = stride if avd and stride > 1 else 0
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)

@@ -227,7 +227,7 @@ def verify(
         if layerwise:
             raise DeployError(f"--layerwise compares ONNX graphs: verify {record['built_from']} with it")
         precision = split_artifact_name(record["built_from"])[1]  # judged as the ONNX it was built from
-    default, note = tolerance_for(precision, random_init="file" not in manifest.weights)
+    default, note = tolerance_for(precision, random_init=manifest.random_init)
     overrides = tolerance_overrides or {}
     for key, value in overrides.items():
         if key not in OVERRIDABLE:

@@ -164,7 +164,10 @@ def test_predict_with_a_labels_file_and_bad_inputs(cli, exported, images, tmp_pa
     assert_one_line_error(cli("predict", str(exported.onnx_path), str(tmp_path / "missing.jpg")),
                           contains="does not exist")
     assert_one_line_error(cli("predict", str(exported.onnx_path), str(images / "rgb.png"), "--topk", "0"),
-                          contains="--topk")
+                          contains="--topk 0 is out of range: it must be at least 1")
+    # a thread count ONNX Runtime would have tried to honour (16 GB of thread stacks before any work)
+    assert_one_line_error(cli("predict", str(exported.onnx_path), str(images / "rgb.png"), "--threads", "100000"),
+                          contains="--threads 100000 is out of range")
 
 
 def test_bench_compares_artifacts_and_backends_in_one_table(cli, exported, tmp_path):

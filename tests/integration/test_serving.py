@@ -20,8 +20,8 @@ from tritonclient.grpc import model_config_pb2  # noqa: E402
 
 import uvicorn  # noqa: E402
 
-from resnet_deploy import export, runtime  # noqa: E402
-from resnet_deploy.backends.base import Runner
+from resnet_deploy import runtime  # noqa: E402
+from resnet_deploy.backends.base import Runner  # noqa: E402
 from resnet_deploy.data import random_images  # noqa: E402
 from resnet_deploy.serving.server import create_app  # noqa: E402
 from tests.conftest import assert_one_line_error  # noqa: E402
@@ -30,9 +30,8 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return export("resnet18", input_size=64, batch="1:4:16", fp16=True, out=tmp_path_factory.mktemp("serve"),
-                  quiet=True)
+def exported(small_export):
+    return small_export
 
 
 def _config(path):
@@ -45,7 +44,7 @@ def test_triton_repository_config_parses_with_tritons_model_config(cli, exported
                  "--queue-delay-us", "500", "--instances", "2", "--kind", "cpu")
     assert result.exit_code == 0, result.stderr
     config = _config(repo / "resnet18" / "config.pbtxt")
-    assert config.name == "resnet18" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 16
+    assert config.name == "resnet18" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
     [inp] = config.input
     assert inp.name == "input" and list(inp.dims) == [3, 64, 64]
     assert inp.data_type == model_config_pb2.TYPE_FP32 and inp.format == model_config_pb2.ModelInput.FORMAT_NCHW
@@ -60,9 +59,9 @@ def test_triton_repository_config_parses_with_tritons_model_config(cli, exported
     assert len(labels) == 1000 and labels[0] == "tench"
 
     # updating: a second model and a second version are added, nothing else is touched
-    cli("triton", str(exported.paths["fp16"]), "--repo", str(repo), "--model-name", "resnet18_fp16", "--max-batch", "8")
+    cli("triton", str(exported.paths["fp16"]), "--repo", str(repo), "--model-name", "resnet18_fp16", "--max-batch", "4")
     cli("triton", str(exported.paths["fp16"]), "--repo", str(repo), "--version", "2")
-    assert _config(repo / "resnet18_fp16" / "config.pbtxt").max_batch_size == 8
+    assert _config(repo / "resnet18_fp16" / "config.pbtxt").max_batch_size == 4
     assert (repo / "resnet18" / "1" / "model.onnx").read_bytes() == exported.onnx_path.read_bytes()
     assert (repo / "resnet18" / "2" / "model.onnx").read_bytes() == exported.paths["fp16"].read_bytes()
     assert _config(repo / "resnet18" / "config.pbtxt").instance_group[0].kind == \
@@ -71,7 +70,7 @@ def test_triton_repository_config_parses_with_tritons_model_config(cli, exported
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--max-batch", "17"], "outside the artifact's profile"),
+    (["--max-batch", "9"], "outside the artifact's profile"),
     (["--preferred", "32"], "must lie between 1 and the max batch"),
     (["--model-name", "bad.name"], "invalid artifact name"),
     (["--instances", "0"], "--instances 0 is out of range: it must be between 1 and 64"),
@@ -271,7 +270,7 @@ def test_serve_command_starts_on_loopback_and_answers(exported):
 
 def test_serve_bad_options_are_one_line_errors(cli, exported):
     assert_one_line_error(cli("serve", str(exported.onnx_path), "--max-batch", "64"),
-                          contains="--max-batch 64 is out of range: it must be between 1 and 16 (the artifact's profile)")
+                          contains="--max-batch 64 is out of range: it must be between 1 and 8 (the artifact's profile)")
     for option, value in (("--workers", "0"), ("--workers", "100000"), ("--queue", "0"), ("--max-batch", "0"),
                           ("--max-delay-ms", "-1"), ("--max-request-mb", "0"), ("--port", "70000"),
                           ("--threads", "100000")):
