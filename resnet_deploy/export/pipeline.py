@@ -180,7 +180,7 @@ def _parity_gate(
         notes += int8_notes
     else:
         checks = [Check(OnnxRuntimeRunner(candidate) if isinstance(candidate, Path) else candidate, tolerance)]
-    runtime = "TensorRT" if kind == "engine" else "ONNX Runtime"
+    runtime = "TensorRT" if kind == ENGINE else "ONNX Runtime"
     results, _outputs = run_checks(reference, checks, inputs.sets(precision))
     rows = [{"artifact": kind, "backend": row.backend, "reference": row.reference, "inputs": row.inputs,
              "judged": row.judged, "batch": row.batch, "output": row.output, **row.figures} for row in results]
@@ -546,16 +546,16 @@ def build(
         raise DeployError(f"cannot build a TensorRT engine here: {trt.reason}")
     onnx_path = Path(onnx_path)
     manifest, source = manifest_for(onnx_path)
-    if source == "engine":
+    if source == ENGINE:
         raise DeployError(f"{onnx_path.name} is an engine already; give the ONNX it should be built from")
-    if source == "int8" and manifest.precision_options.get("int8", {}).get("target") != "trt":
+    if not PRECISIONS[source].engine_takes(manifest.precision_options.get(source, {})):
         raise DeployError(f"{onnx_path.name} was quantized for the cpu target (unsigned activations), which "
                           "TensorRT's explicit quantization does not take: re-export with --int8-target trt")
     folder, log = onnx_path.parent, StepLog(3, quiet=quiet)
     with Staging(folder) as staging:
-        engine_path = staging.file(".engine")
+        engine_path = staging.file(ENGINE_SUFFIX)
         with log.step(f"build TensorRT engine from {onnx_path.name}"):
-            manifest.precision_options["engine"] = trt_engine.build_engine(
+            manifest.precision_options[ENGINE] = trt_engine.build_engine(
                 onnx_path, engine_path, trt_engine.profile_shapes(manifest), options or trt_engine.BuildOptions(),
                 built_from=onnx_path.name,
             )
@@ -563,10 +563,10 @@ def build(
         reference = Memoized(TorchRunner(reference_model(manifest), [o.name for o in manifest.outputs]))
         inputs = GateInputs.make(manifest.batch, shape, ImagePreprocess.from_manifest(manifest.preprocess), seed)
         with log.step(f"parity gate engine: TensorRT vs PyTorch on {inputs.describe(source)}"):
-            manifest.parity = [p for p in manifest.parity if p["artifact"] != "engine"] + _parity_gate(
-                reference, "engine", TensorRTRunner(engine_path), inputs,
+            manifest.parity = [p for p in manifest.parity if p["artifact"] != ENGINE] + _parity_gate(
+                reference, ENGINE, TensorRTRunner(engine_path), inputs,
                 random_init=manifest.random_init, precision=source,
             )[0]
         with log.step("write manifest"):
-            commit_artifacts(staging, {"engine": engine_path}, manifest, keep_others=True)
-    return folder / artifact_filename(manifest.stem, "engine")
+            commit_artifacts(staging, {ENGINE: engine_path}, manifest, keep_others=True)
+    return folder / artifact_filename(manifest.stem, ENGINE)
