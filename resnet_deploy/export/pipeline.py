@@ -176,7 +176,8 @@ def _parity_gate(
     tolerance, note = tolerance_for(precision, random_init=random_init)
     notes = [note] if note else []
     if isinstance(candidate, Path) and kind == "int8":
-        checks, int8_notes = int8_checks(candidate, int8_options or {}, tolerance, [OnnxRuntimeRunner(candidate)])
+        checks, int8_notes = int8_checks(candidate, int8_options or {}, tolerance,
+                                         [(OnnxRuntimeRunner(candidate), True)])
         notes += int8_notes
     else:
         checks = [Check(OnnxRuntimeRunner(candidate) if isinstance(candidate, Path) else candidate, tolerance)]

@@ -144,7 +144,7 @@ def _checks(artifact: Path, manifest: Manifest, file_precision: str, tol: Tolera
     An INT8 ONNX is judged on the graph as written, CPU kernels against it (see :mod:`.int8`)."""
     kind = artifact_format(file_precision)
     checks: list[Check] = []
-    kernels: list[Any] = []  # runners of optimised x86 INT8 kernels, for an INT8 ONNX
+    kernels: list[tuple[Any, bool]] = []  # runners of optimised x86 INT8 kernels, and whether they run it as written
     skipped: list[dict[str, str]] = []
     for backend, variant in variants():
         if variant.name == REFERENCE_VARIANT:
@@ -164,7 +164,7 @@ def _checks(artifact: Path, manifest: Manifest, file_precision: str, tol: Tolera
             runner = open_runner(artifact, manifest, file_precision, backend.name,
                                  replace(variant.options, graph_cache=False))  # a changed file must not meet a cache
         if file_precision == "int8" and variant.cpu_int8_kernels:
-            kernels.append(runner)
+            kernels.append((runner, variant.int8_as_written))
         else:
             checks.append(Check(runner, tol))
     if kernels:

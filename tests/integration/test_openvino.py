@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from resnet_deploy import runtime
+from resnet_deploy import export, runtime
 from resnet_deploy.backends import detect
 from resnet_deploy.backends.openvino import CACHE_DIR
 from resnet_deploy.data import random_images
@@ -65,6 +65,18 @@ def test_openvino_int8_kernels_are_checked_against_the_graph_as_written(precisio
     assert not any(row.judged for row in rows)
     assert any("openvino-cpu" in note and "not judged" in note for note in report.notes)
     assert report.passed  # judged on the graph as written
+
+
+def test_openvino_int8_for_the_cpu_target_is_judged_against_pytorch(tmp_path):
+    """7-bit weights (exact kernels on any x86): OpenVINO is judged against PyTorch like ONNX Runtime; against
+    the Q/DQ graph as written it is reported, since it compiles an INT8 graph of its own."""
+    result = export("resnet18", input_size=32, int8=True, int8_target="cpu", reduce_range=True, calib_data="random",
+                    calib_size=16, exporter="torchscript", out=tmp_path, quiet=True)
+    report = verify(result.paths["int8"])
+    rows = {(row.reference, row.judged) for row in report.rows if row.backend == "openvino-cpu"}
+    assert rows == {("torch", True), ("onnxruntime-cpu-unoptimized", False)}
+    assert report.passed
+    assert any(note.startswith("openvino-cpu against the graph as written reported") for note in report.notes)
 
 
 def test_bench_lists_openvino(cli, small_export):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from resnet_deploy import export, runtime, verify
-from resnet_deploy.backends import onnxrt
+from resnet_deploy import environment
 from resnet_deploy.errors import DeployWarning
 from resnet_deploy.export.precision import FP16_KEEP_FP32_OPS
 from resnet_deploy.artifacts import read_manifest
@@ -130,12 +130,12 @@ def test_int8_calibration_sources_cache_and_manifest(cli, tmp_path, monkeypatch)
     assert read_manifest(out / "resnet18.json").artifact("int8").sha256 == manifest.artifact("int8").sha256
 
     # an 8-bit-weight artifact run on ONNX Runtime's CPU kernels: warned about where the CPU lacks VNNI
-    monkeypatch.setattr(onnxrt, "int8_isa", lambda: "avx2")
+    monkeypatch.setattr(environment, "int8_isa", lambda: "avx2")
     with pytest.warns(DeployWarning, match="no VNNI"):
         runtime.load(out / "resnet18.int8.onnx").close()
     predicted = cli("predict", str(out / "resnet18.int8.onnx"), str(images / "0.png"), "--topk", "1")
     assert predicted.exit_code == 0 and "warning: resnet18.int8.onnx: this CPU has no VNNI" in predicted.stderr
-    monkeypatch.setattr(onnxrt, "int8_isa", lambda: "vnni")
+    monkeypatch.setattr(environment, "int8_isa", lambda: "vnni")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         runtime.load(out / "resnet18.int8.onnx").close()
