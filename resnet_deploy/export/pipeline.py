@@ -54,7 +54,7 @@ from . import graph, mixed, precision
 from .options import ExportOptions
 from .torch2onnx import export_onnx, output_names
 
-# simplified vs unsimplified graph, both on ONNX Runtime: only reordering may differ
+# simplified vs exported graph, both on ONNX Runtime (after a failed gate): only reordering may differ
 SIMPLIFY_TOLERANCE = 1e-5
 MAX_SIDE = 4096  # input pixels per side
 MAX_CALIBRATION_IMAGES = 1_000_000
@@ -216,6 +216,7 @@ class Job:
     resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     model: Any = None
     outputs: list[str] = field(default_factory=list)
+    raw: onnx.ModelProto | None = None  # the graph as exported, until the fp32 gate passed
     final: onnx.ModelProto | None = None  # the checked fp32 graph
     artifacts: dict[str, Path] = field(default_factory=dict)  # artifact kind -> staged file
     precision_options: dict[str, Any] = field(default_factory=dict)
@@ -295,32 +296,23 @@ def _build_model(job: Job, log: StepLog) -> None:
 
 def _to_onnx(job: Job, log: StepLog) -> None:
     o = job.options
-    job.artifacts["raw"] = job.staging.file(".raw.onnx")
-    export_onnx(job.model, job.artifacts["raw"], input_hw=job.shape[1:], in_chans=job.shape[0], outputs=job.outputs,
-                opset=o.opset, exporter=o.exporter, dynamic_hw=o.dynamic_hw)
+    job.raw = export_onnx(job.model, input_hw=job.shape[1:], in_chans=job.shape[0], outputs=job.outputs,
+                          opset=o.opset, exporter=o.exporter, dynamic_hw=o.dynamic_hw)
 
 
 def _simplify_and_check(job: Job, log: StepLog) -> None:
-    """onnxsim, BatchNorm folding and onnx's full check; the result must compute what the export did."""
-    raw_path = job.artifacts.pop("raw")
+    """onnxsim, BatchNorm folding and onnx's full check of the file written. The exported graph is kept
+    in memory until the fp32 gate passed: were it to fail, it says whether these passes are to blame."""
     final_path = job.artifacts["fp32"] = job.staging.file(".onnx")
-    raw = onnx.load(str(raw_path))
-    final = graph.simplify(raw) if job.options.simplify else raw
+    if job.options.simplify:
+        final = graph.simplify(job.raw)
+    else:
+        final = onnx.ModelProto()
+        final.CopyFrom(job.raw)
     folded = graph.fold_batchnorm(final)
     onnx.save(final, str(final_path))
-    graph.check_file(final_path)
-    job.final = onnx.load(str(final_path))
-    probe = random_images(2, job.shape, job.image_preprocess.mean, job.image_preprocess.std, seed=job.options.seed)
-    before = OnnxRuntimeRunner(raw_path)(probe)
-    after = OnnxRuntimeRunner(final_path)(probe)
-    for out_name in job.outputs:
-        figures = compare_arrays(before[out_name], after[out_name])
-        if not figures.finite or figures.rel_to_scale > SIMPLIFY_TOLERANCE:
-            raise ExportError(
-                f"the simplified graph differs from the exported one on {out_name!r} "
-                f"(max |error| {figures.rel_to_scale:.2e} of output scale); retry with --no-simplify"
-            )
-    raw_path.unlink()
+    graph.check_file(final_path)  # the file gains the inferred shapes; the graph in memory is the same
+    job.final = final
     log.note(f"{len(job.final.graph.node)} nodes, BatchNorm folded here: {folded}, "
              f"left: {graph.op_histogram(job.final).get('BatchNormalization', 0)}")
 
@@ -384,11 +376,32 @@ def _gate_inputs(job: Job) -> GateInputs:
     return job.gate_inputs
 
 
+def _blame_graph_passes(job: Job) -> str:
+    """After a failed fp32 gate: whether simplification and BatchNorm folding changed what the exported
+    graph computes (both run on ONNX Runtime), or the export itself already disagreed with PyTorch."""
+    probe = random_images(2, job.shape, job.image_preprocess.mean, job.image_preprocess.std, seed=job.options.seed)
+    before = OnnxRuntimeRunner(job.raw.SerializeToString())(probe)
+    after = OnnxRuntimeRunner(job.artifacts["fp32"])(probe)
+    for out_name in job.outputs:
+        figures = compare_arrays(before[out_name], after[out_name])
+        if not figures.finite or figures.rel_to_scale > SIMPLIFY_TOLERANCE:
+            return (f"; simplification and BatchNorm folding changed the exported graph's {out_name!r} (max |error| "
+                    f"{figures.rel_to_scale:.2e} of output scale): retry with --no-simplify")
+    return "; the graph as exported already disagrees (simplification and BatchNorm folding changed nothing)"
+
+
 def _gate_step(name: str) -> Step:
     """The parity gate of the ``name`` precision's ONNX: ONNX Runtime against PyTorch."""
     def run(job: Job, log: StepLog) -> None:
-        rows, notes = _parity_gate(job.reference, name, job.artifacts[name], _gate_inputs(job),
-                                   random_init=job.random_init, int8_options=job.precision_options.get("int8"))
+        try:
+            rows, notes = _parity_gate(job.reference, name, job.artifacts[name], _gate_inputs(job),
+                                       random_init=job.random_init, int8_options=job.precision_options.get("int8"))
+        except ParityError as exc:
+            if name == "fp32":
+                raise ParityError(f"{exc}{_blame_graph_passes(job)}") from None
+            raise
+        if name == "fp32":
+            job.raw = None  # the exported graph is no longer needed
         job.parity += rows
         for note in notes:
             log.note(note)

@@ -12,8 +12,8 @@ import io
 import logging
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
@@ -50,7 +50,6 @@ def _quiet_exporter() -> Iterator[None]:
 
 def export_onnx(
     model: nn.Module,
-    path: Path,
     *,
     input_hw: tuple[int, int],
     in_chans: int,
@@ -58,8 +57,9 @@ def export_onnx(
     opset: int,
     exporter: str = "dynamo",
     dynamic_hw: bool = False,
-) -> None:
-    """Write ``model`` as ONNX to ``path`` with input ``input`` and the given output names."""
+) -> onnx.ModelProto:
+    """``model`` as an ONNX graph with input ``input`` and the given output names (in memory: the
+    pipeline simplifies and checks it before anything is written)."""
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     example = torch.randn(EXAMPLE_BATCH, in_chans, *input_hw)
@@ -81,14 +81,15 @@ def export_onnx(
                     dynamo=True,
                     verbose=False,
                 )
-                program.save(str(path))
+                return program.model_proto
             else:
                 axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
                 dynamic_axes = {"input": axes, **{name: {0: "batch"} for name in outputs}}
+                buffer = io.BytesIO()
                 torch.onnx.export(
                     model,
                     (example,),
-                    str(path),
+                    buffer,
                     input_names=["input"],
                     output_names=outputs,
                     dynamic_axes=dynamic_axes,
@@ -96,6 +97,7 @@ def export_onnx(
                     dynamo=False,
                     do_constant_folding=True,
                 )
+                return onnx.load_from_string(buffer.getvalue())
     except ExportError:
         raise
     except Exception as exc:  # the exporters raise many types; the user needs one line

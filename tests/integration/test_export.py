@@ -262,12 +262,14 @@ def test_parity_gate_catches_a_wrong_graph(cli, tmp_path, monkeypatch):
         return count
 
     monkeypatch.setattr(pipeline.graph, "fold_batchnorm", fold_then_corrupt)
-    # the simplify-vs-raw check would also catch it: compare against the corrupted graph itself
-    monkeypatch.setattr(pipeline, "SIMPLIFY_TOLERANCE", np.inf)
     result = cli("export", "--arch", "resnet18", "--input-size", "64", "--out", str(tmp_path), "-q")
     assert_one_line_error(result, 1, "ONNX Runtime disagrees with PyTorch")
+    # the failed gate compares the graph as exported with the one the passes made: they are to blame
+    assert "simplification and BatchNorm folding changed the exported graph's 'logits'" in result.stderr
+    assert "retry with --no-simplify" in result.stderr
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ParityError):
+    monkeypatch.setattr(pipeline, "SIMPLIFY_TOLERANCE", np.inf)  # as if the passes had changed nothing
+    with pytest.raises(ParityError, match="the graph as exported already disagrees"):
         export("resnet18", input_size=64, out=tmp_path, quiet=True)
 
 
