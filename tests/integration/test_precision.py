@@ -154,7 +154,7 @@ def test_int8_calibration_sources_cache_and_manifest(cli, tmp_path, monkeypatch)
     [
         ([], "needs --calib-data"),
         (["--calib-data", "/nonexistent/folder"], "does not exist"),
-        (["--calib-data", "random", "--calib-size", "0"], "at least 1"),
+        (["--calib-data", "random", "--calib-size", "0"], "--calib-size 0 is out of range: it must be between 1 and"),
     ],
 )
 def test_int8_bad_calibration_input(cli, tmp_path, args, message):
