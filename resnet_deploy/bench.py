@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from .artifacts import split_artifact_name
 from .backends.base import Runner
 from .data import random_images
 from .errors import DeployError, within
+from .runtime import load
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_WARMUP = 10  # untimed calls per case
@@ -94,9 +96,6 @@ def load_runners(stack: contextlib.ExitStack, artifacts: Sequence[str | os.PathL
     The PyTorch backend runs the export's float32 model, the same for every
     artifact of one export: it is loaded once per export, not once per file.
     """
-    from .artifacts import split_artifact_name
-    from .runtime import load
-
     if not backends:
         raise DeployError("no backend given: name at least one, e.g. --backend auto")
     runners, seen = [], set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 
@@ -51,7 +52,9 @@ def tensorrt() -> Availability:
     return Availability(True)
 
 
+@functools.lru_cache(maxsize=None)
 def openvino() -> Availability:
+    """OpenVINO and its CPU plugin (asked once per process: it starts OpenVINO's runtime)."""
     if importlib.util.find_spec("openvino") is None:
         return Availability(False, "openvino is not installed (pip install 'resnet-deploy[openvino]')")
     import openvino as ov
