@@ -39,6 +39,14 @@ def onnxruntime_provider(provider: str) -> Availability:
     return Availability(False, f"onnxruntime has no {provider} (install onnxruntime-gpu instead of onnxruntime)")
 
 
+def cuda_gpu() -> bool:
+    """A CUDA GPU is visible, to the CUDA runtime of cuda-python or to torch: a target without PyTorch
+    sees its GPU too."""
+    from . import cuda
+
+    return (cuda.bindings_installed() and cuda.device_count() > 0) or torch_cuda().available
+
+
 def tensorrt() -> Availability:
     """TensorRT with cuda-python (its device buffers) and a CUDA GPU: no PyTorch needed."""
     from . import cuda

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..environment import cpu_description, package_version
 from ..errors import DeployError, within
+from ..precisions import ENGINE
 from . import detect
 from .detect import Availability
 
@@ -112,7 +113,7 @@ HOW_TO_GET = {"engine": "build one with `resnet-deploy build STEM.onnx`"}
 
 def artifact_format(precision: str) -> str:
     """What kind of file an artifact of ``precision`` is: an engine, or an ONNX model."""
-    return "engine" if precision == "engine" else "onnx"
+    return "engine" if precision == ENGINE else "onnx"
 
 
 def open_runner(path: Path, manifest: Manifest, precision: str, backend: str, options: LoadOptions) -> Runner:
@@ -133,7 +134,7 @@ _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 def parse_device(device: str | None, *, default_cuda: bool) -> tuple[str, int]:
     """``"cuda:1"`` -> ("cuda", 1); None -> the GPU when there is one and ``default_cuda``, else the CPU."""
     if device is None:
-        return ("cuda" if default_cuda and detect.torch_cuda().available else "cpu"), 0
+        return ("cuda" if default_cuda and detect.cuda_gpu() else "cpu"), 0
     match = _DEVICE.match(device)
     if not match:
         raise DeployError(f"unknown device {device!r}: use cpu, cuda or cuda:N")

@@ -56,7 +56,6 @@ class _Bound:
     """The device buffers of one input shape, the host arrays outputs land in, and its CUDA graph."""
 
     def __init__(self, shape: tuple[int, ...], input_dtype: np.dtype, outputs: dict[str, tuple[tuple[int, ...], np.dtype]]):
-        self.shape = shape
         self.input = cuda.DeviceBuffer(int(np.prod(shape)) * input_dtype.itemsize)
         self.outputs = {name: (cuda.DeviceBuffer(int(np.prod(out_shape)) * dtype.itemsize),
                                np.empty(out_shape, dtype)) for name, (out_shape, dtype) in outputs.items()}

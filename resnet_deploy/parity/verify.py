@@ -7,14 +7,13 @@ Runtime or TensorRT alone verifies against the golden file."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import importlib.util
 
 import numpy as np
 import onnx
@@ -25,14 +24,15 @@ from ..backends.registry import FORMAT_WORDS, artifact_format, open_runner, vari
 from ..data import ImagePreprocess, batched, labelled_images, list_images, load_images, load_npy_batch
 from ..errors import DeployError, DeployWarning, within
 from ..fileio import atomic_open
+from ..precisions import ENGINE, ENGINE_SUFFIX
 from .compare import REFERENCE, Check, ResultRow, run_checks
-
-REFERENCE_VARIANT = "torch-cpu"  # the reference itself: every other runner is compared with it
 from .golden import NAME as GOLDEN
 from .golden import read_golden
 from .inputs import InputSet, calibration_holdout, default_sets, describe_sets, random_batches
 from .int8 import int8_checks
 from .tolerances import Tolerance, tolerance_for
+
+REFERENCE_VARIANT = "torch-cpu"  # the reference itself: every other runner is compared with it
 
 
 @dataclass
@@ -212,18 +212,18 @@ def verify(
         raise DeployError(f"unknown --reference {reference!r}: choose from {', '.join(REFERENCES)}")
     if reference == "auto":
         reference = "torch" if importlib.util.find_spec("torch") is not None else "golden"
-    if artifact.suffix == ".engine":
+    if artifact.name.endswith(ENGINE_SUFFIX):
         trt = detect.tensorrt()
         if not trt.available:
-            stem = artifact.name[: -len(".engine")]
+            stem = artifact.name[: -len(ENGINE_SUFFIX)]
             raise DeployError(
                 f"cannot verify {artifact.name}: {trt.reason}; verify the ONNX it was built from instead, "
                 f"e.g. {artifact.parent / artifact_filename(stem, 'fp32')}"
             )
     manifest, file_precision, changed = open_artifact(artifact)
     precision = file_precision
-    if precision == "engine":
-        record = manifest.precision_options["engine"]
+    if precision == ENGINE:
+        record = manifest.precision_options[ENGINE]
         if layerwise:
             raise DeployError(f"--layerwise compares ONNX graphs: verify {record['built_from']} with it")
         precision = split_artifact_name(record["built_from"])[1]  # judged as the ONNX it was built from
@@ -232,7 +232,8 @@ def verify(
     for key, value in overrides.items():
         if key not in OVERRIDABLE:
             raise DeployError(f"unknown tolerance {key!r}: choose from {', '.join(OVERRIDABLE)}")
-        within(*OVERRIDABLE[key][:1], value, *OVERRIDABLE[key][1:])
+        option, low, high = OVERRIDABLE[key]
+        within(option, value, low, high)
     tol = replace(default, **overrides)
     if "min_top1" in overrides:
         note = None

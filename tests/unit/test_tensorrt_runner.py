@@ -58,6 +58,9 @@ class FakeCudaRuntime:
     def cudaGetDevice(self):
         return (0, 0)
 
+    def cudaGetDeviceCount(self):
+        return (0, 1)
+
     def cudaGetErrorName(self, error):
         return (0, {2: b"cudaErrorMemoryAllocation"}.get(int(error), b"cudaErrorUnknown"))
 
@@ -133,6 +136,7 @@ def fakes(monkeypatch, tmp_path):
     cudart = FakeCudaRuntime()
     trt = _fake_tensorrt(cudart)
     monkeypatch.setattr(cuda, "runtime_api", lambda: cudart)
+    monkeypatch.setattr(cuda, "bindings_installed", lambda: True)
     monkeypatch.setattr(detect, "tensorrt", lambda: Availability(True))
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setitem(sys.modules, "torch", None)  # the runner's path imports no PyTorch
@@ -184,7 +188,8 @@ def test_runtime_load_of_an_engine_checks_the_gpu_without_torch(fakes, monkeypat
     with pytest.raises(DeployError, match=r"built for NVIDIA A100 \(compute capability 8.0\), this GPU is NVIDIA H100"):
         tensorrt.load(path, manifest, "engine", LoadOptions(device="cuda:0"))
     record.update(compute_capability="9.0", gpu="NVIDIA H100")
-    with tensorrt.load(path, manifest, "engine", LoadOptions(device="cuda:0")) as runner:
+    # no device named: the GPU the CUDA runtime sees (torch, which cannot be imported here, is not asked)
+    with tensorrt.load(path, manifest, "engine", LoadOptions()) as runner:
         assert runner.name == "tensorrt" and runner.device == "cuda:0"
 
 
