@@ -5,8 +5,9 @@ first call after another runtime ran pays for its thread pool or caches going
 cold) and then enough timed calls for about a quarter of a second; the order
 rotates every round, so slow drift of the machine (thermal, other tenants)
 falls on every runner alike. Each sample is the host wall time of one full
-call, copies included. Runners with a CUDA stream also report device time
-from CUDA events recorded on that stream around the call.
+call, copies included. Runners on a GPU also report device time: each runner
+says how to time itself (:meth:`Runner.device_timer`: CUDA events on its own
+stream), so bench never touches a runner's stream or imports its library.
 """
 
 from __future__ import annotations
@@ -61,32 +62,6 @@ class BenchResult:
         data = asdict(self)
         del data["samples_s"]
         return data
-
-
-class _DeviceTimer:
-    """CUDA events around a call on the runner's stream; None where the runner has no stream."""
-
-    def __init__(self, runner: Runner) -> None:
-        self.stream = getattr(runner, "stream", None)
-        self.pending: list[tuple[Any, Any]] = []
-
-    def __enter__(self) -> None:
-        if self.stream is not None:
-            import torch
-
-            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self.start.record(self.stream)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.stream is not None:
-            self.end.record(self.stream)
-            self.pending.append((self.start, self.end))
-
-    def collect(self) -> list[float] | None:
-        if self.stream is None:
-            return None
-        self.stream.synchronize()
-        return [start.elapsed_time(end) / 1e3 for start, end in self.pending]
 
 
 def load_runners(stack: contextlib.ExitStack, artifacts: Sequence[str | os.PathLike[str]], backends: Sequence[str],
@@ -171,7 +146,6 @@ def _interleaved(runners: Sequence[tuple[str, Runner]], batch: dict[str, np.ndar
                  iterations: int | None, duration: float | None, progress: Callable[[str], None] | None,
                  batch_size: int) -> dict[str, tuple[list[float], list[float] | None]]:
     host: dict[str, list[float]] = {label: [] for label, _ in runners}
-    timers = {label: _DeviceTimer(runner) for label, runner in runners}
     block = {label: max(1, round(BLOCK_SECONDS / max(per_call[label], 1e-6))) for label in host}
 
     def done(label: str) -> bool:
@@ -179,29 +153,34 @@ def _interleaved(runners: Sequence[tuple[str, Runner]], batch: dict[str, np.ndar
             return len(host[label]) >= iterations
         return sum(host[label]) >= duration and len(host[label]) >= 10
 
-    round_index = 0
-    while not all(done(label) for label in host):
-        shift = round_index % len(runners)
-        for label, runner in [*runners[shift:], *runners[:shift]]:
-            if done(label):
-                continue
-            data, timer, times = batch[label], timers[label], host[label]
-            runner(data)  # untimed: re-warms what the previous runner's block cooled
-            count = block[label] if iterations is None else min(block[label], iterations - len(times))
-            for _ in range(count):
-                with timer:
-                    start = time.perf_counter()
-                    runner(data)
-                    times.append(time.perf_counter() - start)
-            time.sleep(PAUSE_SECONDS)
-        round_index += 1
-        if progress:
-            if iterations is not None:
-                share = min(len(t) for t in host.values()) / iterations
-            else:
-                share = min(sum(t) for t in host.values()) / duration
-            progress(f"batch {batch_size}: {min(share, 1.0):.0%}")
-    return {label: (host[label], timers[label].collect()) for label in host}
+    with contextlib.ExitStack() as stack:
+        timers = {label: runner.device_timer() for label, runner in runners}
+        for timer in timers.values():
+            if timer is not None:
+                stack.callback(timer.close)
+        round_index = 0
+        while not all(done(label) for label in host):
+            shift = round_index % len(runners)
+            for label, runner in [*runners[shift:], *runners[:shift]]:
+                if done(label):
+                    continue
+                data, timer, times = batch[label], timers[label] or contextlib.nullcontext(), host[label]
+                runner(data)  # untimed: re-warms what the previous runner's block cooled
+                count = block[label] if iterations is None else min(block[label], iterations - len(times))
+                for _ in range(count):
+                    with timer:
+                        start = time.perf_counter()
+                        runner(data)
+                        times.append(time.perf_counter() - start)
+                time.sleep(PAUSE_SECONDS)
+            round_index += 1
+            if progress:
+                if iterations is not None:
+                    share = min(len(t) for t in host.values()) / iterations
+                else:
+                    share = min(sum(t) for t in host.values()) / duration
+                progress(f"batch {batch_size}: {min(share, 1.0):.0%}")
+        return {label: (host[label], timers[label].samples if timers[label] is not None else None) for label in host}
 
 
 def plot(results: Sequence[BenchResult], path: str) -> None:

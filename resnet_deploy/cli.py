@@ -508,6 +508,11 @@ def doctor_command(as_json: bool) -> None:
     ]
     for name in ("onnx", "onnxsim", "onnxscript", "openvino", "matplotlib"):
         lines.append(f"{name:<12} {report[name]['version'] or 'not installed'}")
+    cuda = report["cuda"]
+    lines.append(f"cuda         cuda-python {cuda['cuda_python'] or 'not installed'}"
+                 + (f", runtime CUDA {cuda['runtime']}" if cuda["runtime"] else "")
+                 + (f", driver CUDA {cuda['driver']}" if cuda["driver"] else "")
+                 + (f": {cuda['problem']}" if cuda["problem"] else f", {cuda['gpus']} GPU(s)"))
     lines.append(f"tensorrt     {report['tensorrt']['version'] or 'not installed'}")
     lines += ["", "backends:"]
     for name, state in report["backends"].items():

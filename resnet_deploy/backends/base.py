@@ -8,12 +8,26 @@ capture), and is a context manager that releases its session or engine.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..artifacts import Manifest, TensorSpec
 from ..errors import DeployError
+
+
+class DeviceTimer(Protocol):
+    """Device time of the calls made inside ``with timer:``, from events the runner records on its own
+    stream around each call (the runner owns the stream: nothing else touches it)."""
+
+    samples: list[float]  # seconds, one per call
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def close(self) -> None:
+        """Release the events."""
 
 
 class Runner:
@@ -93,6 +107,11 @@ class Runner:
         batch = self.example_batch(batch_size)
         for _ in range(iterations):
             self(batch)
+
+    def device_timer(self) -> DeviceTimer | None:
+        """How to time a run on the device (as Polygraphy's runners own their timing): a timer recording
+        events on this runner's stream, or None where the host's wall clock is the only clock (the CPU)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """What a report or a server's metadata says about this runner."""

@@ -52,11 +52,11 @@ def tensorrt() -> Availability:
     from . import cuda
 
     if importlib.util.find_spec("tensorrt") is None:
-        return Availability(False, "tensorrt is not installed (pip install 'resnet-deploy[gpu]' on a machine with an NVIDIA GPU)")
+        return Availability(False, "tensorrt is not installed (pip install 'resnet-deploy[gpu-cu12]' or '[gpu-cu13]' on a machine with an NVIDIA GPU)")
     if not cuda.bindings_installed():
         return Availability(False, f"tensorrt is installed but cuda-python is not ({cuda.INSTALL_HINT})")
     if cuda.device_count() == 0:
-        return Availability(False, "tensorrt is installed but the CUDA runtime sees no GPU")
+        return Availability(False, f"tensorrt is installed but {cuda.driver_problem() or 'the CUDA runtime sees no GPU'}")
     return Availability(True)
 
 

@@ -83,11 +83,34 @@ class TorchRunner(Runner):
         tensors = result if isinstance(result, (list, tuple)) else [result]
         return {name: t.float().cpu().numpy() for name, t in zip(self.output_names, tensors)}
 
+    def device_timer(self) -> _EventTimer | None:
+        return _EventTimer(self.stream) if self.stream is not None else None
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **self.options}
 
     def close(self) -> None:
         self.model = None
+
+
+class _EventTimer:
+    """Device time of each call, from torch CUDA events recorded on the runner's own stream around it."""
+
+    def __init__(self, stream: torch.cuda.Stream) -> None:
+        self.stream, self.samples = stream, []
+        self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def __enter__(self) -> _EventTimer:
+        self.start.record(self.stream)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end.record(self.stream)
+        self.end.synchronize()
+        self.samples.append(self.start.elapsed_time(self.end) / 1e3)
+
+    def close(self) -> None:
+        """torch frees its events with the objects."""
 
 
 def load(path: Path, manifest: Manifest, precision: str, options: LoadOptions) -> TorchRunner:

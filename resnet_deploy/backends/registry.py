@@ -181,6 +181,7 @@ def doctor() -> dict[str, object]:
     import onnxruntime as ort
 
     report["onnxruntime"] = {"version": package_version("onnxruntime"), "providers": ort.get_available_providers()}
+    report["cuda"] = cuda_report()
     trt = detect.tensorrt()
     report["tensorrt"] = {"version": package_version("tensorrt"), "usable": trt.available, "reason": trt.reason or None}
     report["backends"] = {}
@@ -189,3 +190,18 @@ def doctor() -> dict[str, object]:
         report["backends"][variant.name] = {"backend": backend.name, "usable": state.available,
                                             "reason": state.reason or None}
     return report
+
+
+def cuda_report() -> dict[str, object]:
+    """What cuda-python sees: its version, the CUDA versions of the driver and of its runtime, the GPUs,
+    and what stops it, for doctor (TensorRT's cu12 and cu13 builds each need a driver of their CUDA)."""
+    from . import cuda
+
+    installed = package_version("cuda-python") or package_version("cuda-bindings")
+    if not cuda.bindings_installed():
+        return {"cuda_python": installed, "driver": None, "runtime": None, "gpus": 0,
+                "problem": cuda.INSTALL_HINT}
+    found = cuda.versions()
+    gpus = cuda.device_count()
+    problem = cuda.driver_problem() or (None if gpus else "the CUDA runtime sees no GPU")
+    return {"cuda_python": installed, **found, "gpus": gpus, "problem": problem}

@@ -10,16 +10,20 @@ ONNX to build from, compatibility checks) are plain functions, tested anywhere.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..artifacts import Manifest
 from ..backends import cuda, detect
-from ..errors import DeployError, ExportError
-from ..fileio import atomic_path, atomic_write_bytes
+from ..backends.tensorrt import version_tuple
+from ..errors import DeployError, DeployWarning, ExportError
+from ..fileio import atomic_path, atomic_write_bytes, locked
 
+# --hardware-compat -> trt.HardwareCompatibilityLevel member, and the TensorRT version that added it
 HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
+HARDWARE_COMPAT_SINCE = {"same-cc": "10.9"}
 DEFAULT_WORKSPACE_GIB = 4.0
 
 
@@ -75,13 +79,19 @@ class BuildOptions:
     version_compatible: bool = False
     hardware_compat: str = "none"
 
-    def check(self) -> None:
+    def check(self, trt_version: str | None = None) -> None:
+        """One-line errors for options no build could take, and (given the TensorRT version that will
+        build) for options that version does not have, before any work is done."""
         if self.hardware_compat not in HARDWARE_COMPAT:
             raise DeployError(f"unknown --hardware-compat {self.hardware_compat!r}; choose {', '.join(HARDWARE_COMPAT)}")
         if self.workspace_gib <= 0:
             raise DeployError("--workspace must be positive (GiB)")
         if self.dla_core is not None and self.dla_core < 0:
             raise DeployError("--dla-core must be 0 or more")
+        since = HARDWARE_COMPAT_SINCE.get(self.hardware_compat)
+        if trt_version is not None and since and version_tuple(trt_version) < version_tuple(since):
+            raise DeployError(f"--hardware-compat {self.hardware_compat} needs TensorRT {since} or newer; this "
+                              f"machine has TensorRT {trt_version} (--hardware-compat ampere+ works there)")
 
 
 def engine_record(trt_version: str, gpu_name: str, compute_capability: tuple[int, int], built_from: str,
@@ -108,11 +118,14 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple], o
     available = detect.tensorrt()
     if not available.available:
         raise DeployError(f"cannot build a TensorRT engine: {available.reason}")
-    options.check()
     import tensorrt as trt
 
+    options.check(trt.__version__)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
+    if options.dla_core is not None and options.dla_core >= builder.num_DLA_cores:
+        raise DeployError(f"--dla-core {options.dla_core}: this machine has {builder.num_DLA_cores} DLA cores "
+                          "(DLA is on Jetson and DRIVE boards)")
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -124,9 +137,7 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple], o
     for name, (low, opt, high) in shapes.items():
         profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
-    cache_bytes = options.timing_cache.read_bytes() if options.timing_cache and options.timing_cache.exists() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    _use_timing_cache(config, options.timing_cache)
     if options.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = options.dla_core
@@ -141,6 +152,39 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple], o
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(bytes(serialized))
     if options.timing_cache is not None:
-        atomic_write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
-    name, capability = cuda.device_properties(cuda.check(cuda.runtime_api().cudaGetDevice()))
+        _save_timing_cache(config, options.timing_cache)
+    name, capability = cuda.device_properties(cuda.current_device())
     return engine_record(trt.__version__, name, capability, built_from, options)
+
+
+def _use_timing_cache(config: Any, path: Path | None) -> None:
+    """Start the build from the timing cache at ``path`` where TensorRT takes it; a cache it rejects
+    (another TensorRT version or GPU, a damaged file) is set aside with a warning and an empty one used,
+    as Polygraphy does, so the build still runs and writes a good cache."""
+    data = b""
+    if path is not None and path.exists():
+        with locked(path):
+            data = path.read_bytes()
+    if data:
+        cache = config.create_timing_cache(data)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return
+        warnings.warn(f"TensorRT rejected the timing cache {path} (built by another TensorRT version or GPU, "
+                      "or damaged): building without it; it will be replaced", DeployWarning, stacklevel=3)
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def _save_timing_cache(config: Any, path: Path) -> None:
+    """Merge this build's timings into the cache at ``path`` under a lock, so builds that run at once
+    add to the cache instead of overwriting each other's (Polygraphy's way)."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        warnings.warn(f"TensorRT kept no timing cache for this build: {path} is unchanged", DeployWarning,
+                      stacklevel=3)
+        return
+    with locked(path):
+        previous = config.create_timing_cache(path.read_bytes()) if path.exists() else None  # None: unreadable
+        if previous is not None and not cache.combine(previous, ignore_mismatch=True):
+            warnings.warn(f"could not merge the earlier timings of {path}: it now holds this build's only",
+                          DeployWarning, stacklevel=3)
+        atomic_write_bytes(path, bytes(cache.serialize()))

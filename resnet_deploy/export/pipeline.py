@@ -34,7 +34,7 @@ from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner, reference_model
 from ..backends.tensorrt import TensorRTRunner
 from ..data import ImagePreprocess, calibration_data, random_images
-from ..environment import tool_versions
+from ..environment import package_version, tool_versions
 from ..errors import ArgumentError, DeployError, ExportError, ParityError, within
 from ..fileio import Staging, sha256_file
 from ..models import create_model, get_spec
@@ -182,7 +182,11 @@ def _parity_gate(
     else:
         checks = [Check(OnnxRuntimeRunner(candidate) if isinstance(candidate, Path) else candidate, tolerance)]
     runtime = "TensorRT" if kind == ENGINE else "ONNX Runtime"
-    results, _outputs = run_checks(reference, checks, inputs.sets(precision))
+    try:
+        results, _outputs = run_checks(reference, checks, inputs.sets(precision))
+    finally:  # the sessions made here; a runner passed in is its caller's to close
+        for made in {id(check.runner): check.runner for check in checks if check.runner is not candidate}.values():
+            made.close()
     rows = [{"artifact": kind, "backend": row.backend, "reference": row.reference, "inputs": row.inputs,
              "judged": row.judged, "batch": row.batch, "output": row.output, **row.figures} for row in results]
     failed = next((row for row in results if row.judged and not row.passed), None)
@@ -281,6 +285,8 @@ def _plan(arch: str, o: ExportOptions) -> Job:
     job.trt = detect.tensorrt()
     if o.engine and not job.trt.available:
         raise DeployError(f"--engine: cannot build a TensorRT engine here: {job.trt.reason}")
+    if job.build_engine and o.build_options is not None:
+        o.build_options.check(package_version("tensorrt"))  # an option this TensorRT lacks: said before the export
     return job
 
 
@@ -454,8 +460,9 @@ def _engine(job: Job, log: StepLog) -> None:
 
 def _engine_gate(job: Job, log: StepLog) -> None:
     inputs = _gate_inputs(job)
-    job.manifest.parity += _parity_gate(job.reference, ENGINE, TensorRTRunner(job.artifacts[ENGINE]), inputs,
-                                        random_init=job.random_init, precision=_engine_source(job))[0]
+    with TensorRTRunner.for_record(job.artifacts[ENGINE], job.manifest.precision_options[ENGINE]) as runner:
+        job.manifest.parity += _parity_gate(job.reference, ENGINE, runner, inputs, random_init=job.random_init,
+                                            precision=_engine_source(job))[0]
 
 
 def _commit(job: Job, log: StepLog) -> None:
@@ -576,10 +583,10 @@ def build(
         shape = (3, *manifest.preprocess["crop"])
         reference = Memoized(TorchRunner(reference_model(manifest), [o.name for o in manifest.outputs]))
         inputs = GateInputs.make(manifest.batch, shape, ImagePreprocess.from_manifest(manifest.preprocess), seed)
-        with log.step(f"parity gate engine: TensorRT vs PyTorch on {inputs.describe(source)}"):
+        with log.step(f"parity gate engine: TensorRT vs PyTorch on {inputs.describe(source)}"), \
+                TensorRTRunner.for_record(engine_path, manifest.precision_options[ENGINE]) as runner:
             manifest.parity = [p for p in manifest.parity if p["artifact"] != ENGINE] + _parity_gate(
-                reference, ENGINE, TensorRTRunner(engine_path), inputs,
-                random_init=manifest.random_init, precision=source,
+                reference, ENGINE, runner, inputs, random_init=manifest.random_init, precision=source,
             )[0]
         with log.step("write manifest"):
             commit_artifacts(staging, {ENGINE: engine_path}, manifest, keep_others=True)

@@ -9,7 +9,7 @@ import pytest
 from resnet_deploy.artifacts import BatchProfile, Manifest, TensorSpec
 from resnet_deploy.backends import detect
 from resnet_deploy.backends.tensorrt import check_engine_compatible, current_environment
-from resnet_deploy.errors import DeployError
+from resnet_deploy.errors import DeployError, DeployWarning
 from resnet_deploy.export.engine import (
     BuildOptions,
     engine_record,
@@ -78,6 +78,36 @@ def test_engine_compatibility_names_both_sides():
     check_engine_compatible(portable, "10.13.0", "NVIDIA A100", (8, 0))
     with pytest.raises(DeployError, match="compute capability"):
         check_engine_compatible(portable, "10.13.0", "Tesla T4", (7, 5))  # pre-Ampere: not covered
+
+
+def test_version_compatible_engines_run_forward_only_within_the_major_version():
+    record = engine_record("10.12.0.36", "NVIDIA H200", (9, 0), "m.onnx", BuildOptions(version_compatible=True))
+    for later in ("10.12.0.36", "10.12.1", "10.16.1.11"):
+        check_engine_compatible(record, later, "NVIDIA H200", (9, 0))
+    for other in ("10.8.0.43", "10.11.0.33", "11.0.0.114", "9.3.0"):
+        with pytest.raises(DeployError, match=r"built version-compatible with TensorRT 10.12.0.36, which runs it on "
+                                              r"TensorRT 10.x from 10.12.0.36 on; this machine has TensorRT"):
+            check_engine_compatible(record, other, "NVIDIA H200", (9, 0))
+
+
+def test_hardware_levels_none_warns_on_another_model_same_cc_does_not(recwarn):
+    plain = engine_record("10.16.1", "NVIDIA H100 PCIe", (9, 0), "m.onnx", BuildOptions())
+    with pytest.warns(DeployWarning, match="built for NVIDIA H100 PCIe, this GPU is NVIDIA H200: TensorRT runs it"):
+        check_engine_compatible(plain, "10.16.1", "NVIDIA H200", (9, 0))
+    same_cc = engine_record("10.16.1", "NVIDIA H100 PCIe", (9, 0), "m.onnx", BuildOptions(hardware_compat="same-cc"))
+    recwarn.clear()
+    check_engine_compatible(same_cc, "10.16.1", "NVIDIA H200", (9, 0))
+    assert not [w for w in recwarn if issubclass(w.category, DeployWarning)]
+    with pytest.raises(DeployError, match=r"this GPU is NVIDIA A100 \(8.0\)"):
+        check_engine_compatible(same_cc, "10.16.1", "NVIDIA A100", (8, 0))
+
+
+def test_same_cc_refused_before_any_work_on_older_tensorrt():
+    BuildOptions(hardware_compat="same-cc").check("10.9.0.34")
+    BuildOptions(hardware_compat="same-cc").check()  # version unknown: the build checks again
+    with pytest.raises(DeployError, match="--hardware-compat same-cc needs TensorRT 10.9 or newer; this machine has "
+                                          "TensorRT 10.8.0.43"):
+        BuildOptions(hardware_compat="same-cc").check("10.8.0.43")
 
 
 @pytest.mark.skipif(detect.tensorrt().available, reason="this machine can run TensorRT")
