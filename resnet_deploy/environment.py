@@ -11,8 +11,11 @@ import warnings
 from .errors import DeployWarning
 
 _TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "openvino", "tensorrt")
-# onnxruntime-gpu installs the module onnxruntime under another distribution name
-_DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu")}
+# distributions that install a module under another name: onnxruntime-gpu's onnxruntime, and TensorRT's
+# CUDA-specific builds (`tensorrt` itself is only a meta package pulling the cu13 one)
+_DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+                  "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu12-bindings",
+                               "tensorrt-cu13-bindings")}
 
 
 def package_version(name: str) -> str | None:

@@ -115,3 +115,19 @@ def test_current_environment_says_why_tensorrt_cannot_run():
     with pytest.raises(DeployError, match="cannot run a TensorRT engine here: ") as info:
         current_environment(0)
     assert detect.tensorrt().reason in str(info.value)
+
+
+def test_tensorrt_version_found_under_its_cuda_specific_distribution(monkeypatch):
+    """pip installs TensorRT as tensorrt-cu12 or tensorrt-cu13 (`tensorrt` is only a meta package): the
+    manifest's tool versions and doctor read it there."""
+    import importlib.metadata
+
+    from resnet_deploy.environment import package_version
+
+    def version(name):
+        if name == "tensorrt-cu12":
+            return "10.16.1.11"
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert package_version("tensorrt") == "10.16.1.11"
