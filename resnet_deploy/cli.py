@@ -575,7 +575,7 @@ def serve_command(artifact: str, model_name: str | None, host: str, port: int, m
     app = create_app(runner, model_name=model_name or split_artifact_name(artifact)[0],
                      platform=BACKEND_TABLE[runner.backend].platform,
                      max_batch=min(high, 32) if max_batch is None else max_batch, max_delay_ms=max_delay_ms, queue_size=queue_size,
-                     workers=workers, max_request_bytes=int(max_request_mb * (1 << 20)))
+                     workers=workers, max_request_bytes=int(within("--max-request-mb", max_request_mb) * (1 << 20)))
     runner.warmup()
     click.echo(f"serving {artifact} ({runner.name}) on http://{host}:{port}/v2", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

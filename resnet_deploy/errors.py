@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import math
 from typing import TypeVar
 
 N = TypeVar("N", int, float)
@@ -46,9 +47,15 @@ class ParityError(DeployError):
     exit_code = 1
 
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds take 0 to this
+
+
 def within(option: str, value: N, low: N | None = None, high: N | None = None, why: str = "") -> N:
-    """``value`` when it lies in [``low``, ``high``] (an open side where None); else an ArgumentError naming
-    the option, the value and the bounds (``why``: where a bound comes from)."""
+    """``value`` when it is a finite number in [``low``, ``high``] (an open side where None); else an
+    ArgumentError naming the option, the value and the bounds (``why``: where a bound comes from).
+    NaN compares false with every bound, so it is refused first, with infinities."""
+    if not math.isfinite(value):
+        raise ArgumentError(f"{option} {value} is not a finite number")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = (f"between {low} and {high}" if low is not None and high is not None
                   else f"at least {low}" if low is not None else f"at most {high}")

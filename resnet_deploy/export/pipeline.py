@@ -35,7 +35,7 @@ from ..backends.pytorch import TorchRunner, reference_model
 from ..backends.tensorrt import TensorRTRunner
 from ..data import ImagePreprocess, calibration_data, random_images
 from ..environment import package_version, tool_versions
-from ..errors import ArgumentError, DeployError, ExportError, ParityError, within
+from ..errors import MAX_SEED, ArgumentError, DeployError, ExportError, ParityError, within
 from ..fileio import Staging, sha256_file
 from ..models import create_model, get_spec
 from ..models import pretrained
@@ -259,7 +259,7 @@ def _plan(arch: str, o: ExportOptions) -> Job:
     height, width = parse_input_size(o.input_size, spec.preprocess.input_size)
     within("--opset", o.opset, 13, onnx.defs.onnx_opset_version(),
            f"13 for per-channel quantization; onnx {onnx.__version__} knows up to {onnx.defs.onnx_opset_version()}")
-    within("--seed", o.seed, 0, 2**32 - 1)
+    within("--seed", o.seed, 0, MAX_SEED)
     within("--calib-size", o.calib_size, 1, MAX_CALIBRATION_IMAGES)
     declared = {k: v for k, v in (o.preprocess or {}).items() if v is not None}
     published = (pretrained.resolve(arch, str(o.weights))

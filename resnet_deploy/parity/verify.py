@@ -22,7 +22,7 @@ from ..artifacts import Manifest, artifact_filename, open_artifact, split_artifa
 from ..backends import detect
 from ..backends.registry import FORMAT_WORDS, artifact_format, open_runner, variants
 from ..data import ImagePreprocess, batched, labelled_images, list_images, load_images, load_npy_batch
-from ..errors import DeployError, DeployWarning, within
+from ..errors import MAX_SEED, DeployError, DeployWarning, within
 from ..fileio import atomic_open
 from ..precisions import ENGINE, ENGINE_SUFFIX
 from .compare import REFERENCE, Check, ResultRow, run_checks
@@ -208,6 +208,7 @@ def verify(
     with ``passed == False``.
     """
     artifact = Path(artifact)
+    within("--seed", seed, 0, MAX_SEED)
     if reference not in REFERENCES:
         raise DeployError(f"unknown --reference {reference!r}: choose from {', '.join(REFERENCES)}")
     if reference == "auto":

@@ -66,7 +66,8 @@ class BatchStats:
 
 class DynamicBatcher:
     """Queues requests and runs them together: a batch closes when it would exceed ``max_batch``
-    images or ``max_delay`` seconds after its first request arrived."""
+    images, ``max_delay`` seconds after its first request arrived, or before a request whose images
+    are of another size."""
 
     def __init__(self, runner: Runner, *, max_batch: int, max_delay: float, queue_size: int, workers: int = 1) -> None:
         self.runner, self.max_batch, self.max_delay = runner, max_batch, max_delay
@@ -116,25 +117,30 @@ class DynamicBatcher:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
-                    with contextlib.suppress(TimeoutError):
+                    # asyncio's own TimeoutError: the built-in one only from Python 3.11 on
+                    with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._condition.wait_for(lambda: self.pending), remaining)
                     if not self.pending:
                         break
-                if count + len(self.pending[0].batch) > self.max_batch:
-                    break
+                following = self.pending[0].batch
+                if count + len(following) > self.max_batch or following.shape[1:] != items[0].batch.shape[1:]:
+                    break  # full, or an image of another size (a --dynamic-hw model): the next batch's
                 item = self.pending.popleft()
             items.append(item)
             count += len(item.batch)
         return items
 
     async def _work(self) -> None:
+        """Take a batch, run it, answer its requests; forever. Whatever goes wrong with one batch is that
+        batch's requests' answer: the worker itself never dies (a dead worker hangs every later request
+        while the server still says it is ready)."""
         loop = asyncio.get_running_loop()
         while True:
             items = await self._take()
             sizes = [len(i.batch) for i in items]
             total = sum(sizes)
-            batch = np.concatenate([i.batch for i in items]) if len(items) > 1 else items[0].batch
             try:
+                batch = np.concatenate([i.batch for i in items]) if len(items) > 1 else items[0].batch
                 outputs = await loop.run_in_executor(self._executor, self.runner.run_padded, batch)
             except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
                 self.stats.failed += len(items)

@@ -201,6 +201,8 @@ def test_bench_compares_artifacts_and_backends_in_one_table(cli, exported, tmp_p
     (["--backend", "tvm"], "unknown backend 'tvm': choose from auto, ort, trt, openvino, torch"),
     (["--iters", "0"], "--iters 0 is out of range: it must be between 1 and"),
     (["--threads", "100000"], "--threads 100000 is out of range"),
+    (["--duration", "nan"], "--duration nan is not a finite number"),  # ran forever: NaN passed every bound
+    (["--duration", "inf"], "--duration inf is not a finite number"),
 ])
 def test_bench_bad_arguments(cli, exported, args, message):
     assert_one_line_error(cli("bench", str(exported.onnx_path), "-q", *args), contains=message)

@@ -273,6 +273,7 @@ def test_serve_bad_options_are_one_line_errors(cli, exported):
                           contains="--max-batch 64 is out of range: it must be between 1 and 8 (the artifact's profile)")
     for option, value in (("--workers", "0"), ("--workers", "100000"), ("--queue", "0"), ("--max-batch", "0"),
                           ("--max-delay-ms", "-1"), ("--max-request-mb", "0"), ("--port", "70000"),
-                          ("--threads", "100000")):
+                          ("--threads", "100000"), ("--max-request-mb", "nan"), ("--max-delay-ms", "nan"),
+                          ("--max-request-mb", "inf")):
         assert_one_line_error(cli("serve", str(exported.onnx_path), option, value),
                               contains=f"{option} {value}")

@@ -124,6 +124,9 @@ def test_bad_input(cli, exported, tmp_path):
     assert_one_line_error(cli("verify", str(exported.onnx_path), "--batch-sizes", "1,64"), 2, "outside the artifact's profile 1:4:8")
     assert_one_line_error(cli("verify", str(exported.onnx_path), "--batch-sizes", "one"), 2, "invalid --batch-sizes")
     assert_one_line_error(cli("verify", str(tmp_path / "missing.onnx")), 2, "does not exist")
+    assert_one_line_error(cli("verify", str(exported.onnx_path), "--seed", "-1"), 2, "--seed -1 is out of range")
+    for option in ("--max-error", "--min-cosine", "--min-top1"):  # NaN compares false with every bound
+        assert_one_line_error(cli("verify", str(exported.onnx_path), option, "nan"), 2, f"{option} nan is not a finite")
     stray = tmp_path / "model.onnx"
     stray.write_bytes(exported.onnx_path.read_bytes())
     assert_one_line_error(cli("verify", str(stray)), 2, "manifest")
