@@ -6,8 +6,11 @@ limit (one line on stderr, no traceback unless ``--debug``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 from typing import Any
 
 import click
@@ -30,8 +33,36 @@ EXPORT = ExportOptions()  # the export's defaults, shown by --help
 TRITON = TritonOptions()
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised where the process is, so that it unwinds as Ctrl-C does: every staged
+    file removed on the way out (what `timeout`, Docker and Kubernetes send to stop a command)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _stopping_signals_unwind() -> Any:
+    """SIGTERM and SIGHUP handled like SIGINT while a command runs (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class _Group(click.Group):
-    """Turns a DeployError anywhere below into one line on stderr and its exit code."""
+    """Turns a DeployError anywhere below into one line on stderr and its exit code; an OSError (a full
+    disk, a folder without write permission) likewise; a stopping signal into exit 128+N."""
 
     def invoke(self, ctx: click.Context) -> Any:
         import warnings
@@ -41,16 +72,27 @@ class _Group(click.Group):
 
         warnings.showwarning = show
         warnings.simplefilter("always", DeployWarning)
+        debug = bool(ctx.obj and ctx.obj.get("debug"))
         try:
-            return super().invoke(ctx)
+            with _stopping_signals_unwind():
+                return super().invoke(ctx)
         except DeployError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+            if debug:
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:
+            if debug:
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except _Terminated as exc:
+            click.echo(f"stopped by {signal.Signals(exc.signum).name}", err=True)
+            sys.exit(128 + exc.signum)
 
 
 def _print_json(data: Any) -> None:

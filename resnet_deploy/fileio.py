@@ -12,12 +12,50 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = ".tmp-"  # then the writer's PID: what a later sweep asks about
+
+
+def temp_prefix() -> str:
+    """The name start of this process's temporaries: ``.tmp-PID-``."""
+    return f"{TEMP_PREFIX}{os.getpid()}-"
+
+
+def _owner_alive(name: str) -> bool:
+    pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
+    if not pid.isdigit():
+        return True  # not named by this package: not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def sweep_temporaries(folder: str | os.PathLike[str]) -> list[str]:
+    """Remove the temporaries (files and folders) left in ``folder`` by writers that are gone: an export
+    killed by SIGKILL or a power cut could not clean up after itself. Those of live processes (another
+    export running into the same folder) are left alone. Returns the names removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.name.startswith(TEMP_PREFIX) and not _owner_alive(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
 
 
 class Staging:
@@ -33,7 +71,7 @@ class Staging:
 
     def file(self, suffix: str = "") -> Path:
         """A new empty temporary file in the folder, removed on exit unless committed."""
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=self.folder)
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(), suffix=suffix, dir=self.folder)
         os.close(fd)
         self._pending.append(Path(name))
         return self._pending[-1]

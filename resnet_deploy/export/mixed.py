@@ -27,6 +27,7 @@ import onnx
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..data import ImagePreprocess, batched, labelled_images, load_images
 from ..errors import ExportError
+from ..fileio import temp_prefix
 from ..parity.layerwise import find_points
 
 EVAL_BATCH = 32
@@ -133,7 +134,7 @@ def quantize_within(
         logits = _logits(OnnxRuntimeRunner(path, optimize=False), measure.images)
         return measure.drop(logits), measure.error(logits)
 
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".mixed-") as scratch:
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=temp_prefix() + "mixed-") as scratch:
         candidate = Path(scratch) / "candidate.onnx"
         drop_all, error_all = evaluate([], candidate)
         on_progress(f"all INT8: drop {drop_all:.2f} points")

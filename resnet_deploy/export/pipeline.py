@@ -36,7 +36,7 @@ from ..backends.tensorrt import TensorRTRunner
 from ..data import ImagePreprocess, calibration_data, random_images
 from ..environment import package_version, tool_versions
 from ..errors import MAX_SEED, ArgumentError, DeployError, ExportError, ParityError, within
-from ..fileio import Staging, sha256_file
+from ..fileio import Staging, sha256_file, sweep_temporaries
 from ..models import create_model, get_spec
 from ..models import pretrained
 from ..models.registry import declare_preprocess
@@ -107,7 +107,8 @@ def parse_input_size(value: int | str | tuple[int, int] | None, default: int) ->
     return height, width
 
 
-def _prepare_folder(out: str | os.PathLike[str]) -> Path:
+def _prepare_folder(out: str | os.PathLike[str], log: StepLog) -> Path:
+    """The output folder, made where missing, checked writable, and cleared of what killed exports left."""
     folder = Path(out)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -115,6 +116,10 @@ def _prepare_folder(out: str | os.PathLike[str]) -> Path:
             probe.file()
     except OSError as exc:
         raise ExportError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
+    swept = sweep_temporaries(folder)
+    if swept:
+        log.say(f"removed {len(swept)} temporaries of exports that were killed: {', '.join(sorted(swept)[:3])}"
+                + (" ..." if len(swept) > 3 else ""))
     return folder
 
 
@@ -538,7 +543,7 @@ def export(arch: str, **options: Any) -> ExportResult:
         log.say(f"weights: {job.published.tag} ({job.published.url})")
         o.weights, job.weights_sha256 = pretrained.fetch(
             job.published, progress=None if o.quiet else pretrained.stderr_progress)
-    job.folder = _prepare_folder(o.out)
+    job.folder = _prepare_folder(o.out, log)
     with Staging(job.folder) as job.staging, job.resources:
         for step in steps:
             with log.step(step.title(job)):
@@ -573,6 +578,7 @@ def build(
         raise DeployError(f"{onnx_path.name} was quantized for the cpu target (unsigned activations), which "
                           "TensorRT's explicit quantization does not take: re-export with --int8-target trt")
     folder, log = onnx_path.parent, StepLog(3, quiet=quiet)
+    sweep_temporaries(folder)
     with Staging(folder) as staging:
         engine_path = staging.file(ENGINE_SUFFIX)
         with log.step(f"build TensorRT engine from {onnx_path.name}"):

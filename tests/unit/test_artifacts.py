@@ -132,3 +132,27 @@ def test_golden_file_committed_with_the_manifest_and_removed_with_it(tmp_path):
         commit_artifacts(staging, {"fp32": _staged(staging, b"model 2")}, _manifest())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]
     assert manifest_for(tmp_path / "m.onnx")[0].golden == {}
+
+
+def test_sweep_removes_the_temporaries_of_dead_writers_only(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from resnet_deploy.fileio import sweep_temporaries, temp_prefix
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # a process that has exited: its PID names no live writer
+    (tmp_path / f".tmp-{dead}-abc.onnx").write_bytes(b"half an export")
+    (tmp_path / f".tmp-{dead}-abc.onnx.pre.onnx").write_bytes(b"its quantization input")
+    (tmp_path / f".tmp-{dead}-mixed-xyz").mkdir()
+    (tmp_path / f".tmp-{dead}-mixed-xyz" / "candidate.onnx").write_bytes(b"scratch")
+    with Staging(tmp_path) as staging:
+        live = staging.file(".onnx")  # this process's, still being written
+        assert live.name.startswith(temp_prefix()) and str(os.getpid()) in live.name
+        (tmp_path / ".tmp-notours").write_bytes(b"")  # not named by this package: left alone
+        removed = sweep_temporaries(tmp_path)
+        assert sorted(removed) == sorted([f".tmp-{dead}-abc.onnx", f".tmp-{dead}-abc.onnx.pre.onnx",
+                                          f".tmp-{dead}-mixed-xyz"])
+        assert live.exists() and (tmp_path / ".tmp-notours").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-notours"]
