@@ -75,7 +75,13 @@ def load_npy_batch(path: str | os.PathLike[str], shape: Sequence[int]) -> np.nda
         raise DeployError(f"{path} holds an array of shape {list(array.shape)}; expected [N, {', '.join(map(str, shape))}]")
     if not np.issubdtype(array.dtype, np.floating):
         raise DeployError(f"{path} holds {array.dtype} data; expected preprocessed float32 images")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    if len(array) == 0:
+        raise DeployError(f"{path} holds no images (shape {list(array.shape)})")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:  # NaN ranges, scales and outputs downstream, and a message that blames something else
+        raise DeployError(f"{path} holds {bad} NaN or infinite values; preprocessed images are finite numbers")
+    return array
 
 
 IMAGENET_CLASSES_FILE = "imagenet_classes.txt"  # shipped in the package, ILSVRC-2012 class index order

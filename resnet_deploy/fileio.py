@@ -76,6 +76,13 @@ class Staging:
         self._pending.append(Path(name))
         return self._pending[-1]
 
+    def name(self, suffix: str = "") -> Path:
+        """A new temporary name in the folder with no file behind it yet, for writers that treat an
+        existing file as input (ONNX Runtime's range cache); removed on exit unless committed."""
+        path = self.file(suffix)
+        path.unlink()
+        return path
+
     def commit(self, staged: Path, target: str | os.PathLike[str]) -> Path:
         """Put ``staged`` in place as ``target`` (same folder), durably."""
         with open(staged, "rb+") as handle:

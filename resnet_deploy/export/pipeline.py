@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from ..backends.pytorch import TorchRunner, reference_model
 from ..backends.tensorrt import TensorRTRunner
 from ..data import ImagePreprocess, calibration_data, random_images
 from ..environment import package_version, tool_versions
-from ..errors import MAX_SEED, ArgumentError, DeployError, ExportError, ParityError, within
+from ..errors import MAX_SEED, ArgumentError, DeployError, DeployWarning, ExportError, ParityError, within
 from ..fileio import Staging, sha256_file, sweep_temporaries
 from ..models import create_model, get_spec
 from ..models import pretrained
@@ -232,6 +233,7 @@ class Job:
     holdout: np.ndarray | None = None
     prepared: Path | None = None  # the fp32 graph prepared for quantization
     quantize: Any = None  # (out path, units kept in float) -> ranges read from cache?
+    range_cache: tuple[Path, Path] | None = None  # (staged, final) activation ranges measured by this export
     reference: Memoized | None = None
     gate_inputs: GateInputs | None = None
     parity: list[dict[str, Any]] = field(default_factory=list)
@@ -348,10 +350,16 @@ def _int8(job: Job, log: StepLog) -> None:
     fp32 = job.artifacts["fp32"]
     cache = job.folder / precision.calibration_cache_name(job.stem, sha256_file(fp32), calibration, o.calib_method)
     job.prepared = job.resources.enter_context(precision.prepared_for_quantization(fp32))
+    problem = precision.range_cache_problem(cache) if cache.exists() else "missing"
+    if problem not in (None, "missing"):
+        warnings.warn(f"the range cache {cache.name} is not used: {problem}; calibrating again", DeployWarning,
+                      stacklevel=2)
+    # new ranges go to a staged file, put in place with the artifacts: a failed export leaves none
+    ranges = cache if problem is None else job.staging.name(".json")
 
     def quantize(out: Path, keep_float: list[str]) -> bool:
         return precision.to_int8(
-            job.prepared, out, calibration, target=o.int8_target, method=o.calib_method, cache_path=cache,
+            job.prepared, out, calibration, target=o.int8_target, method=o.calib_method, cache_path=ranges,
             reduce_range=o.reduce_range, keep_float=keep_float,
             on_progress=lambda done, total: log.progress(done, total, "images"),
         )
@@ -360,10 +368,17 @@ def _int8(job: Job, log: StepLog) -> None:
     # images the ranges never see: decoded once, for the mixed-precision measure and the gates
     job.holdout = calibration.holdout() if calibration.holdout else None
     from_cache = quantize(path, [])
-    log.note(f"activation ranges {'read from' if from_cache else 'cached in'} {cache.name}")
+    if ranges != cache and ranges.exists():
+        bad = precision.range_cache_problem(ranges)
+        if bad is not None:
+            raise ExportError(f"calibration gave unusable activation ranges ({bad}): the calibration data holds "
+                              "NaN or infinite values")
+        job.range_cache = (ranges, cache)
+    log.note(f"activation ranges {'read from' if from_cache else 'measured, cached in'} {cache.name}")
     job.precision_options["int8"] = {
         **precision.int8_record(o.int8_target, o.calib_method, o.reduce_range),
-        "calibration": calibration.describe(), "range_cache": cache.name if cache.exists() else None,
+        "calibration": calibration.describe(),
+        "range_cache": cache.name if from_cache or job.range_cache else None,
     }
 
 
@@ -476,6 +491,8 @@ def _commit(job: Job, log: StepLog) -> None:
     job.manifest = job.manifest or _manifest(job)
     golden = job.staging.file(GOLDEN_SUFFIX)
     write_golden(golden, _gate_inputs(job).sets("fp32"), job.reference)
+    if job.range_cache is not None:
+        job.staging.commit(*job.range_cache)
     job.manifest_file = commit_artifacts(job.staging, job.artifacts, job.manifest, golden=golden)
 
 

@@ -13,7 +13,9 @@ import contextlib
 import hashlib
 import inspect
 import io
+import json
 import logging
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -87,6 +89,31 @@ def calibration_cache_name(stem: str, fp32_sha256: str, calibration: Calibration
     """Ranges depend on the fp32 graph, the data and the method (not the target): all three key the cache."""
     key = hashlib.sha256(f"{fp32_sha256}|{calibration.key}|{method}".encode()).hexdigest()[:12]
     return f"{stem}.calib-{method}-{key}.json"
+
+
+def range_cache_problem(path: Path) -> str | None:
+    """Why the activation-range cache at ``path`` cannot be used (unreadable, truncated, NaN or infinite
+    ranges from NaN calibration data), or None where it can."""
+    bad: list[float] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            bad.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"it cannot be read ({first_line(exc)})"
+    if not isinstance(data, dict) or not data:
+        return "it holds no ranges"
+    walk(data)
+    return f"it holds {len(bad)} non-finite range values" if bad else None
 
 
 @contextlib.contextmanager
