@@ -374,7 +374,7 @@ def _int8(job: Job, log: StepLog) -> None:
             raise ExportError(f"calibration gave unusable activation ranges ({bad}): the calibration data holds "
                               "NaN or infinite values")
         job.range_cache = (ranges, cache)
-    log.note(f"activation ranges {'read from' if from_cache else 'measured, cached in'} {cache.name}")
+    log.note(f"activation ranges {'read from' if from_cache else 'cached in'} {cache.name}")
     job.precision_options["int8"] = {
         **precision.int8_record(o.int8_target, o.calib_method, o.reduce_range),
         "calibration": calibration.describe(),
