@@ -10,6 +10,7 @@ that is missing or different.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ STEM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # artifact kind (a precision's ONNX, or the engine) -> file suffix after the stem
 ARTIFACT_SUFFIXES = {name: p.suffix for name, p in PRECISIONS.items()} | {ENGINE: ENGINE_SUFFIX}
 MAX_BATCH = 4096  # the largest batch a profile may name
+MAX_SIDE = 4096  # input pixels per side (the crop and the resize before it)
 # PyTorch's outputs on the export's check inputs, for verifying where PyTorch is not installed
 GOLDEN_SUFFIX = ".golden.npz"
 
@@ -55,6 +57,10 @@ def split_artifact_name(path: str | os.PathLike[str]) -> tuple[str, str]:
 
 def manifest_path(folder: str | os.PathLike[str], stem: str) -> Path:
     return Path(folder) / f"{stem}.json"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -136,7 +142,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "manifest") -> Manifest:
-        if data.get("schema") != SCHEMA:
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ArtifactError(f"{source} is not a resnet-deploy manifest")
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ArtifactError(
@@ -149,9 +155,37 @@ class Manifest:
             fields["outputs"] = [TensorSpec(**o) for o in data["outputs"]]
             fields["batch"] = BatchProfile(**data["batch"])
             fields["artifacts"] = [ArtifactEntry(**a) for a in data.get("artifacts", [])]
-            return cls(**fields)
-        except (KeyError, TypeError) as exc:
+            manifest = cls(**fields)
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ArtifactError(f"{source} is malformed: {exc}") from None
+        problems = manifest.problems()
+        if problems:
+            raise ArtifactError(f"{source} is malformed: {'; '.join(problems)}")
+        return manifest
+
+    def problems(self) -> list[str]:
+        """What is wrong with the fields later steps compute with (a hand-edited or damaged manifest), so
+        that it is refused in one line when read rather than met as a traceback or a huge allocation."""
+        found = []
+        batch = [self.batch.min, self.batch.opt, self.batch.max]
+        if not all(_is_int(v) for v in batch) or not 1 <= batch[0] <= batch[1] <= batch[2] <= MAX_BATCH:
+            found.append(f"batch {batch} is not 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}")
+        if not _is_int(self.num_classes) or self.num_classes < 0:
+            found.append(f"num_classes {self.num_classes!r} is not a count")
+        crop, resize = self.preprocess.get("crop"), self.preprocess.get("resize")
+        crop_ok = isinstance(crop, list) and len(crop) == 2 and all(_is_int(v) and 1 <= v <= MAX_SIDE for v in crop)
+        if not crop_ok:
+            found.append(f"preprocess crop {crop!r} is not [H, W] of 1 to {MAX_SIDE} pixels")
+        if not _is_int(resize) or not (min(crop) if crop_ok else 1) <= resize <= MAX_SIDE:
+            found.append(f"preprocess resize {resize!r} is not a side from the crop's to {MAX_SIDE} pixels")
+        for key in ("mean", "std"):
+            values = self.preprocess.get(key)
+            if not isinstance(values, list) or not values or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values) \
+                    or (key == "std" and min(values) <= 0):
+                found.append(f"preprocess {key} {values!r} is not a list of finite numbers" +
+                             (" above 0" if key == "std" else ""))
+        return found
 
     @property
     def random_init(self) -> bool:

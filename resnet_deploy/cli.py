@@ -95,6 +95,18 @@ class _Group(click.Group):
             sys.exit(128 + exc.signum)
 
 
+def _output_file(option: str, path: str | None) -> None:
+    """A one-line error, before any work, where ``path`` (an output file) cannot be written: its folder
+    is missing or not a folder (found out after the whole run before)."""
+    if path is None:
+        return
+    from pathlib import Path
+
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise DeployError(f"{option} {path}: the folder {folder} does not exist")
+
+
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -397,6 +409,7 @@ def verify_command(artifact: str, batch_sizes: str | None, seed: int, inputs_fil
     """Compare PyTorch, ONNX Runtime and TensorRT outputs for an artifact; exit 1 when they disagree."""
     from .parity.verify import verify
 
+    _output_file("--report", report_path)
     sizes = _int_list(batch_sizes, "--batch-sizes") if batch_sizes else None
     overrides = {k: v for k, v in (("max_rel_to_scale", max_error), ("min_cosine", min_cosine), ("min_top1", min_top1))
                  if v is not None}
@@ -489,6 +502,7 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
 
     if iters is not None and duration is not None:
         raise DeployError("give --iters or --duration, not both")
+    _output_file("--plot", plot_path)
     chosen = [b.strip() for b in backends.split(",") if b.strip()]
     sizes = _int_list(batch_sizes, "--batch-sizes")
     with contextlib.ExitStack() as stack:

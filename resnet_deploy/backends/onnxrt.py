@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,8 @@ import onnxruntime as ort
 
 from ..artifacts import Manifest, TensorSpec
 from ..environment import first_cpu_fields, physical_cores, warn_int8_kernels
-from ..errors import DeployError
-from ..fileio import atomic_path, sha256_file
+from ..errors import DeployError, DeployWarning, first_line
+from ..fileio import atomic_path, atomic_write_bytes, sha256_file
 from . import detect
 from .base import Runner
 from .registry import LoadOptions, parse_device
@@ -59,23 +60,52 @@ def graph_cache_path(model: Path, provider: str, sha256: str | None = None) -> P
     return model.parent / GRAPH_CACHE_DIR / f"{model.name}.{digest}.{key}.onnx"
 
 
+def _cache_record(cache: Path) -> Path:
+    """The record beside a cached graph: the sha256 of the graph as it was written."""
+    return cache.with_name(cache.name + ".sha256")
+
+
+def _cache_problem(cache: Path) -> str | None:
+    """Why the cached graph at ``cache`` is not the one this package wrote there (damaged, replaced by
+    another model's, or from before the record existed), or None."""
+    try:
+        recorded = _cache_record(cache).read_text().strip()
+    except OSError:
+        return "it has no record of what was written"
+    return None if sha256_file(cache) == recorded else "its bytes are not the ones written"
+
+
 def _session_with_cache(model: Path, providers: list, options: ort.SessionOptions, cache: Path) -> tuple[
         ort.InferenceSession, str]:
     """Load the cached optimised graph without optimising again, or optimise and save it for next time.
 
-    Returns the session and what happened ("hit", "written" or "unwritable")."""
+    A cached graph is used only if its bytes are those written (checked against the record beside
+    it) and ONNX Runtime loads it; otherwise it is rebuilt, with a warning. Returns the session and
+    what happened ("hit", "written", "rebuilt" or "unwritable")."""
+    state = "written"
     if cache.is_file():
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(str(cache), sess_options=options, providers=providers), "hit"
+        problem = _cache_problem(cache)
+        if problem is None:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimised already
+            try:
+                return ort.InferenceSession(str(cache), sess_options=options, providers=providers), "hit"
+            except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for a bad file
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                problem = f"ONNX Runtime cannot load it ({first_line(exc)})"
+        warnings.warn(f"{model.name}: the optimised graph cached in {cache.parent.name}/ is not used: {problem}; "
+                      "optimising again", DeployWarning, stacklevel=4)
+        state = "rebuilt"
     try:
         cache.parent.mkdir(exist_ok=True)
         with atomic_path(cache) as tmp:
             options.optimized_model_filepath = str(tmp)
             session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
-        for stale in cache.parent.glob(f"{model.name}.*.onnx"):  # older exports of the same file
-            if stale != cache:
+            digest = sha256_file(tmp)
+        atomic_write_bytes(_cache_record(cache), digest.encode())
+        for stale in cache.parent.glob(f"{model.name}.*"):  # older exports of the same file, their records
+            if stale not in (cache, _cache_record(cache)):
                 stale.unlink(missing_ok=True)
-        return session, "written"
+        return session, state
     except OSError:
         options.optimized_model_filepath = ""
         return ort.InferenceSession(str(model), sess_options=options, providers=providers), "unwritable"
@@ -109,13 +139,17 @@ class OnnxRuntimeRunner(Runner):
             providers.insert(0, (provider, {"device_id": device_id}))
         options = session_options(threads=threads, optimize=optimize)
         self.graph_cache = "off"
-        if isinstance(model, bytes):
-            self.session = ort.InferenceSession(model, sess_options=options, providers=providers)
-        elif graph_cache and optimize:
-            cache = graph_cache_path(Path(model), provider, model_sha256)
-            self.session, self.graph_cache = _session_with_cache(Path(model), providers, options, cache)
-        else:
-            self.session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
+        try:
+            if isinstance(model, bytes):
+                self.session = ort.InferenceSession(model, sess_options=options, providers=providers)
+            elif graph_cache and optimize:
+                cache = graph_cache_path(Path(model), provider, model_sha256)
+                self.session, self.graph_cache = _session_with_cache(Path(model), providers, options, cache)
+            else:
+                self.session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types (InvalidProtobuf, Fail, ...)
+            label = "the model" if isinstance(model, bytes) else Path(model).name
+            raise DeployError(f"ONNX Runtime cannot load {label}: {first_line(exc)}") from None
         short = PROVIDER_NAMES.get(provider, provider)
         self.name = f"onnxruntime-{short}" + ("" if optimize else "-unoptimized")
         self.device = "cpu" if short == "cpu" else f"cuda:{device_id}"

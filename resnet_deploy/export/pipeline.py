@@ -23,6 +23,7 @@ import torch
 
 from ..artifacts import (
     GOLDEN_SUFFIX,
+    MAX_SIDE,
     BatchProfile,
     Manifest,
     TensorSpec,
@@ -57,7 +58,6 @@ from .torch2onnx import export_onnx, output_names
 
 # simplified vs exported graph, both on ONNX Runtime (after a failed gate): only reordering may differ
 SIMPLIFY_TOLERANCE = 1e-5
-MAX_SIDE = 4096  # input pixels per side
 MAX_CALIBRATION_IMAGES = 1_000_000
 
 
@@ -275,6 +275,7 @@ def _plan(arch: str, o: ExportOptions) -> Job:
         scale = published.preprocess["resize"] / 224  # published for a 224 crop
         declared = {**published.preprocess, "resize": int(round(min(height, width) * scale)), **declared}
     record = declare_preprocess(spec.preprocess, height, width, **declared)
+    within("--resize", record["resize"], 1, MAX_SIDE, "pixels of the shorter side before the crop")
     job = Job(arch, o, stem, profile, (3, height, width), record, ImagePreprocess.from_manifest(record),
               [name for name in PRECISIONS if name == "fp32" or getattr(o, name, False)], published=published)
     if o.int8:  # checked before the slow steps: a missing data set should fail at once

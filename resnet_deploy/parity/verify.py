@@ -22,7 +22,7 @@ from ..artifacts import Manifest, artifact_filename, open_artifact, split_artifa
 from ..backends import detect
 from ..backends.registry import FORMAT_WORDS, artifact_format, open_runner, variants
 from ..data import ImagePreprocess, batched, labelled_images, list_images, load_images, load_npy_batch
-from ..errors import MAX_SEED, DeployError, DeployWarning, within
+from ..errors import MAX_SEED, ArtifactError, DeployError, DeployWarning, within
 from ..fileio import atomic_open
 from ..precisions import ENGINE, ENGINE_SUFFIX
 from .compare import REFERENCE, Check, ResultRow, run_checks
@@ -259,8 +259,13 @@ def verify(
         inputs=given.description, tolerance=tol.to_dict(), notes=[n for n in (note, given.note) if n],
         file_changed=changed, strict=strict,
     )
-    checks, report.skipped = _checks(artifact, manifest, file_precision, tol, with_torch=reference == "torch",
-                                     notes=report.notes)
+    try:
+        checks, report.skipped = _checks(artifact, manifest, file_precision, tol, with_torch=reference == "torch",
+                                         notes=report.notes)
+    except DeployError as exc:
+        if changed is None:
+            raise
+        raise ArtifactError(f"{changed}, and it does not load: {exc}") from None
 
     label = GOLDEN if reference == "golden" else REFERENCE
     report.rows, outputs = run_checks(reference_runner, checks, given.sets, reference_label=label)

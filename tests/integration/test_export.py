@@ -204,6 +204,7 @@ def test_rerun_overwrites_cleanly(tmp_path):
         (["--arch", "resnet18", "--batch", "1:8:100000"], "MAX <= 4096"),
         (["--arch", "resnet18", "--int8", "--calib-data", "random", "--calib-size", "0"], "--calib-size 0"),
         (["--arch", "resnet18", "--seed", "-1"], "--seed -1 is out of range"),
+        (["--arch", "resnet18", "--resize", "1000000000"], "--resize 1000000000 is out of range"),  # predict OOMed
     ],
 )
 def test_cli_bad_arguments(cli, tmp_path, args, message):

@@ -44,6 +44,29 @@ def test_openvino_runs_the_artifacts_like_onnx_runtime(small_export):
     assert any((small_export.onnx_path.parent / CACHE_DIR).iterdir())  # the compiled blob, kept for next time
 
 
+def test_a_bad_compiled_blob_is_not_served(small_export, tmp_path):
+    """OpenVINO keys its cache on the model and checks each blob: another model's blob under this model's
+    name, or a damaged one, is compiled again rather than served (checked here, so an OpenVINO that
+    stopped doing it would fail this test rather than serve wrong answers)."""
+    import shutil
+
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for name in ("resnet18.json", "resnet18.onnx", "resnet18.fp16.onnx"):
+        shutil.copy(small_export.onnx_path.parent / name, folder / name)
+    batch = random_images(2, (3, 64, 64), MEAN, STD, seed=3)
+    with runtime.load(folder / "resnet18.onnx", backend="openvino") as runner:
+        want = runner(batch)["logits"]
+    blob, = (folder / CACHE_DIR).glob("*.blob")
+    with runtime.load(folder / "resnet18.fp16.onnx", backend="openvino"):
+        pass
+    other, = set((folder / CACHE_DIR).glob("*.blob")) - {blob}
+    for spoil in (lambda: shutil.copy(other, blob), lambda: blob.write_bytes(blob.read_bytes()[:1000])):
+        spoil()
+        with runtime.load(folder / "resnet18.onnx", backend="openvino") as runner:
+            np.testing.assert_array_equal(runner(batch)["logits"], want)
+
+
 def test_openvino_only_on_the_cpu(small_export):
     with pytest.raises(DeployError, match="openvino backend runs on the CPU"):
         runtime.load(small_export.onnx_path, backend="openvino", device="cuda")

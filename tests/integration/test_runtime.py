@@ -97,6 +97,44 @@ def test_optimised_graph_is_cached_beside_the_artifact(exported):
         np.testing.assert_allclose(second(batch)["logits"], want, rtol=0, atol=1e-5)
 
 
+def test_a_bad_cached_graph_is_rebuilt_with_a_warning(exported):
+    """Another model's graph put in the cache (served silently before, with wrong answers), a damaged one
+    (every load crashed before), a cache without its record: each rebuilt, and the answers right."""
+    import hashlib
+    import warnings
+
+    from resnet_deploy.errors import DeployWarning
+
+    batch = random_images(2, (3, 64, 64), (0, 0, 0), (1, 1, 1))
+    with runtime.load(exported.onnx_path, graph_cache=False) as plain:
+        want = plain(batch)["logits"]
+    with runtime.load(exported.onnx_path):
+        pass
+    cache, = (exported.onnx_path.parent / GRAPH_CACHE_DIR).glob("resnet18.onnx.*.onnx")
+    record = cache.with_name(cache.name + ".sha256")
+    other = exported.paths["fp16"].read_bytes()
+
+    def replace_with_other():
+        cache.write_bytes(other)
+
+    def damage_with_matching_record():
+        cache.write_bytes(cache.read_bytes()[:5000])
+        record.write_text(hashlib.sha256(cache.read_bytes()).hexdigest())
+
+    for spoil, reason in ((replace_with_other, "its bytes are not the ones written"),
+                          (damage_with_matching_record, "ONNX Runtime cannot load it"),
+                          (record.unlink, "it has no record of what was written")):
+        spoil()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with runtime.load(exported.onnx_path) as runner:
+                assert runner.graph_cache == "rebuilt"
+                np.testing.assert_allclose(runner(batch)["logits"], want, rtol=0, atol=1e-5)
+        assert any(issubclass(w.category, DeployWarning) and reason in str(w.message) for w in caught), reason
+        with runtime.load(exported.onnx_path) as runner:
+            assert runner.graph_cache == "hit"
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"backend": "tflite"}, "unknown backend 'tflite'"),
     ({"backend": "trt"}, "is an ONNX model, and --backend trt runs a TensorRT engine: use --backend ort or openvino "
@@ -203,6 +241,7 @@ def test_bench_compares_artifacts_and_backends_in_one_table(cli, exported, tmp_p
     (["--threads", "100000"], "--threads 100000 is out of range"),
     (["--duration", "nan"], "--duration nan is not a finite number"),  # ran forever: NaN passed every bound
     (["--duration", "inf"], "--duration inf is not a finite number"),
+    (["--plot", "nodir/x.png"], "--plot nodir/x.png: the folder"),  # said before the run, not after it
 ])
 def test_bench_bad_arguments(cli, exported, args, message):
     assert_one_line_error(cli("bench", str(exported.onnx_path), "-q", *args), contains=message)

@@ -125,6 +125,8 @@ def test_bad_input(cli, exported, tmp_path):
     assert_one_line_error(cli("verify", str(exported.onnx_path), "--batch-sizes", "one"), 2, "invalid --batch-sizes")
     assert_one_line_error(cli("verify", str(tmp_path / "missing.onnx")), 2, "does not exist")
     assert_one_line_error(cli("verify", str(exported.onnx_path), "--seed", "-1"), 2, "--seed -1 is out of range")
+    assert_one_line_error(cli("verify", str(exported.onnx_path), "--report", str(tmp_path / "nodir" / "r.json")), 2,
+                          "--report")
     for option in ("--max-error", "--min-cosine", "--min-top1"):  # NaN compares false with every bound
         assert_one_line_error(cli("verify", str(exported.onnx_path), option, "nan"), 2, f"{option} nan is not a finite")
     stray = tmp_path / "model.onnx"
@@ -141,6 +143,22 @@ def test_engine_without_tensorrt_names_the_onnx(cli, exported):
     finally:
         engine.unlink()
     assert_one_line_error(result, 2, str(exported.onnx_path))
+
+
+def test_a_damaged_artifact_is_one_line_naming_the_change(cli, exported, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for name in ("resnet18.json", "resnet18.onnx", "resnet18.golden.npz"):
+        shutil.copy(exported.onnx_path.parent / name, folder / name)
+    model = folder / "resnet18.onnx"
+    whole = model.read_bytes()
+    for damaged in (whole[: len(whole) // 3], np.random.default_rng(0).bytes(4096)):  # truncated, random bytes
+        model.write_bytes(damaged)
+        result = cli("verify", str(model))
+        assert_one_line_error(result, 2, "resnet18.onnx differs from what resnet18.json recorded at export")
+        assert "and it does not load: ONNX Runtime cannot load resnet18.onnx" in result.stderr
 
 
 def test_changed_weights_file_is_refused(tmp_path, cli):

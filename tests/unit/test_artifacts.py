@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -49,7 +50,9 @@ def test_artifact_names():
 def _manifest(stem: str = "m") -> Manifest:
     return Manifest(
         stem=stem, arch="resnet18", num_classes=1000, model_options={}, weights={"init": "random", "seed": 0},
-        input=TensorSpec("input", ["batch", 3, 64, 64]), preprocess={}, outputs=[TensorSpec("logits", ["batch", 1000])],
+        input=TensorSpec("input", ["batch", 3, 64, 64]), outputs=[TensorSpec("logits", ["batch", 1000])],
+        preprocess={"crop": [64, 64], "resize": 73, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                    "interpolation": "bilinear"},
         batch=BatchProfile(), dynamic_hw=False, opset=18, exporter="dynamo", simplified=True,
     )
 
@@ -66,6 +69,24 @@ def test_manifest_round_trip_and_version_check(tmp_path):
         read_manifest(path)
     path.write_text("{broken")
     with pytest.raises(ArtifactError, match="cannot read manifest"):
+        read_manifest(path)
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda d: [d], "is not a resnet-deploy manifest"),  # a JSON list
+    (lambda d: {**d, "batch": {"min": "1", "opt": 8, "max": 32}}, "batch ['1', 8, 32] is not 1 <= MIN"),
+    (lambda d: {**d, "batch": {"min": -4, "opt": 8, "max": 32}}, "batch [-4, 8, 32] is not 1 <= MIN"),
+    (lambda d: {**d, "preprocess": {**d["preprocess"], "resize": "73"}}, "preprocess resize '73' is not a side"),
+    (lambda d: {**d, "preprocess": {**d["preprocess"], "resize": 1_000_000_000}}, "preprocess resize 1000000000"),
+    (lambda d: {**d, "preprocess": {**d["preprocess"], "crop": [64]}}, "preprocess crop [64] is not [H, W]"),
+    (lambda d: {**d, "preprocess": {**d["preprocess"], "std": [0.2, 0, 0.2]}}, "preprocess std [0.2, 0, 0.2]"),
+    (lambda d: {**d, "num_classes": True}, "num_classes True is not a count"),
+    (lambda d: {**d, "input": "input"}, "is malformed"),
+])
+def test_a_malformed_manifest_is_one_line(tmp_path, spoil, message):
+    path = write_manifest(_manifest(), tmp_path)
+    path.write_text(json.dumps(spoil(json.loads(path.read_text()))))
+    with pytest.raises(ArtifactError, match=re.escape(message)):
         read_manifest(path)
 
 
