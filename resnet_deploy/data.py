@@ -8,8 +8,10 @@ preprocessed images cover rather than a standard normal the model never sees.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -137,16 +139,59 @@ class ImagePreprocess:
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Decode an image file as RGB (greyscale, palette, CMYK and alpha images are converted)."""
-    path = Path(path)
+    """Decode an image file as 8-bit RGB: greyscale, palette, CMYK and alpha images are converted, and
+    images of more than 8 bits are scaled to 8 (16-bit greyscale by 65535, float images from [0, 1]),
+    not clipped, which made them white or black."""
+    path = _image_path(path)
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise DeployError(f"image {path} does not exist") from None
+            return _to_rgb(image, path)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DeployError(f"cannot read {path} as an image: {first_line(exc)}") from None
+
+
+def _image_path(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise DeployError(f"image {path} does not exist")
+    if not path.is_file():  # a FIFO blocks the read forever, a folder or a device is no image
+        raise DeployError(f"image {path} is not a regular file")
+    return path
+
+
+def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    if image.mode.startswith("I;16") or image.mode == "I" and image.format == "PNG":  # 16-bit greyscale
+        pixels = np.asarray(image, dtype=np.float64) / 65535.0
+    elif image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+            raise DeployError(f"{path} is a float image with values outside [0, 1] "
+                              f"({np.nanmin(pixels):.3g} to {np.nanmax(pixels):.3g}): its brightness has no "
+                              "standard meaning; save it as an 8- or 16-bit image")
+    elif image.mode in ("I", "I;32"):
+        raise DeployError(f"{path} holds 32-bit integer pixels, whose range has no standard meaning: save it as "
+                          "an 8- or 16-bit image")
+    else:
+        return image.convert("RGB")
+    grey = Image.fromarray(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return grey.convert("RGB")
+
+
+LARGE_IMAGE_PIXELS = 4096 * 4096  # decoded one at a time: a 12000x12000 PNG is 430 MB as RGB alone
+_large_image = threading.Lock()
+
+
+def _load_preprocessed(path: Path, preprocess: ImagePreprocess) -> np.ndarray:
+    """One image decoded and preprocessed; a large one only while no other large one is (parallel
+    decodes of large images multiplied the memory peak)."""
+    try:
+        with Image.open(_image_path(path)) as header:  # reads the size, not the pixels
+            large = header.width * header.height > LARGE_IMAGE_PIXELS
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DeployError(f"cannot read {path} as an image: {first_line(exc)}") from None
+    with _large_image if large else contextlib.nullcontext():
+        return preprocess(load_image(path))
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
@@ -182,7 +227,7 @@ def labelled_images(root: str | os.PathLike[str]) -> tuple[list[Path], np.ndarra
 def load_images(paths: Sequence[Path], preprocess: ImagePreprocess, *, workers: int | None = None) -> np.ndarray:
     """Decode and preprocess ``paths`` in parallel threads (Pillow releases the GIL); (N, 3, H, W) float32."""
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
-        arrays = list(pool.map(lambda p: preprocess(load_image(p)), paths))
+        arrays = list(pool.map(lambda p: _load_preprocessed(p, preprocess), paths))
     return np.stack(arrays).astype(np.float32, copy=False)
 
 

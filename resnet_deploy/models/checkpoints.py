@@ -33,8 +33,12 @@ _SHOWN = 4  # key names quoted per category in an error
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a checkpoint file and unwrap it to a flat ``{name: tensor}`` dict."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise CheckpointError(f"weights file {path} is a folder: give the checkpoint file inside it")
+    if not path.exists():
         raise CheckpointError(f"weights file {path} does not exist")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise CheckpointError(f"weights file {path} is not a regular file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"weights file {path} is empty")
     if path.suffix == ".safetensors":
@@ -52,7 +56,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                 raw = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             text = str(exc)
-            offending = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            # torch < 2.13: "Unsupported global: GLOBAL os.system"; 2.13: "unsupported GLOBAL posix.system whose
+            # module posix is blocked"
+            offending = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", text)
             if offending:
                 raise CheckpointError(
                     f"refused to load {path}: it holds Python objects ({offending.group(1)}) that would run code "
@@ -81,6 +87,10 @@ def unwrap_state_dict(raw: object, *, source: str = "checkpoint") -> dict[str, t
     if not isinstance(raw, Mapping) or not raw:
         raise CheckpointError(f"{source} holds no state_dict (found {type(raw).__name__})")
     tensors = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    unusual = sorted(str(k) for k, v in tensors.items() if v.is_sparse or v.is_meta or v.layout != torch.strided)
+    if unusual:  # sparse tensors fail the copy into the model's dense ones, meta tensors hold no values
+        raise CheckpointError(f"{source} holds tensors that are sparse or have no data (meta): "
+                              f"{unusual[:_SHOWN]}; save dense weights (tensor.to_dense())")
     if len(tensors) != len(raw):
         others = sorted(str(k) for k, v in raw.items() if not isinstance(v, torch.Tensor))[:_SHOWN]
         raise CheckpointError(
@@ -134,7 +144,20 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, arch: st
             shapes = [f"{k} {list(state[k].shape)} vs {list(expected[k].shape)}" for k in mismatched]
             parts.append(f"{len(mismatched)} of another shape ({_quote(shapes)})")
         raise CheckpointError(f"{source} does not fit {arch}: keys " + "; ".join(parts))
+    _check_values(state, source)
     model.load_state_dict(state, strict=False)  # strictness checked above, with better messages
+
+
+def _check_values(state: dict[str, torch.Tensor], source: str) -> None:
+    """Weights that can compute nothing: NaN or infinite values, a negative BatchNorm variance (the
+    square root of it is NaN). Said here, naming the tensors, rather than found by the export's parity
+    gate, which could only blame a graph pass."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    negative = [k for k, v in state.items() if k.endswith("running_var") and bool((v < 0).any())]
+    if bad:
+        raise CheckpointError(f"{source} holds NaN or infinite values in {len(bad)} tensors ({_quote(sorted(bad))})")
+    if negative:
+        raise CheckpointError(f"{source} holds negative BatchNorm variances in {_quote(sorted(negative))}")
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> Path:

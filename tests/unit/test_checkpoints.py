@@ -101,6 +101,57 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_pickle_that_runs_a_command_is_refused_and_named(tmp_path):
+    """torch 2.13 words the refusal of os.system ("unsupported GLOBAL posix.system whose module posix is
+    blocked") unlike `open`'s: it was reported as a corrupted file that weights_only=False would load."""
+    import os
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": Exploit()}, path)
+    with pytest.raises(CheckpointError, match=r"refused to load .*evil.pth: it holds Python objects \((posix|os)"
+                                              r"\.system\) that would run code") as info:
+        read_state_dict(path)
+    assert "weights_only" not in str(info.value) and not marker.exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("layer1.0.conv1.weight", float("nan"), r"NaN or infinite values in 1 tensors \(layer1.0.conv1.weight\)"),
+    ("fc.bias", float("inf"), r"NaN or infinite values in 1 tensors \(fc.bias\)"),
+    ("bn1.running_var", -1.0, r"negative BatchNorm variances in bn1.running_var"),
+])
+def test_weights_that_compute_nothing_are_named(tmp_path, key, value, message):
+    """Were found by the export's parity gate, which blamed simplification ("retry with --no-simplify")."""
+    state = create_model("resnet18").state_dict()
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = value
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match=message):
+        create_model("resnet18", weights=tmp_path / "w.pt")
+
+
+def test_sparse_meta_folder_and_fifo_weights_are_one_line(tmp_path):
+    import os
+
+    dense = create_model("resnet18").state_dict()
+    for name, spoil in (("sparse", lambda t: t.to_sparse()), ("meta", lambda t: t.to("meta"))):
+        state = dict(dense)
+        state["fc.weight"] = spoil(state["fc.weight"])
+        torch.save(state, tmp_path / f"{name}.pt")
+        with pytest.raises(CheckpointError, match=r"sparse or have no data \(meta\): \['fc.weight'\]"):
+            create_model("resnet18", weights=tmp_path / f"{name}.pt")
+    with pytest.raises(CheckpointError, match="is a folder: give the checkpoint file inside it"):
+        read_state_dict(tmp_path)
+    os.mkfifo(tmp_path / "fifo.pt")
+    with pytest.raises(CheckpointError, match="is not a regular file"):  # was a read that never returned
+        read_state_dict(tmp_path / "fifo.pt")
+
+
 @pytest.mark.parametrize(
     "content, match",
     [(b"", "is empty"), (b"PK\x03\x04 this is not a zip archive at all", "corrupted"), (b"\x00" * 64, "corrupted")],

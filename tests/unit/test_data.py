@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,3 +75,91 @@ def test_batched_keeps_order_and_the_remainder():
     pieces = batched(np.arange(40).reshape(10, 4), 4)
     assert [len(p) for p in pieces] == [4, 4, 2] and np.array_equal(np.concatenate(pieces), np.arange(40).reshape(10, 4))
     assert batched([], 3) == []
+
+
+def _preprocess64():
+    from resnet_deploy.data import ImagePreprocess
+
+    return ImagePreprocess(resize=64, crop=(64, 64), interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1))
+
+
+def test_high_bit_depth_images_are_scaled_not_clipped(tmp_path):
+    """16-bit greyscale PNGs came out 99.6% white and float TIFFs black: convert("RGB") clips."""
+    from PIL import Image
+
+    from resnet_deploy.data import load_image
+
+    ramp = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "g16.png")
+    Image.fromarray(ramp.astype(np.float32), mode="F").save(tmp_path / "f.tif")
+    Image.fromarray((ramp * 255).astype(np.uint8)).save(tmp_path / "g8.png")
+    eight = np.asarray(load_image(tmp_path / "g8.png"), dtype=np.float64)
+    for name in ("g16.png", "f.tif"):
+        pixels = np.asarray(load_image(tmp_path / name), dtype=np.float64)
+        assert pixels.shape == (64, 64, 3) and np.abs(pixels - eight).max() <= 1.0, name
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: (np.arange(64 * 64).reshape(64, 64) * 1000).astype(np.int32), "32-bit integer pixels"),
+    (lambda: np.full((64, 64), 3.5, np.float32), "float image with values outside [0, 1]"),
+])
+def test_images_without_a_standard_range_are_refused(tmp_path, make, message):
+    from PIL import Image
+
+    from resnet_deploy.data import load_image
+
+    array = make()
+    Image.fromarray(array, mode="F" if array.dtype == np.float32 else "I").save(tmp_path / "x.tif")
+    with pytest.raises(DeployError, match=re.escape(message)):
+        load_image(tmp_path / "x.tif")
+
+
+def test_a_fifo_is_refused_not_read_forever(tmp_path):
+    import os
+    import threading
+
+    from resnet_deploy.data import load_images
+
+    os.mkfifo(tmp_path / "fifo.jpg")
+    outcome = []
+
+    def attempt():
+        try:
+            load_images([tmp_path / "fifo.jpg"], _preprocess64())
+        except DeployError as exc:
+            outcome.append(str(exc))
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert outcome == [f"image {tmp_path / 'fifo.jpg'} is not a regular file"]
+
+
+def test_large_images_are_decoded_one_at_a_time(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from PIL import Image
+
+    from resnet_deploy import data
+
+    for i in range(4):
+        Image.fromarray(np.full((80, 80, 3), i * 40, np.uint8)).save(tmp_path / f"{i}.png")
+    monkeypatch.setattr(data, "LARGE_IMAGE_PIXELS", 70 * 70)  # these count as large
+    active, peak, lock = [0], [0], threading.Lock()
+    real = data.load_image
+
+    def tracked(path):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        try:
+            return real(path)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(data, "load_image", tracked)
+    batch = data.load_images(sorted(tmp_path.glob("*.png")), _preprocess64(), workers=4)
+    assert batch.shape == (4, 3, 64, 64) and peak[0] == 1
