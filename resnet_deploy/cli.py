@@ -33,6 +33,10 @@ EXPORT = ExportOptions()  # the export's defaults, shown by --help
 TRITON = TritonOptions()
 
 
+# What the `export` extra installs: a command that needs one of them is an export-side command.
+EXPORT_MODULES = {"torch", "onnxscript", "onnxsim", "safetensors"}
+
+
 class _Terminated(BaseException):
     """SIGTERM or SIGHUP, raised where the process is, so that it unwinds as Ctrl-C does: every staged
     file removed on the way out (what `timeout`, Docker and Kubernetes send to stop a command)."""
@@ -86,6 +90,12 @@ class _Group(click.Group):
                 raise
             where = f" ({exc.filename})" if exc.filename else ""
             click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(2)
+        except ModuleNotFoundError as exc:
+            if exc.name not in EXPORT_MODULES or debug:
+                raise
+            click.echo(f"error: `resnet-deploy {ctx.invoked_subcommand}` needs {exc.name}, which is not installed "
+                       "here (a target install has no PyTorch): pip install 'resnet-deploy[export]'", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

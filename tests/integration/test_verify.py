@@ -275,3 +275,13 @@ def test_target_path_runs_without_torch(exported, tmp_path):
     assert json.loads(doctor.stdout)["backends"]["torch-cuda"]["reason"] == "torch is not installed"
     torch_backend = _without_torch("bench", str(exported.onnx_path), "--backend", "torch", "--iters", "1", "-q")
     assert torch_backend.returncode == 2 and torch_backend.stderr.startswith("error: the torch backend needs torch")
+
+
+@pytest.mark.parametrize("command", [["export", "--arch", "resnet18"], ["list"]])
+def test_export_side_commands_without_torch_name_the_extra(command, tmp_path):
+    done = _without_torch(*command, "--out" if command[0] == "export" else "--weights", *(
+        [str(tmp_path / "out")] if command[0] == "export" else []))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == (f"error: `resnet-deploy {command[0]}` needs torch, which is not installed here "
+                                   "(a target install has no PyTorch): pip install 'resnet-deploy[export]'")
+    assert not (tmp_path / "out").exists()

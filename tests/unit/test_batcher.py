@@ -52,12 +52,12 @@ def test_a_lone_request_is_answered_where_asyncio_has_its_own_timeout_error(monk
     class LegacyTimeoutError(Exception):
         pass
 
-    wait_for = asyncio.wait_for
+    wait_for, timeouts = asyncio.wait_for, (TimeoutError, asyncio.TimeoutError)  # the same class from 3.11 on
 
     async def legacy_wait_for(awaitable, timeout):
         try:
             return await wait_for(awaitable, timeout)
-        except TimeoutError:
+        except timeouts:
             raise LegacyTimeoutError from None
 
     monkeypatch.setattr(asyncio, "TimeoutError", LegacyTimeoutError)
