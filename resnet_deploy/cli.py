@@ -636,6 +636,7 @@ def serve_command(artifact: str, model_name: str | None, host: str, port: int, m
     except ImportError:
         raise DeployError("serve needs uvicorn and starlette: pip install 'resnet-deploy[serve]'") from None
     within("--port", port, 1, 65535)
+    _check_listen(host, port)
     runner = load(artifact, backend=backend, device=device, threads=threads)
     high = runner.batch_range[1] if runner.batch_range else 32
     app = create_app(runner, model_name=model_name or split_artifact_name(artifact)[0],
@@ -645,6 +646,20 @@ def serve_command(artifact: str, model_name: str | None, host: str, port: int, m
     runner.warmup()
     click.echo(f"serving {artifact} ({runner.name}) on http://{host}:{port}/v2", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _check_listen(host: str, port: int) -> None:
+    """A one-line error, before the model is loaded, where ``host:port`` cannot be listened on (in use,
+    not an address of this machine), instead of uvicorn's log line and exit 1."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise DeployError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import Runner
-from ..errors import DeployError, first_line, within
+from ..errors import ArgumentError, DeployError, first_line, within
+from .protocol import InferRequest, RequestedOutput, ValidationError, describe_error
 
 DEFAULT_MAX_DELAY_MS = 2.0
 DEFAULT_QUEUE = 64
@@ -35,6 +37,7 @@ MAX_WORKERS = 64
 MAX_REQUEST_MB = 4096.0
 
 BINARY_HEADER = "Inference-Header-Content-Length"
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a path segment of every model URL, as Triton's names
 _NUMPY_TO_OIP = {"float32": "FP32", "float16": "FP16", "int64": "INT64"}
 _OIP_ITEM_SIZE = {"FP32": 4}
 
@@ -167,8 +170,9 @@ def _tensor_meta(spec: Any) -> dict[str, Any]:
 
 
 def parse_infer_request(body: bytes, header_length: str | None, runner: Runner, max_batch: int) -> tuple[
-        np.ndarray, dict[str, Any]]:
-    """The input batch of an inference request (JSON or binary tensor data) and its JSON header."""
+        np.ndarray, InferRequest]:
+    """The input batch of an inference request (JSON or binary tensor data) and its JSON header, checked
+    against the protocol's schema (:mod:`.protocol`) and then against the model."""
     if header_length is not None:
         try:
             split = int(header_length)
@@ -180,61 +184,63 @@ def parse_infer_request(body: bytes, header_length: str | None, runner: Runner, 
     else:
         head, binary = body, b""
     try:
-        request = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"the request is not valid JSON: {exc}") from None
-    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or len(request["inputs"]) != 1:
+        request = InferRequest.model_validate_json(head)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise RequestError(f"the request is not valid JSON: {describe_error(exc)}") from None
+        if any(e["loc"][:1] == ("inputs",) and len(e["loc"]) == 1 for e in exc.errors()):
+            raise RequestError(f"the request needs \"inputs\": one tensor named {runner.input_name!r}") from None
+        raise RequestError(f"invalid request: {describe_error(exc)}") from None
+    if len(request.inputs) != 1:
         raise RequestError(f"the request needs \"inputs\": one tensor named {runner.input_name!r}")
-    tensor = request["inputs"][0]
-    if not isinstance(tensor, dict) or tensor.get("name") != runner.input_name:
-        raise RequestError(f"unknown input {tensor.get('name') if isinstance(tensor, dict) else tensor!r}; "
-                           f"the model's input is {runner.input_name!r}")
-    datatype = tensor.get("datatype")
-    if datatype != "FP32":
-        raise RequestError(f"input {runner.input_name!r} has datatype {datatype}; the model takes FP32")
-    shape = tensor.get("shape")
-    expected = runner.inputs[0].shape
-    if (not isinstance(shape, list) or len(shape) != len(expected) or not all(isinstance(d, int) for d in shape)
+    tensor = request.inputs[0]
+    if tensor.name != runner.input_name:
+        raise RequestError(f"unknown input {tensor.name!r}; the model's input is {runner.input_name!r}")
+    if tensor.datatype != "FP32":
+        raise RequestError(f"input {runner.input_name!r} has datatype {tensor.datatype}; the model takes FP32")
+    shape, expected = tensor.shape, runner.inputs[0].shape
+    if (len(shape) != len(expected) or any(d < 1 for d in shape)
             or any(isinstance(e, int) and e != d for e, d in zip(expected[1:], shape[1:]))):
         raise RequestError(f"input shape {shape} does not match the model's {_tensor_meta(runner.inputs[0])['shape']}")
     if not 1 <= shape[0] <= max_batch:
         raise RequestError(f"batch size {shape[0]} is outside 1 to {max_batch}, the server's max batch")
     count = int(np.prod(shape))
-    parameters = tensor.get("parameters") or {}
-    if "binary_data_size" in parameters:
-        size = parameters["binary_data_size"]
-        if size != count * _OIP_ITEM_SIZE["FP32"] or len(binary) != size:
-            raise RequestError(f"binary input of {len(binary)} bytes (declared {size}) does not hold "
+    declared = tensor.parameters.binary_data_size if tensor.parameters else None
+    if declared is not None:
+        if declared != count * _OIP_ITEM_SIZE["FP32"] or len(binary) != declared:
+            raise RequestError(f"binary input of {len(binary)} bytes (declared {declared}) does not hold "
                                f"{count} FP32 values of shape {shape}")
         array = np.frombuffer(binary, dtype="<f4").reshape(shape)
     else:
-        if "data" not in tensor:
+        if tensor.data is None:
             raise RequestError(f"input {runner.input_name!r} has neither \"data\" nor binary data")
         try:
-            array = np.asarray(tensor["data"], dtype=np.float32)
-        except (TypeError, ValueError):
+            with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused below
+                array = np.asarray(tensor.data, dtype=np.float32)
+        except (TypeError, ValueError, RecursionError):
             raise RequestError(f"input {runner.input_name!r} \"data\" is not a list of numbers") from None
         if array.size != count:
             raise RequestError(f"input {runner.input_name!r} has {array.size} values; shape {shape} needs {count}")
         array = array.reshape(shape)
+    if not np.isfinite(array).all():  # NaN in, NaN out, and a JSON answer no client can parse
+        raise RequestError(f"input {runner.input_name!r} holds NaN or infinite values (or values beyond float32)")
     return np.ascontiguousarray(array, dtype=np.float32), request
 
 
-def build_infer_response(request: dict[str, Any], outputs: dict[str, np.ndarray], *, model_name: str,
+def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], *, model_name: str,
                          batch_size: int) -> tuple[bytes, dict[str, str]]:
     """The response body and headers: JSON, or JSON then binary tensors where the client asked for them."""
-    wanted = request.get("outputs")
-    default_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
-    if wanted is None:
-        wanted = [{"name": name} for name in outputs]
+    default_binary = bool(request.parameters and request.parameters.binary_data_output)
+    wanted = request.outputs if request.outputs is not None else [RequestedOutput(name=name) for name in outputs]
     response_outputs, chunks = [], []
     for spec in wanted:
-        name = spec.get("name") if isinstance(spec, dict) else None
-        if name not in outputs:
-            raise RequestError(f"unknown output {name!r}; the model's outputs are {list(outputs)}")
-        array = np.ascontiguousarray(outputs[name], dtype=np.float32)
-        entry = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
-        if (spec.get("parameters") or {}).get("binary_data", default_binary):
+        if spec.name not in outputs:
+            raise RequestError(f"unknown output {spec.name!r}; the model's outputs are {list(outputs)}")
+        array = np.ascontiguousarray(outputs[spec.name], dtype=np.float32)
+        entry: dict[str, Any] = {"name": spec.name, "datatype": "FP32", "shape": list(array.shape)}
+        binary = spec.parameters.binary_data if spec.parameters and spec.parameters.binary_data is not None \
+            else default_binary
+        if binary:
             data = array.astype("<f4").tobytes()
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
@@ -243,9 +249,12 @@ def build_infer_response(request: dict[str, Any], outputs: dict[str, np.ndarray]
         response_outputs.append(entry)
     response = {"model_name": model_name, "model_version": "1", "outputs": response_outputs,
                 "parameters": {"server_batch_size": batch_size}}
-    if "id" in request:
-        response["id"] = request["id"]
-    head = json.dumps(response).encode()
+    if request.id is not None:
+        response["id"] = request.id
+    try:
+        head = json.dumps(response, allow_nan=False).encode()
+    except ValueError:
+        raise RequestError("the model produced NaN or infinite outputs, which JSON cannot carry", 500) from None
     if not chunks:
         return head, {"content-type": "application/json"}
     return head + b"".join(chunks), {"content-type": "application/octet-stream", BINARY_HEADER: str(len(head))}
@@ -256,12 +265,16 @@ def create_app(runner: Runner, *, model_name: str, platform: str = "onnxruntime_
                workers: int = DEFAULT_WORKERS, max_request_bytes: int = int(DEFAULT_REQUEST_MB * (1 << 20))) -> Any:
     """The ASGI application (Starlette) serving ``runner`` as model ``model_name``."""
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
     from .. import __version__
 
+    if not MODEL_NAME.fullmatch(model_name):
+        raise ArgumentError(f"--model-name {model_name!r}: a model name is letters, digits, '_', '.' and '-' "
+                            "(it is part of every URL of the model)")
     high = runner.batch_range[1] if runner.batch_range else max_batch
     within("--max-batch", max_batch, 1, high, "the artifact's profile")
     within("--max-delay-ms", max_delay_ms, 0, MAX_DELAY_MS)
@@ -323,9 +336,12 @@ def create_app(runner: Runner, *, model_name: str, platform: str = "onnxruntime_
                 body += chunk
                 if len(body) > max_request_bytes:
                     raise RequestError(f"request is over the {max_request_bytes}-byte limit", 413)
-            batch, parsed = parse_infer_request(bytes(body), request.headers.get(BINARY_HEADER), runner, max_batch)
+            # parsed and answered off the event loop: a large JSON body takes seconds, and health checks wait
+            batch, parsed = await run_in_threadpool(parse_infer_request, bytes(body),
+                                                    request.headers.get(BINARY_HEADER), runner, max_batch)
             outputs, batch_size = await batcher.submit(batch)
-            content, headers = build_infer_response(parsed, outputs, model_name=model_name, batch_size=batch_size)
+            content, headers = await run_in_threadpool(build_infer_response, parsed, outputs, model_name=model_name,
+                                                       batch_size=batch_size)
         except RequestError as exc:
             return error(str(exc), exc.status)
         return Response(content, headers=headers)

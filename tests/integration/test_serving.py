@@ -271,6 +271,16 @@ def test_serve_command_starts_on_loopback_and_answers(exported):
 def test_serve_bad_options_are_one_line_errors(cli, exported):
     assert_one_line_error(cli("serve", str(exported.onnx_path), "--max-batch", "64"),
                           contains="--max-batch 64 is out of range: it must be between 1 and 8 (the artifact's profile)")
+    assert_one_line_error(cli("serve", str(exported.onnx_path), "--model-name", "a/b c"), 2,
+                          "--model-name 'a/b c': a model name is letters")  # served every route as 404
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        assert_one_line_error(cli("serve", str(exported.onnx_path), "--port", port), 2,
+                              f"cannot listen on 127.0.0.1:{port}: Address already in use")
     for option, value in (("--workers", "0"), ("--workers", "100000"), ("--queue", "0"), ("--max-batch", "0"),
                           ("--max-delay-ms", "-1"), ("--max-request-mb", "0"), ("--port", "70000"),
                           ("--threads", "100000"), ("--max-request-mb", "nan"), ("--max-delay-ms", "nan"),

@@ -1,0 +1,100 @@
+"""The server's request parsing against its schema: whatever the body, a parsed batch or a 4xx
+RequestError, never another exception (which the server answers with a 500)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resnet_deploy.artifacts import TensorSpec
+from resnet_deploy.backends.base import Runner
+from resnet_deploy.serving.server import RequestError, build_infer_response, parse_infer_request
+
+
+class Spec(Runner):
+    name = "spec"
+    inputs = [TensorSpec("input", ["batch", 3, 4, 4])]
+    outputs = [TensorSpec("logits", ["batch", 10])]
+
+
+RUNNER = Spec()
+
+
+def _parse(body: bytes, header: str | None = None):
+    return parse_infer_request(body, header, RUNNER, 8)
+
+
+def _request(**tensor) -> bytes:
+    base = {"name": "input", "shape": [1, 3, 4, 4], "datatype": "FP32", "data": [0.5] * 48}
+    return json.dumps({"inputs": [{**base, **tensor}]}).encode()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20)
+fields = st.sampled_from(["name", "shape", "datatype", "data", "parameters"])
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(body=json_values)
+def test_any_json_body_is_parsed_or_refused_with_4xx(body):
+    try:
+        batch, _request_ = _parse(json.dumps(body).encode())
+    except RequestError as exc:
+        assert 400 <= exc.status < 500 and "\n" not in str(exc)
+    else:
+        assert batch.dtype == np.float32 and np.isfinite(batch).all()
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(field=fields, value=json_values, where=st.sampled_from(["tensor", "request"]))
+def test_a_valid_request_with_one_field_replaced_is_parsed_or_refused_with_4xx(field, value, where):
+    request = json.loads(_request())
+    if where == "tensor":
+        request["inputs"][0][field] = value
+    else:
+        request[field if field != "data" else "outputs"] = value
+    try:
+        _batch, parsed = _parse(json.dumps(request).encode())
+        build_infer_response(parsed, {"logits": np.zeros((1, 10), np.float32)}, model_name="m", batch_size=1)
+    except RequestError as exc:
+        assert 400 <= exc.status < 500
+
+
+@given(body=st.binary(max_size=200), header=st.one_of(st.none(), st.text(max_size=6)))
+def test_any_bytes_are_parsed_or_refused_with_4xx(body, header):
+    try:
+        _parse(body, header)
+    except RequestError as exc:
+        assert 400 <= exc.status < 500
+
+
+@pytest.mark.parametrize("body, message", [
+    (json.dumps({"inputs": json.loads(_request())["inputs"], "parameters": 5}).encode(), "parameters"),
+    (json.dumps({"inputs": json.loads(_request())["inputs"], "outputs": 5}).encode(), "outputs"),
+    (json.dumps({"inputs": json.loads(_request())["inputs"], "outputs": [{"name": "logits", "parameters": 1}]}).encode(),
+     "outputs.0.parameters"),
+    (_request(parameters="x"), "inputs.0.parameters"),
+    (_request(shape=[True, 3, 4, 4]), "inputs.0.shape.0"),
+    (_request(shape=[1, 3, 0, 0], data=[]), "does not match the model's"),
+    (b'{"inputs": [{"name": "input", "shape": [1, 3, 4, 4], "datatype": "FP32", "data": ' + b"[" * 100_000
+     + b"]" * 100_000 + b"}]}", ""),
+    (_request(data=[float("nan")] + [0.5] * 47), "NaN or infinite"),
+    (_request(data=[1e39] + [0.5] * 47), "beyond float32"),
+])
+def test_requests_that_were_500s_are_400s(body, message):
+    with pytest.raises(RequestError) as info:
+        _parse(body)
+    assert info.value.status == 400 and message in str(info.value)
+
+
+def test_nan_outputs_are_a_500_not_invalid_json():
+    _batch, parsed = _parse(_request())
+    with pytest.raises(RequestError, match="NaN or infinite outputs") as info:
+        build_infer_response(parsed, {"logits": np.full((1, 10), np.nan, np.float32)}, model_name="m", batch_size=1)
+    assert info.value.status == 500
