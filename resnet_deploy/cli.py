@@ -596,17 +596,19 @@ def doctor_command(as_json: bool) -> None:
               help="Dynamic batcher's max queue delay.")
 @click.option("--instances", type=int, default=TRITON.instances, show_default=True, help="Model instances per device.")
 @click.option("--kind", type=click.Choice(TRITON_KINDS), default=TRITON.kind, show_default=True)
-@click.option("--version", "model_version", type=int, default=TRITON.version, show_default=True)
+@click.option("--version", "model_version", type=int,
+              help="Model version (default: the one holding this artifact, else the next free one).")
+@click.option("--force", is_flag=True, help="Replace a model of another export, or one resnet-deploy did not write.")
 def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: int | None, preferred: str | None,
-                   queue_delay_us: int, instances: int, kind: str, model_version: int) -> None:
-    """Write ARTIFACT into a Triton Inference Server model repository."""
+                   queue_delay_us: int, instances: int, kind: str, model_version: int | None, force: bool) -> None:
+    """Write ARTIFACT into a Triton Inference Server model repository, destroying nothing there."""
     from .serving.triton import TritonOptions, write_model_repository
 
     options = TritonOptions(model_name=model_name, max_batch=max_batch,
                             preferred=tuple(_int_list(preferred, "--preferred")) if preferred else (),
                             queue_delay_us=queue_delay_us, instances=instances, kind=kind, version=model_version)
-    folder = write_model_repository(artifact, repo, options)
-    click.echo(f"wrote {folder}/config.pbtxt and {folder}/{model_version}/")
+    folder, version = write_model_repository(artifact, repo, options, force=force)
+    click.echo(f"wrote {folder}/config.pbtxt and {folder}/{version}/")
 
 
 @main.command("serve")

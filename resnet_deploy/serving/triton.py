@@ -5,24 +5,31 @@
     REPO/NAME/imagenet_labels.txt  (classifiers with 1000 classes: Triton's label file for classification)
 
 Dims leave out the batch axis (Triton adds it up to ``max_batch_size``). Every file is written
-atomically; other models and other versions already in the repository are left alone.
+atomically, and nothing is destroyed: ``REPO/NAME/resnet_deploy.json`` records which artifact each
+version holds, so a new artifact of the same model becomes a new version, the same artifact updates
+its own, a model of another export (or one this toolkit did not write) is refused unless ``force``,
+and a config that could not serve a version already there (another platform, other inputs or
+outputs) is refused with the reason.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..artifacts import Manifest, check_stem, manifest_for
 from ..backends.registry import BACKENDS, NATIVE, artifact_format
 from ..data import imagenet_classes
 from ..errors import DeployError, within
-from ..fileio import atomic_open, atomic_path
+from ..fileio import atomic_open, atomic_path, sha256_file
 
 MODEL_FILES = {"onnx": "model.onnx", "engine": "model.plan"}  # artifact format -> Triton's default model file
 LABELS_FILE = "imagenet_labels.txt"
+RECORD_FILE = "resnet_deploy.json"  # which artifact each version holds
 KINDS = ("gpu", "cpu")  # Triton instance group kinds
 MAX_INSTANCES = 64
 MAX_QUEUE_DELAY_US = 10_000_000
@@ -37,7 +44,7 @@ class TritonOptions:
     queue_delay_us: int = 100
     instances: int = 1
     kind: str = "gpu"  # one of KINDS
-    version: int = 1
+    version: int | None = None  # None: the version holding this artifact, else the next free one
 
 
 def _dims(shape: list) -> str:
@@ -89,15 +96,17 @@ def _check(options: TritonOptions, manifest: Manifest, platform: str) -> TritonO
     if bad:
         raise DeployError(f"--preferred sizes {bad} must lie between 1 and the max batch {max_batch}")
     within("--instances", options.instances, 1, MAX_INSTANCES, "per device")
-    within("--version", options.version, 1, 2**31 - 1)
+    if options.version is not None:
+        within("--version", options.version, 1, 2**31 - 1)
     within("--queue-delay-us", options.queue_delay_us, 0, MAX_QUEUE_DELAY_US)
     return TritonOptions(options.model_name, max_batch, tuple(sorted(set(options.preferred))), options.queue_delay_us,
                          options.instances, options.kind, options.version)
 
 
 def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.PathLike[str],
-                           options: TritonOptions = TritonOptions()) -> Path:
-    """Add (or update) ``artifact`` as a model of the repository ``repo``; returns the model's folder."""
+                           options: TritonOptions = TritonOptions(), *, force: bool = False) -> tuple[Path, int]:
+    """Add ``artifact`` to the repository ``repo`` as a version of its model; returns the model's folder
+    and the version written. ``force`` replaces a model of another export (or one not written here)."""
     artifact = Path(artifact)
     manifest, precision = manifest_for(artifact)
     kind = artifact_format(precision)
@@ -105,7 +114,17 @@ def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.Path
     options = _check(options, manifest, platform)
     name = check_stem(options.model_name or manifest.stem)
     model_dir = Path(repo) / name
-    version_dir = model_dir / str(options.version)
+    entry = {"artifact": artifact.name, "sha256": sha256_file(artifact), "model": _model(manifest),
+             "interface": _interface(manifest, platform)}
+    record = _read_record(model_dir)
+    replaced = _replaced_model(model_dir, record, entry)
+    if replaced is not None:
+        if not force:
+            raise DeployError(f"{model_dir} {replaced}: choose another --model-name, or --force to replace it")
+        _remove_model(model_dir)
+        record = {"versions": {}}
+    version = _choose_version(model_dir, record, entry, options.version, force)
+    version_dir = model_dir / str(version)
     try:
         version_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -116,6 +135,78 @@ def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.Path
     if labels:
         with atomic_open(model_dir / LABELS_FILE) as handle:
             handle.write("\n".join(imagenet_classes()) + "\n")
+    record["versions"][str(version)] = entry
+    with atomic_open(model_dir / RECORD_FILE) as handle:
+        json.dump(record, handle, indent=2)
     with atomic_open(model_dir / "config.pbtxt") as handle:  # last: Triton never sees a config without its model
         handle.write(model_config(manifest, platform, name, options, labels=labels))
-    return model_dir
+    return model_dir, version
+
+
+def _model(manifest: Manifest) -> dict[str, Any]:
+    """What makes two artifacts versions of one model: the export's arch, weights and classes."""
+    return {"arch": manifest.arch, "weights": manifest.weights, "num_classes": manifest.num_classes}
+
+
+def _interface(manifest: Manifest, platform: str) -> dict[str, Any]:
+    """What one config.pbtxt fixes for every version: the platform and the tensors."""
+    return {"platform": platform, "input": [manifest.input.name, manifest.input.dtype, _dims(manifest.input.shape)],
+            "outputs": [[o.name, o.dtype, _dims(o.shape)] for o in manifest.outputs]}
+
+
+def _read_record(model_dir: Path) -> dict[str, Any] | None:
+    """The folder's record of its versions: empty where there is no model yet, None where the model
+    there was not written by this toolkit."""
+    path = model_dir / RECORD_FILE
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+            if isinstance(record, dict) and isinstance(record.get("versions"), dict):
+                return record
+        except (OSError, ValueError):
+            pass
+        raise DeployError(f"{path} is damaged: repair or remove it (it records which artifact each version holds)")
+    return None if (model_dir / "config.pbtxt").exists() else {"versions": {}}
+
+
+def _replaced_model(model_dir: Path, record: dict[str, Any] | None, entry: dict[str, Any]) -> str | None:
+    """Why writing ``entry`` would replace the model in ``model_dir`` (another export's, or one not
+    written here), or None."""
+    if record is None:
+        return "holds a model resnet-deploy did not write"
+    model = next(iter(record["versions"].values()), {}).get("model")
+    if model is not None and model != entry["model"]:
+        return f"serves another model ({model['arch']}, weights {model['weights']})"
+    return None
+
+
+def _remove_model(model_dir: Path) -> None:
+    """--force: the replaced model's config, record and version folders go (nothing else of the folder)."""
+    for path in model_dir.iterdir():
+        if path.is_dir() and path.name.isdigit():
+            shutil.rmtree(path)
+        elif path.name in ("config.pbtxt", RECORD_FILE, LABELS_FILE):
+            path.unlink()
+
+
+def _choose_version(model_dir: Path, record: dict[str, Any], entry: dict[str, Any], asked: int | None,
+                    force: bool) -> int:
+    """The version to write ``entry`` as, after refusing what would destroy or orphan another."""
+    others = {int(v): e for v, e in record["versions"].items()}
+    on_disk = {int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()} if model_dir.is_dir() else set()
+    holding = [v for v, e in others.items() if e["sha256"] == entry["sha256"]]
+    version = asked if asked is not None else (holding[0] if holding else max(on_disk | set(others), default=0) + 1)
+    held = others.get(version)
+    if held is not None and held["sha256"] != entry["sha256"] and not force:
+        raise DeployError(f"version {version} of {model_dir.name} holds {held['artifact']} (another artifact): leave "
+                          "out --version to add it as a new version, or --force to replace it")
+    if version in on_disk - set(others) and not force:
+        raise DeployError(f"{model_dir / str(version)} holds files resnet-deploy did not write: choose another "
+                          "--version, or --force")
+    for number, other in sorted(others.items()):
+        if number != version and other["interface"] != entry["interface"]:
+            raise DeployError(
+                f"version {number} of {model_dir.name} holds {other['artifact']} ({other['interface']['platform']}, "
+                f"input {other['interface']['input']}), which the new config ({entry['interface']['platform']}, "
+                f"input {entry['interface']['input']}) could not serve: use another --model-name")
+    return version

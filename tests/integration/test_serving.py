@@ -69,6 +69,46 @@ def test_triton_repository_config_parses_with_tritons_model_config(cli, exported
     assert not [p for p in repo.rglob(".tmp-*")]
 
 
+def test_triton_never_destroys(cli, exported, tmp_path):
+    repo, fp32, fp16 = tmp_path / "repo", str(exported.onnx_path), str(exported.paths["fp16"])
+    model = repo / "resnet18"
+
+    def triton(*args):
+        return cli("triton", *args, "--repo", str(repo), "--kind", "cpu")
+
+    assert triton(fp32).stdout.strip().endswith("/resnet18/1/")
+    assert triton(fp32).stdout.strip().endswith("/resnet18/1/")  # the same artifact: its own version again
+    assert triton(fp16).stdout.strip().endswith("/resnet18/2/")  # a new artifact of the model: a new version
+    assert_one_line_error(triton(fp32, "--version", "2"), 2, "version 2 of resnet18 holds resnet18.fp16.onnx "
+                                                               "(another artifact)")
+    assert (model / "2" / "model.onnx").read_bytes() == exported.paths["fp16"].read_bytes()
+
+    record = json.loads((model / "resnet_deploy.json").read_text())
+    record["versions"]["3"] = {**record["versions"]["1"], "artifact": "resnet18.engine",
+                               "interface": {**record["versions"]["1"]["interface"], "platform": "tensorrt_plan"}}
+    (model / "3").mkdir()
+    (model / "3" / "model.plan").write_bytes(b"plan")
+    (model / "resnet_deploy.json").write_text(json.dumps(record))
+    config = (model / "config.pbtxt").read_text()
+    assert_one_line_error(triton(fp16, "--version", "4"), 2, "version 3 of resnet18 holds resnet18.engine "
+                                                             "(tensorrt_plan")  # its config would orphan it
+    assert (model / "config.pbtxt").read_text() == config and not (model / "4").exists()
+
+    record["versions"] = {v: {**e, "model": {**e["model"], "weights": {"init": "random", "seed": 7}}}
+                          for v, e in record["versions"].items() if v != "3"}
+    (model / "resnet_deploy.json").write_text(json.dumps(record))
+    assert_one_line_error(triton(fp32), 2, "resnet18 serves another model (resnet18, weights")
+
+    foreign = repo / "other"
+    foreign.mkdir(parents=True)
+    (foreign / "config.pbtxt").write_text('name: "other"\nplatform: "pytorch_libtorch"\n')
+    assert_one_line_error(triton(fp32, "--model-name", "other"), 2, "holds a model resnet-deploy did not write")
+    assert (foreign / "config.pbtxt").read_text().startswith('name: "other"')
+    forced = triton(fp32, "--model-name", "other", "--force")
+    assert forced.exit_code == 0 and _config(foreign / "config.pbtxt").platform == "onnxruntime_onnx"
+    assert not [p for p in repo.rglob(".tmp-*")]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--max-batch", "9"], "outside the artifact's profile"),
     (["--preferred", "32"], "must lie between 1 and the max batch"),
