@@ -94,9 +94,12 @@ class Runner:
         return np.ascontiguousarray(batch)
 
     def example_batch(self, batch_size: int | None = None) -> np.ndarray:
-        """Zeros of the input's shape at ``batch_size`` (default: the smallest the runner takes)."""
+        """Zeros of the input's shape at ``batch_size`` (default: the smallest the runner takes); a model
+        with dynamic height and width is given the size it was exported at (the manifest's crop)."""
         size = batch_size or (self.batch_range[0] if self.batch_range else 1)
         dims = [d if isinstance(d, int) else None for d in self.inputs[0].shape[1:]]
+        if None in dims[1:] and self.manifest is not None and len(dims) == 3:
+            dims[1:] = self.manifest.preprocess["crop"]
         if None in dims:
             raise DeployError(f"{self.name}: the input has symbolic spatial dims {self.inputs[0].shape}; "
                               "give an example batch")

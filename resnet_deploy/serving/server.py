@@ -35,6 +35,7 @@ MAX_DELAY_MS = 10_000.0  # a batch waiting longer than this is a misconfiguratio
 MAX_QUEUE = 100_000  # queued requests before 503
 MAX_WORKERS = 64
 MAX_REQUEST_MB = 4096.0
+DEFAULT_READ_TIMEOUT_S = 30.0  # a request body that stalls this long is answered 408 and its connection freed
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a path segment of every model URL, as Triton's names
@@ -262,8 +263,10 @@ def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], 
 
 def create_app(runner: Runner, *, model_name: str, platform: str = "onnxruntime_onnx", max_batch: int = 8,
                max_delay_ms: float = DEFAULT_MAX_DELAY_MS, queue_size: int = DEFAULT_QUEUE,
-               workers: int = DEFAULT_WORKERS, max_request_bytes: int = int(DEFAULT_REQUEST_MB * (1 << 20))) -> Any:
-    """The ASGI application (Starlette) serving ``runner`` as model ``model_name``."""
+               workers: int = DEFAULT_WORKERS, max_request_bytes: int = int(DEFAULT_REQUEST_MB * (1 << 20)),
+               read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> Any:
+    """The ASGI application (Starlette) serving ``runner`` as model ``model_name``; a client whose body
+    stalls for ``read_timeout_s`` between two chunks gets a 408."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -332,7 +335,14 @@ def create_app(runner: Runner, *, model_name: str, platform: str = "onnxruntime_
             if request.headers.get("content-encoding", "identity") != "identity":
                 raise RequestError("compressed requests are not supported")
             body = bytearray()
-            async for chunk in request.stream():
+            chunks = request.stream().__aiter__()
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), read_timeout_s)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise RequestError(f"the request body stalled for {read_timeout_s:g} s", 408) from None
                 body += chunk
                 if len(body) > max_request_bytes:
                     raise RequestError(f"request is over the {max_request_bytes}-byte limit", 413)

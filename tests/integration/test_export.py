@@ -9,7 +9,8 @@ import onnx
 import pytest
 import torch
 
-from resnet_deploy import export
+from resnet_deploy import export, runtime
+from resnet_deploy.bench import bench
 from resnet_deploy.artifacts import manifest_for, read_manifest
 from resnet_deploy.backends.onnxrt import OnnxRuntimeRunner
 from resnet_deploy.data import random_images
@@ -147,6 +148,11 @@ def test_dynamic_hw(tmp_path):
     model = create_model("resnet18")
     _assert_matches_torch(result.onnx_path, model, (96, 128), batches=(1, 3))
     _assert_matches_torch(result.onnx_path, model, (64, 64), batches=(2,))
+    with runtime.load(result.onnx_path) as runner:  # serve's warm-up and bench's inputs: the export's size
+        assert runner.example_batch(2).shape == (2, 3, 64, 64)  # was "give an example batch"
+        runner.warmup()
+        timed = bench([("dynamic", runner)], [1], iterations=2, warmup=0)
+    assert timed[0].batch == 1 and timed[0].iterations == 2
 
 
 def test_backbone_forms(tmp_path):

@@ -130,11 +130,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+STALL_S = 1.0  # the test server's read timeout
+
+
 @pytest.fixture(scope="module")
 def server(exported):
     """The server on a free loopback port, in a thread; yields (url, runner, app)."""
     runner = runtime.load(exported.onnx_path)
-    app = create_app(runner, model_name="resnet18", max_batch=8, max_delay_ms=100, queue_size=64)
+    app = create_app(runner, model_name="resnet18", max_batch=8, max_delay_ms=100, queue_size=64,
+                     read_timeout_s=STALL_S)
     port = _free_port()
     instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=instance.run, daemon=True)
@@ -237,6 +241,78 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(server, body, headers
     client = httpclient.InferenceServerClient(url)
     assert client.infer("resnet18", _inputs(random_images(1, (3, 64, 64), MEAN, STD))).as_numpy("logits").shape \
         == (1, 1000)
+
+
+def _stalled_client(url: str) -> bytes:
+    """A client that sends a request's headers, promises a body and sends nothing: the server's answer."""
+    host, port = url.split(":")
+    with socket.create_connection((host, int(port)), timeout=STALL_S * 10) as sock:
+        sock.sendall(b"POST /v2/models/resnet18/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _content_length(answer):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+def _content_length(response: bytes) -> int:
+    head = response.partition(b"\r\n\r\n")[0].lower()
+    return next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.startswith(b"content-length:")), 0)
+
+
+def test_a_stalled_body_is_answered_408(server):
+    url, _, _ = server
+    started = time.monotonic()
+    answer = _stalled_client(url)
+    assert answer.startswith(b"HTTP/1.1 408") and b"stalled for 1 s" in answer
+    assert time.monotonic() - started < STALL_S * 5
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def test_soak_mixed_requests_and_slow_clients_leave_it_ready_and_flat(server):
+    """A bounded soak: 400 requests from 8 threads, a quarter of them bad in assorted ways, and 8 clients
+    that stall; afterwards every good answer was right, every bad one a 4xx, the server ready, and its
+    memory (the test process's: the server runs in it) within 64 MB of where it started."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, runner, _ = server
+    batch = random_images(1, (3, 64, 64), MEAN, STD, seed=5)
+    want = runner(batch)["logits"]
+    good = _json_request([1, 3, 64, 64], data=batch.ravel().tolist())
+    bad = [b"{not json", _json_request([1, 3, 32, 32]), _json_request([1, 3, 64, 64], data=["a"] * 12288),
+           json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32",
+                                   "data": [0.5] * 12288, "parameters": 5}]}).encode()]
+    for body in [good] * 20:  # warm: allocator pools, session caches
+        _post(url, body)
+    before = _rss_mb()
+
+    def one(index: int):
+        if index % 50 == 0:
+            return "stalled", _stalled_client(url)[:12]
+        body = bad[index % len(bad)] if index % 4 == 3 else good
+        return ("bad" if body is not good else "good"), _post(url, body)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(one, range(400)))
+    for kind, result in outcomes:
+        if kind == "stalled":
+            assert result == b"HTTP/1.1 408"
+        elif kind == "bad":
+            assert result[0] == 400, result
+        else:
+            status, answer = result
+            assert status == 200
+            np.testing.assert_allclose(np.asarray(answer["outputs"][0]["data"], np.float32).reshape(1, 1000), want,
+                                       rtol=1e-4, atol=1e-4)
+    assert urllib.request.urlopen(f"http://{url}/v2/health/ready").status == 200
+    assert _rss_mb() - before < 64
 
 
 def test_unknown_model_is_404_and_tritonclient_raises(server):
