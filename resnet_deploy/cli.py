@@ -634,9 +634,10 @@ def serve_command(artifact: str, model_name: str | None, host: str, port: int, m
     from .serving.server import create_app
 
     try:
+        import pydantic  # noqa: F401  (the request schema)
         import uvicorn
     except ImportError:
-        raise DeployError("serve needs uvicorn and starlette: pip install 'resnet-deploy[serve]'") from None
+        raise DeployError("serve needs uvicorn, starlette and pydantic: pip install 'resnet-deploy[serve]'") from None
     within("--port", port, 1, 65535)
     _check_listen(host, port)
     runner = load(artifact, backend=backend, device=device, threads=threads)

@@ -98,3 +98,38 @@ def precision_export(tmp_path_factory):
         return made[name]
 
     return get
+
+
+UNREACHABLE = ("NewConnectionError", "Max retries exceeded", "Temporary failure in name resolution",
+               "Network is unreachable", "Connection refused", "ConnectTimeout", "ReadTimeout", "ProxyError",
+               "Could not fetch URL")
+
+
+def pip(*args: str, python: str = sys.executable) -> None:
+    """``python -m pip ARGS`` for what a test fetches from the package registry at test time; skips the
+    test where the registry cannot be reached, fails it on anything else."""
+    done = subprocess.run([python, "-m", "pip", "--disable-pip-version-check", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        if any(sign in done.stderr + done.stdout for sign in UNREACHABLE):
+            pytest.skip(f"the package registry cannot be reached: {done.stderr.strip().splitlines()[-1]}")
+        pytest.fail(f"pip {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, seconds: float, why_not) -> None:
+    """Poll ``url`` (a /v2/health/ready endpoint) until it answers 200, within ``seconds``; while waiting,
+    a process that exited or the deadline raises RuntimeError with ``why_not()`` (its log)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds  # a server that fails to start may hang rather than exit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited ({process.returncode}):\n{why_not()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the server was not ready in {seconds} s:\n{why_not()}")

@@ -19,13 +19,15 @@ import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..backends.base import Runner
 from ..errors import ArgumentError, DeployError, first_line, within
-from .protocol import InferRequest, RequestedOutput, ValidationError, describe_error
+
+if TYPE_CHECKING:  # pydantic is the serve extra's: the CLI imports this module's defaults without it
+    from .protocol import InferRequest
 
 DEFAULT_MAX_DELAY_MS = 2.0
 DEFAULT_QUEUE = 64
@@ -174,6 +176,8 @@ def parse_infer_request(body: bytes, header_length: str | None, runner: Runner, 
         np.ndarray, InferRequest]:
     """The input batch of an inference request (JSON or binary tensor data) and its JSON header, checked
     against the protocol's schema (:mod:`.protocol`) and then against the model."""
+    from .protocol import InferRequest, ValidationError, describe_error
+
     if header_length is not None:
         try:
             split = int(header_length)
@@ -231,6 +235,8 @@ def parse_infer_request(body: bytes, header_length: str | None, runner: Runner, 
 def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], *, model_name: str,
                          batch_size: int) -> tuple[bytes, dict[str, str]]:
     """The response body and headers: JSON, or JSON then binary tensors where the client asked for them."""
+    from .protocol import RequestedOutput
+
     default_binary = bool(request.parameters and request.parameters.binary_data_output)
     wanted = request.outputs if request.outputs is not None else [RequestedOutput(name=name) for name in outputs]
     response_outputs, chunks = [], []

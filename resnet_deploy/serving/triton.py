@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import Manifest, check_stem, manifest_for
+from ..backends import detect
 from ..backends.registry import BACKENDS, NATIVE, artifact_format
+from ..environment import physical_cores
 from ..data import imagenet_classes
 from ..errors import DeployError, within
 from ..fileio import atomic_open, atomic_path, sha256_file
@@ -30,7 +32,7 @@ from ..fileio import atomic_open, atomic_path, sha256_file
 MODEL_FILES = {"onnx": "model.onnx", "engine": "model.plan"}  # artifact format -> Triton's default model file
 LABELS_FILE = "imagenet_labels.txt"
 RECORD_FILE = "resnet_deploy.json"  # which artifact each version holds
-KINDS = ("gpu", "cpu")  # Triton instance group kinds
+KINDS = ("auto", "gpu", "cpu")  # Triton instance group kinds; auto: cpu for ONNX where no GPU is visible
 MAX_INSTANCES = 64
 MAX_QUEUE_DELAY_US = 10_000_000
 _DATATYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
@@ -43,7 +45,7 @@ class TritonOptions:
     preferred: tuple[int, ...] = ()
     queue_delay_us: int = 100
     instances: int = 1
-    kind: str = "gpu"  # one of KINDS
+    kind: str = "auto"  # one of KINDS
     version: int | None = None  # None: the version holding this artifact, else the next free one
 
 
@@ -80,14 +82,31 @@ def model_config(manifest: Manifest, platform: str, name: str, options: TritonOp
     lines += [f"  max_queue_delay_microseconds: {options.queue_delay_us}", "}",
               "instance_group [", "  {", f"    count: {options.instances}",
               f"    kind: {'KIND_GPU' if options.kind == 'gpu' else 'KIND_CPU'}", "  }", "]"]
+    if platform == "onnxruntime_onnx" and options.kind == "cpu":
+        lines += _onnxruntime_cpu_settings(options.instances)
     return "\n".join(lines) + "\n"
+
+
+def _onnxruntime_cpu_settings(instances: int) -> list[str]:
+    """What decides ONNX Runtime's CPU speed under Triton: intra-op threads (the physical cores shared by
+    the instances, as `runtime.load` uses them; left unset, every instance takes all of them and they
+    contend), one inter-op thread, and every graph optimisation (level 0 in the onnxruntime backend)."""
+    threads = max(1, physical_cores() // instances)
+    return ["parameters [",
+            "  {", '    key: "intra_op_thread_count"', f'    value: {{ string_value: "{threads}" }}', "  },",
+            "  {", '    key: "inter_op_thread_count"', '    value: { string_value: "1" }', "  }",
+            "]",
+            "optimization { graph { level: 0 } }"]
 
 
 def _check(options: TritonOptions, manifest: Manifest, platform: str) -> TritonOptions:
     if options.kind not in KINDS:
-        raise DeployError(f"--kind must be gpu or cpu, not {options.kind!r}")
+        raise DeployError(f"--kind must be one of {', '.join(KINDS)}, not {options.kind!r}")
     if platform == "tensorrt_plan" and options.kind == "cpu":
         raise DeployError("a TensorRT plan runs on a GPU: use --kind gpu, or serve the ONNX on CPU")
+    kind = options.kind
+    if kind == "auto":  # a KIND_GPU model does not load on a Triton without GPUs ("no GPUs are available")
+        kind = "gpu" if platform == "tensorrt_plan" or detect.cuda_gpu() else "cpu"
     max_batch = manifest.batch.max if options.max_batch is None else options.max_batch
     if not 1 <= max_batch <= manifest.batch.max:
         raise DeployError(f"--max-batch {max_batch} is outside the artifact's profile (1 to {manifest.batch.max}): "
@@ -100,7 +119,7 @@ def _check(options: TritonOptions, manifest: Manifest, platform: str) -> TritonO
         within("--version", options.version, 1, 2**31 - 1)
     within("--queue-delay-us", options.queue_delay_us, 0, MAX_QUEUE_DELAY_US)
     return TritonOptions(options.model_name, max_batch, tuple(sorted(set(options.preferred))), options.queue_delay_us,
-                         options.instances, options.kind, options.version)
+                         options.instances, kind, options.version)
 
 
 def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.PathLike[str],

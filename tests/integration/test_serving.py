@@ -21,6 +21,7 @@ from tritonclient.grpc import model_config_pb2  # noqa: E402
 import uvicorn  # noqa: E402
 
 from resnet_deploy import runtime  # noqa: E402
+from resnet_deploy.backends import detect  # noqa: E402
 from resnet_deploy.backends.base import Runner  # noqa: E402
 from resnet_deploy.data import random_images  # noqa: E402
 from resnet_deploy.serving.server import create_app  # noqa: E402
@@ -60,12 +61,17 @@ def test_triton_repository_config_parses_with_tritons_model_config(cli, exported
 
     # updating: a second model and a second version are added, nothing else is touched
     cli("triton", str(exported.paths["fp16"]), "--repo", str(repo), "--model-name", "resnet18_fp16", "--max-batch", "4")
-    cli("triton", str(exported.paths["fp16"]), "--repo", str(repo), "--version", "2")
+    cli("triton", str(exported.paths["fp16"]), "--repo", str(repo), "--version", "2", "--kind", "gpu")
     assert _config(repo / "resnet18_fp16" / "config.pbtxt").max_batch_size == 4
     assert (repo / "resnet18" / "1" / "model.onnx").read_bytes() == exported.onnx_path.read_bytes()
     assert (repo / "resnet18" / "2" / "model.onnx").read_bytes() == exported.paths["fp16"].read_bytes()
-    assert _config(repo / "resnet18" / "config.pbtxt").instance_group[0].kind == \
-        model_config_pb2.ModelInstanceGroup.KIND_GPU
+    gpu = _config(repo / "resnet18" / "config.pbtxt")
+    assert gpu.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU and not gpu.parameters
+    # --kind auto (the default) on a machine without a GPU: CPU instances, with ONNX Runtime's CPU settings
+    auto = _config(repo / "resnet18_fp16" / "config.pbtxt")
+    if not detect.cuda_gpu():
+        assert auto.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+        assert int(auto.parameters["intra_op_thread_count"].string_value) >= 1 and auto.optimization.graph.level == 0
     assert not [p for p in repo.rglob(".tmp-*")]
 
 
@@ -382,6 +388,15 @@ def test_serve_command_starts_on_loopback_and_answers(exported):
         process.terminate()
         process.wait(timeout=30)
     assert f"on http://127.0.0.1:{port}/v2" in process.stderr.read()
+
+
+def test_without_the_serve_extra_only_serve_refuses(exported):
+    from tests.conftest import cli_without
+
+    assert cli_without("pydantic", "doctor").returncode == 0  # the target's base install has no pydantic
+    refused = cli_without("pydantic", "serve", str(exported.onnx_path))
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        "error: serve needs uvicorn, starlette and pydantic: pip install 'resnet-deploy[serve]'")
 
 
 def test_serve_bad_options_are_one_line_errors(cli, exported):

@@ -14,7 +14,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from PIL import Image
 
 from resnet_deploy import runtime
 from resnet_deploy.cli import main
+from tests.conftest import wait_until_ready
 
 GIVEN = os.environ.get("RESNET_DEPLOY_TARGET_ARTIFACTS")
 
@@ -104,17 +104,7 @@ def test_serve_answers_an_inference_request(artifacts):
                                "--port", str(port), "--max-batch", "4"], stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}/v2"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stderr.read()
-            try:
-                with urllib.request.urlopen(f"{base}/health/ready", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.2)
+        wait_until_ready(f"{base}/health/ready", server, 60, lambda: server.stderr.read())
         batch = np.random.default_rng(1).normal(size=(1, 3, 64, 64)).astype(np.float32)
         body = json.dumps({"inputs": [{"name": "input", "shape": list(batch.shape), "datatype": "FP32",
                                        "data": batch.ravel().tolist()}]}).encode()

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import pip
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
@@ -45,21 +47,6 @@ CUDA_PYTHON = {
     "13": ["cuda-bindings==13.4.4", "cuda-pathfinder==1.9.1"],
     "12.1": ["cuda-python==12.1.0"],
 }
-
-UNREACHABLE = ("NewConnectionError", "Max retries exceeded", "Temporary failure in name resolution",
-               "Network is unreachable", "Connection refused", "ConnectTimeout", "ReadTimeout", "ProxyError",
-               "Could not fetch URL")
-
-
-def pip(*args: str) -> None:
-    """``python -m pip ARGS``; skips the test where the registry cannot be reached, fails on anything else."""
-    done = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        if any(sign in done.stderr + done.stdout for sign in UNREACHABLE):
-            pytest.skip(f"the package registry cannot be reached: {done.stderr.strip().splitlines()[-1]}")
-        pytest.fail(f"pip {' '.join(args)} failed:\n{done.stderr[-2000:]}")
-
 
 @pytest.fixture(scope="session")
 def api_cache(request) -> Path:

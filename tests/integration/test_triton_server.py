@@ -1,0 +1,90 @@
+"""The repositories `resnet-deploy triton` writes, loaded by a real Triton Inference Server
+(tests/triton/server.py): every model ready, answers equal ONNX Runtime's, Triton's classification
+extension and dynamic batcher at work."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from resnet_deploy import runtime
+from resnet_deploy.backends import detect
+from resnet_deploy.data import imagenet_classes, random_images
+from tests.triton import server as triton_server
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def triton(small_export, request, tmp_path_factory):
+    """(server, repo) with the small export's fp32 and fp16 ONNX written by `resnet-deploy triton --kind auto`."""
+    from resnet_deploy.serving.triton import TritonOptions, write_model_repository
+
+    cache = Path(request.config.cache.mkdir("triton"))
+    venv = triton_server.environment(cache)
+    repo = tmp_path_factory.mktemp("repo")
+    write_model_repository(small_export.onnx_path, repo, TritonOptions(preferred=(4, 8), queue_delay_us=20_000))
+    write_model_repository(small_export.paths["fp16"], repo, TritonOptions(model_name="resnet18_fp16"))
+    folder = tmp_path_factory.mktemp("backends")
+    server = triton_server.Server(venv, triton_server.backends(venv, folder / "backends"), repo, folder / "triton.log")
+    yield server, repo
+    server.stop()
+
+
+def _infer(client, model, batch, **kwargs):
+    tensor = httpclient.InferInput("input", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch)
+    return client.infer(model, [tensor], **kwargs)
+
+
+def test_every_model_written_is_ready(triton):
+    server, _repo = triton
+    client = httpclient.InferenceServerClient(server.url)
+    for model in ("resnet18", "resnet18_fp16"):
+        assert client.is_model_ready(model), model
+        if not detect.cuda_gpu():  # --kind auto: CPU instances, which a Triton without GPUs loads
+            assert client.get_model_config(model)["instance_group"][0]["kind"] == "KIND_CPU"
+
+
+def test_answers_equal_onnx_runtime(triton, small_export):
+    server, _repo = triton
+    client = httpclient.InferenceServerClient(server.url)
+    batch = random_images(3, (3, 64, 64), MEAN, STD, seed=4)
+    for model, path in (("resnet18", small_export.onnx_path), ("resnet18_fp16", small_export.paths["fp16"])):
+        with runtime.load(path) as runner:
+            want = runner(batch)["logits"]
+        np.testing.assert_allclose(_infer(client, model, batch).as_numpy("logits"), want, rtol=0, atol=1e-5)
+
+
+def test_classification_extension_names_the_top_classes(triton, small_export):
+    server, _repo = triton
+    client = httpclient.InferenceServerClient(server.url)
+    batch = random_images(1, (3, 64, 64), MEAN, STD, seed=6)
+    with runtime.load(small_export.onnx_path) as runner:
+        logits = runner(batch)["logits"][0]
+    top = _infer(client, "resnet18", batch, outputs=[httpclient.InferRequestedOutput("logits", class_count=3)])
+    entries = [entry.decode().split(":") for entry in top.as_numpy("logits")[0]]
+    names = imagenet_classes()
+    assert [int(index) for _score, index, _name in entries] == list(np.argsort(-logits)[:3])
+    assert [name for _score, _index, name in entries] == [names[i] for i in np.argsort(-logits)[:3]]
+
+
+def test_concurrent_requests_are_batched_by_triton(triton):
+    server, _repo = triton
+    batch = random_images(1, (3, 64, 64), MEAN, STD, seed=7)
+
+    def one(_):
+        return _infer(httpclient.InferenceServerClient(server.url), "resnet18", batch).as_numpy("logits")
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(one, range(32)))
+    assert all(np.array_equal(a, answers[0]) for a in answers)
+    with urllib.request.urlopen(f"http://{server.url}/v2/models/resnet18/stats") as response:
+        stats = json.loads(response.read())["model_stats"][0]
+    assert stats["inference_count"] >= 32 and stats["execution_count"] < stats["inference_count"]
