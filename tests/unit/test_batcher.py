@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import pytest
 
 from resnet_deploy.backends.base import Runner
 from resnet_deploy.serving.server import DynamicBatcher, RequestError
