@@ -91,9 +91,14 @@ class BatchProfile:
         if len(values) != 3:
             raise ArtifactError(f"invalid batch profile {text!r}: expected MIN:OPT:MAX, e.g. 1:8:32")
         profile = cls(*values)
-        if not 1 <= profile.min <= profile.opt <= profile.max <= MAX_BATCH:
+        if not profile.valid():
             raise ArtifactError(f"invalid batch profile {text!r}: need 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}")
         return profile
+
+    def valid(self) -> bool:
+        """Whole numbers with 1 <= MIN <= OPT <= MAX <= MAX_BATCH: what every later step relies on."""
+        sizes = (self.min, self.opt, self.max)
+        return all(_is_int(v) for v in sizes) and 1 <= self.min <= self.opt <= self.max <= MAX_BATCH
 
     def __str__(self) -> str:
         return f"{self.min}:{self.opt}:{self.max}"
@@ -167,8 +172,8 @@ class Manifest:
         """What is wrong with the fields later steps compute with (a hand-edited or damaged manifest), so
         that it is refused in one line when read rather than met as a traceback or a huge allocation."""
         found = []
-        batch = [self.batch.min, self.batch.opt, self.batch.max]
-        if not all(_is_int(v) for v in batch) or not 1 <= batch[0] <= batch[1] <= batch[2] <= MAX_BATCH:
+        if not self.batch.valid():
+            batch = [self.batch.min, self.batch.opt, self.batch.max]
             found.append(f"batch {batch} is not 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}")
         if not _is_int(self.num_classes) or self.num_classes < 0:
             found.append(f"num_classes {self.num_classes!r} is not a count")

@@ -97,10 +97,11 @@ def versions() -> dict[str, str | None]:
     return {"driver": driver, "runtime": runtime}
 
 
-def driver_problem() -> str | None:
+def driver_problem(found: dict[str, str | None] | None = None) -> str | None:
     """Why the CUDA runtime of cuda-python cannot use a GPU here, where the driver is the reason: none
-    installed, or one older than the CUDA that cuda-python (and so TensorRT's build) was made for."""
-    found = versions()
+    installed, or one older than the CUDA that cuda-python (and so TensorRT's build) was made for.
+    ``found``: :func:`versions`' answer, where the caller has it already."""
+    found = found or versions()
     if found["driver"] is None:
         return "no CUDA driver is installed (no NVIDIA GPU here, or its driver is missing)"
     driver_major = int(found["driver"].split(".")[0])

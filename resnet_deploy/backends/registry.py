@@ -203,5 +203,5 @@ def cuda_report() -> dict[str, object]:
                 "problem": cuda.INSTALL_HINT}
     found = cuda.versions()
     gpus = cuda.device_count()
-    problem = cuda.driver_problem() or (None if gpus else "the CUDA runtime sees no GPU")
+    problem = cuda.driver_problem(found) or (None if gpus else "the CUDA runtime sees no GPU")
     return {"cuda_python": installed, **found, "gpus": gpus, "problem": problem}
