@@ -85,6 +85,10 @@ class _Group(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except click.UsageError as exc:  # click's own (a value not a number, a missing argument): one line too
+            where = exc.ctx.command_path if exc.ctx else ctx.command_path
+            click.echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
+            sys.exit(exc.exit_code)
         except OSError as exc:
             if debug:
                 raise
@@ -635,7 +639,8 @@ def serve_command(artifact: str, model_name: str | None, host: str, port: int, m
 
     try:
         import pydantic  # noqa: F401  (the request schema)
-        import uvicorn
+
+        from .serving.connections import http_server
     except ImportError:
         raise DeployError("serve needs uvicorn, starlette and pydantic: pip install 'resnet-deploy[serve]'") from None
     within("--port", port, 1, 65535)
@@ -645,10 +650,13 @@ def serve_command(artifact: str, model_name: str | None, host: str, port: int, m
     app = create_app(runner, model_name=model_name or split_artifact_name(artifact)[0],
                      platform=BACKEND_TABLE[runner.backend].platform,
                      max_batch=min(high, 32) if max_batch is None else max_batch, max_delay_ms=max_delay_ms, queue_size=queue_size,
-                     workers=workers, max_request_bytes=int(within("--max-request-mb", max_request_mb) * (1 << 20)))
+                     workers=workers, max_request_mb=max_request_mb)
     runner.warmup()
     click.echo(f"serving {artifact} ({runner.name}) on http://{host}:{port}/v2", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server = http_server(app, host, port)
+    server.run()
+    if not server.started:
+        raise DeployError(f"the server on {host}:{port} did not start (the reason is logged above)")
 
 
 def _check_listen(host: str, port: int) -> None:

@@ -18,13 +18,14 @@ from typing import Any
 from ..artifacts import Manifest
 from ..backends import cuda, detect
 from ..backends.tensorrt import version_tuple
-from ..errors import DeployError, DeployWarning, ExportError
+from ..errors import DeployError, DeployWarning, ExportError, within
 from ..fileio import atomic_path, atomic_write_bytes, locked
 
 # --hardware-compat -> trt.HardwareCompatibilityLevel member, and the TensorRT version that added it
 HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 HARDWARE_COMPAT_SINCE = {"same-cc": "10.9"}
 DEFAULT_WORKSPACE_GIB = 4.0
+MAX_WORKSPACE_GIB = 4096.0  # more than any GPU holds: a larger figure is a typo (MiB for GiB)
 
 
 def tensorrt_major(version: str) -> int:
@@ -84,10 +85,9 @@ class BuildOptions:
         build) for options that version does not have, before any work is done."""
         if self.hardware_compat not in HARDWARE_COMPAT:
             raise DeployError(f"unknown --hardware-compat {self.hardware_compat!r}; choose {', '.join(HARDWARE_COMPAT)}")
-        if self.workspace_gib <= 0:
-            raise DeployError("--workspace must be positive (GiB)")
-        if self.dla_core is not None and self.dla_core < 0:
-            raise DeployError("--dla-core must be 0 or more")
+        within("--workspace", self.workspace_gib, 1 / 1024, MAX_WORKSPACE_GIB, "GiB")
+        if self.dla_core is not None:
+            within("--dla-core", self.dla_core, 0, None)
         since = HARDWARE_COMPAT_SINCE.get(self.hardware_compat)
         if trt_version is not None and since and version_tuple(trt_version) < version_tuple(since):
             raise DeployError(f"--hardware-compat {self.hardware_compat} needs TensorRT {since} or newer; this "

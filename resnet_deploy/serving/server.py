@@ -172,10 +172,11 @@ def _tensor_meta(spec: Any) -> dict[str, Any]:
             "shape": [d if isinstance(d, int) else -1 for d in spec.shape]}
 
 
-def parse_infer_request(body: bytes, header_length: str | None, runner: Runner, max_batch: int) -> tuple[
+def parse_infer_request(body: bytes | bytearray, header_length: str | None, runner: Runner, max_batch: int) -> tuple[
         np.ndarray, InferRequest]:
     """The input batch of an inference request (JSON or binary tensor data) and its JSON header, checked
-    against the protocol's schema (:mod:`.protocol`) and then against the model."""
+    against the protocol's schema (:mod:`.protocol`) and then against the model. JSON ``data`` is
+    dropped from the returned request once it is an array: its Python floats are 8x the array's size."""
     from .protocol import InferRequest, ValidationError, describe_error
 
     if header_length is not None:
@@ -185,11 +186,12 @@ def parse_infer_request(body: bytes, header_length: str | None, runner: Runner, 
             raise RequestError(f"{BINARY_HEADER} must be an integer") from None
         if not 0 < split <= len(body):
             raise RequestError(f"{BINARY_HEADER} {split} does not fit a body of {len(body)} bytes")
-        head, binary = body[:split], body[split:]
+        view = memoryview(body)  # slices without copies of a body that may be hundreds of MB
+        head, binary = view[:split], view[split:]
     else:
         head, binary = body, b""
     try:
-        request = InferRequest.model_validate_json(head)
+        request = InferRequest.model_validate_json(bytes(head) if isinstance(head, memoryview) else head)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise RequestError(f"the request is not valid JSON: {describe_error(exc)}") from None
@@ -226,7 +228,7 @@ def parse_infer_request(body: bytes, header_length: str | None, runner: Runner, 
             raise RequestError(f"input {runner.input_name!r} \"data\" is not a list of numbers") from None
         if array.size != count:
             raise RequestError(f"input {runner.input_name!r} has {array.size} values; shape {shape} needs {count}")
-        array = array.reshape(shape)
+        array, tensor.data = array.reshape(shape), None
     if not np.isfinite(array).all():  # NaN in, NaN out, and a JSON answer no client can parse
         raise RequestError(f"input {runner.input_name!r} holds NaN or infinite values (or values beyond float32)")
     return np.ascontiguousarray(array, dtype=np.float32), request
@@ -269,7 +271,7 @@ def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], 
 
 def create_app(runner: Runner, *, model_name: str, platform: str = "onnxruntime_onnx", max_batch: int = 8,
                max_delay_ms: float = DEFAULT_MAX_DELAY_MS, queue_size: int = DEFAULT_QUEUE,
-               workers: int = DEFAULT_WORKERS, max_request_bytes: int = int(DEFAULT_REQUEST_MB * (1 << 20)),
+               workers: int = DEFAULT_WORKERS, max_request_mb: float = DEFAULT_REQUEST_MB,
                read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> Any:
     """The ASGI application (Starlette) serving ``runner`` as model ``model_name``; a client whose body
     stalls for ``read_timeout_s`` between two chunks gets a 408."""
@@ -289,7 +291,7 @@ def create_app(runner: Runner, *, model_name: str, platform: str = "onnxruntime_
     within("--max-delay-ms", max_delay_ms, 0, MAX_DELAY_MS)
     within("--queue", queue_size, 1, MAX_QUEUE)
     within("--workers", workers, 1, MAX_WORKERS, "runner calls in flight at once")
-    within("--max-request-mb", max_request_bytes / (1 << 20), 0.001, MAX_REQUEST_MB)
+    max_request_bytes = int(within("--max-request-mb", max_request_mb, 0.001, MAX_REQUEST_MB) * (1 << 20))
     batcher = DynamicBatcher(runner, max_batch=max_batch, max_delay=max_delay_ms / 1e3, queue_size=queue_size,
                              workers=workers)
     state = {"ready": False}
@@ -353,8 +355,9 @@ def create_app(runner: Runner, *, model_name: str, platform: str = "onnxruntime_
                 if len(body) > max_request_bytes:
                     raise RequestError(f"request is over the {max_request_bytes}-byte limit", 413)
             # parsed and answered off the event loop: a large JSON body takes seconds, and health checks wait
-            batch, parsed = await run_in_threadpool(parse_infer_request, bytes(body),
-                                                    request.headers.get(BINARY_HEADER), runner, max_batch)
+            batch, parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(BINARY_HEADER),
+                                                    runner, max_batch)
+            del body
             outputs, batch_size = await batcher.submit(batch)
             content, headers = await run_in_threadpool(build_infer_response, parsed, outputs, model_name=model_name,
                                                        batch_size=batch_size)

@@ -18,12 +18,12 @@ httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is a 
 from google.protobuf import text_format  # noqa: E402  (installed with tritonclient)
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
-import uvicorn  # noqa: E402
 
 from resnet_deploy import runtime  # noqa: E402
 from resnet_deploy.backends import detect  # noqa: E402
 from resnet_deploy.backends.base import Runner  # noqa: E402
 from resnet_deploy.data import random_images  # noqa: E402
+from resnet_deploy.serving.connections import http_server  # noqa: E402
 from resnet_deploy.serving.server import create_app  # noqa: E402
 from tests.conftest import assert_one_line_error  # noqa: E402
 
@@ -146,7 +146,7 @@ def server(exported):
     app = create_app(runner, model_name="resnet18", max_batch=8, max_delay_ms=100, queue_size=64,
                      read_timeout_s=STALL_S)
     port = _free_port()
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    instance = http_server(app, "127.0.0.1", port, header_timeout_s=STALL_S)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -249,12 +249,16 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(server, body, headers
         == (1, 1000)
 
 
-def _stalled_client(url: str) -> bytes:
-    """A client that sends a request's headers, promises a body and sends nothing: the server's answer."""
+STALLED_BODY = (b"POST /v2/models/resnet18/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n")
+
+
+def _stalled_client(url: str, sent: bytes = STALLED_BODY) -> bytes:
+    """A client that sends ``sent`` (by default a request's headers, promising a body) and then nothing:
+    the server's answer, read until the server closes or the answer is complete."""
     host, port = url.split(":")
     with socket.create_connection((host, int(port)), timeout=STALL_S * 10) as sock:
-        sock.sendall(b"POST /v2/models/resnet18/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n")
+        sock.sendall(sent)
         answer = b""
         while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _content_length(answer):
             chunk = sock.recv(4096)
@@ -275,6 +279,22 @@ def test_a_stalled_body_is_answered_408(server):
     answer = _stalled_client(url)
     assert answer.startswith(b"HTTP/1.1 408") and b"stalled for 1 s" in answer
     assert time.monotonic() - started < STALL_S * 5
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /v2/models/resnet18/infer HTTP/1.1\r\nHost: x\r\nContent-Le"],
+                         ids=["silent", "partial-headers"])
+def test_a_connection_whose_headers_stall_is_answered_408_and_closed(server, sent):
+    """The slowloris case: a connection that sends nothing, or part of its headers, is not held forever."""
+    url, _, _ = server
+    started = time.monotonic()
+    answer = _stalled_client(url, sent)
+    assert answer.startswith(b"HTTP/1.1 408") and b"headers did not arrive within 1 s" in answer, answer
+    assert time.monotonic() - started < STALL_S * 5
+    client = httpclient.InferenceServerClient(url)  # a keep-alive client between requests is not cut off
+    for _ in range(2):
+        assert client.is_server_ready()
+        time.sleep(STALL_S * 1.5)
+    assert client.is_server_ready()
 
 
 def _rss_mb() -> float:
