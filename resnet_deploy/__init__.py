@@ -1,6 +1,5 @@
 """resnet-deploy: ship ResNet-family models from PyTorch to ONNX Runtime and TensorRT, with proof of parity."""
 
-import importlib
 from typing import Any
 
 from .errors import ArtifactError, CheckpointError, DeployError, ExportError, ParityError, UnknownArchError
@@ -9,6 +8,7 @@ __version__ = "0.1.0"
 
 # The subpackage first: importing it later would rebind the name `export` to it, over the function below.
 from . import export as _export_package  # noqa: E402  (PyTorch-free until its pipeline is used)
+from .lazy import lazy_attributes  # noqa: E402
 
 # Imported on first use: the PyTorch side (export, the model zoo) is not needed, or installed, on a target
 # that only runs and verifies artifacts (runtime, predict, serve, verify --reference golden).
@@ -21,10 +21,7 @@ def export(arch: str, **options: Any) -> Any:
     return _export_package.export(arch, **options)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "ArtifactError",

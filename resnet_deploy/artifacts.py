@@ -112,7 +112,7 @@ class ArtifactEntry:
     sha256: str
 
     @classmethod
-    def describe(cls, path: Path, precision: str) -> ArtifactEntry:
+    def of_file(cls, path: Path, precision: str) -> ArtifactEntry:
         return cls(file=path.name, precision=precision, bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
@@ -197,6 +197,23 @@ class Manifest:
         """Exported from seeded random weights, not a checkpoint."""
         return "file" not in self.weights
 
+    @property
+    def example_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input image: the input's channels and the export's crop (H and W may be
+        symbolic in the graph with --dynamic-hw; the crop is the size the export checked)."""
+        return (int(self.input.shape[1]), *self.preprocess["crop"])
+
+    def options(self, precision: str) -> Any:
+        """How the artifact of ``precision`` was made, typed (:mod:`resnet_deploy.precisions`); None where
+        its precision has no options."""
+        return PRECISIONS[precision].read_options(self.precision_options)
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """The calibration the export's reduced precisions were made with (data, images, hold-out); {} if none."""
+        made = (self.options(name) for name in PRECISIONS if name in self.precision_options)
+        return next((o.calibration for o in made if getattr(o, "calibration", None)), {})
+
     def artifact(self, precision: str) -> ArtifactEntry | None:
         return next((a for a in self.artifacts if a.precision == precision), None)
 
@@ -276,7 +293,7 @@ def commit_artifacts(staging: Staging, staged: dict[str, Path], manifest: Manife
     entries = [e for e in manifest.artifacts if e.precision not in staged] if keep_others else []
     for precision, tmp in staged.items():
         final = staging.commit(tmp, folder / artifact_filename(manifest.stem, precision))
-        entries.append(ArtifactEntry.describe(final, precision))
+        entries.append(ArtifactEntry.of_file(final, precision))
     if golden is not None:
         final = staging.commit(golden, folder / (check_stem(manifest.stem) + GOLDEN_SUFFIX))
         manifest.golden = {"file": final.name, "bytes": final.stat().st_size, "sha256": sha256_file(final)}

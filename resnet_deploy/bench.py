@@ -25,6 +25,7 @@ import numpy as np
 
 from .artifacts import split_artifact_name
 from .backends.base import Runner
+from .backends.registry import BACKENDS, artifact_format, backend_for
 from .data import random_images
 from .errors import DeployError, within
 from .runtime import load
@@ -65,24 +66,46 @@ class BenchResult:
 
 
 def load_runners(stack: contextlib.ExitStack, artifacts: Sequence[str | os.PathLike[str]], backends: Sequence[str],
-                 **options: Any) -> list[tuple[str, Runner]]:
-    """A labelled runner per artifact and backend (``runtime.load``'s ``options``), entered on ``stack``.
+                 *, device: str | None = None, threads: int | None = None,
+                 own: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, Runner]]:
+    """A labelled runner per artifact and backend, entered on ``stack``.
 
-    The PyTorch backend runs the export's float32 model, the same for every
-    artifact of one export: it is loaded once per export, not once per file.
+    Args:
+        artifacts: artifact files.
+        backends: backend names (``"auto"``: each file's own).
+        device, threads: as :func:`resnet_deploy.runtime.load` takes them, for every runner.
+        own: backend name -> that backend's own options (keywords), for its runners alone.
+
+    Returns:
+        (label, runner) pairs. A backend that runs the PyTorch model (the same for every artifact of one
+        export) is loaded once per export, not once per file.
+
+    Raises:
+        DeployError: no backend given, an option given for a backend this run does not use, or a runner
+            that cannot load.
     """
     if not backends:
         raise DeployError("no backend given: name at least one, e.g. --backend auto")
+    own = own or {}
+    resolved = {name: [backend_for(name, artifact_format(split_artifact_name(a)[1]), Path(a).name).name
+                       for a in artifacts] for name in backends}
+    unused = sorted(set(own) - {b for names in resolved.values() for b in names})
+    if unused:
+        raise DeployError(f"options of the {', '.join(unused)} backend given, but this run does not use it: "
+                          f"add --backend {unused[0]}")
     runners, seen = [], set()
-    for artifact in artifacts:
+    for index, artifact in enumerate(artifacts):
         stem = split_artifact_name(artifact)[0]
         for backend in backends:
-            key = (str(Path(artifact).parent / stem), backend) if backend == "torch" else (str(artifact), backend)
+            row = BACKENDS[resolved[backend][index]]
+            model = row.runs == "model"
+            key = (str(Path(artifact).parent / stem), row.name) if model else (str(artifact), row.name)
             if key in seen:
                 continue
             seen.add(key)
-            runner = stack.enter_context(load(artifact, backend=backend, **options))
-            source = f"{stem} (PyTorch)" if backend == "torch" else Path(artifact).name
+            runner = stack.enter_context(load(artifact, backend=backend, device=device, threads=threads,
+                                              **own.get(row.name, {})))
+            source = f"{stem} (PyTorch)" if model else Path(artifact).name
             runners.append((f"{source} [{runner.name}]", runner))
     return runners
 
@@ -101,8 +124,23 @@ def bench(
     warmup: int = DEFAULT_WARMUP,
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
-    """Time each (label, runner) at each batch size: ``iterations`` timed calls each, or as many as
-    fit in ``duration`` seconds each (default 3 s, at least 10 calls)."""
+    """Time each (label, runner) at each batch size, interleaved so that a noisy machine slows all alike.
+
+    Args:
+        runners: (label, runner) pairs, e.g. from :func:`load_runners`.
+        batch_sizes: within every runner's batch range.
+        iterations: timed calls per case; or
+        duration: seconds of timed calls per case (default 3 s, at least 10 calls).
+        warmup: untimed calls per case first.
+        progress: called with a line of progress.
+
+    Returns:
+        One :class:`BenchResult` per runner and batch size: latency percentiles, images/s, the ratio to
+        the first runner, and device time where the runner records it.
+
+    Raises:
+        ArgumentError: a count or duration out of range; DeployError: a batch size outside a runner's profile.
+    """
     if iterations is not None:
         within("--iters", iterations, 1, MAX_ITERATIONS)
     if duration is not None:

@@ -15,16 +15,18 @@ from typing import Any
 
 import click
 
-from .backends.registry import BACKENDS as BACKEND_TABLE
+from .backends.options import cli_flags
+from .backends.registry import BACKENDS, backend_choices
 from .bench import DEFAULT_BATCH_SIZES, DEFAULT_WARMUP
 from .data import INTERPOLATIONS, PREPROCESS_PRESETS
 from .errors import DeployError, DeployWarning, within
 from .export.engine import DEFAULT_WORKSPACE_GIB, HARDWARE_COMPAT, BuildOptions
 from .export.options import EXPORTERS, LAST_STRIDES, ExportOptions
 from .export.precision import CALIBRATION_METHODS, INT8_TARGETS
+from .parity.compare import REFERENCE
 from .parity.verify import REFERENCES
+from .precisions import PRECISIONS
 from .predict import DEFAULT_TOPK
-from .runtime import BACKENDS
 from .serving.server import DEFAULT_MAX_DELAY_MS, DEFAULT_QUEUE, DEFAULT_REQUEST_MB, DEFAULT_WORKERS
 from .serving.triton import KINDS as TRITON_KINDS
 from .serving.triton import TritonOptions
@@ -177,6 +179,14 @@ def list_command(show_weights: bool, as_json: bool) -> None:
     click.echo(_table(rows, ["arch", "params", "GMACs", "input", "classes", "family", "weights from"], right={1, 2, 4}))
 
 
+def _precision_flags(func: Any) -> Any:
+    """``--fp16``, ``--int8``...: one flag per precision row that has one (resnet_deploy.precisions)."""
+    for row in reversed(PRECISIONS.values()):
+        if row.flag_help:
+            func = click.option(f"--{row.name}", row.name, is_flag=True, help=row.flag_help)(func)
+    return func
+
+
 def _engine_options(func: Any) -> Any:
     """TensorRT build options shared by `export` and `build`."""
     options = [
@@ -242,8 +252,7 @@ def _floats3(option: str) -> Any:
 @click.option("--last-stride", type=click.Choice([str(s) for s in LAST_STRIDES]), default=str(EXPORT.last_stride),
               show_default=True,
               help="Stride of layer4 (1 for re-identification backbones).")
-@click.option("--fp16", is_flag=True, help="Also write STEM.fp16.onnx (float16 graph, float32 I/O).")
-@click.option("--int8", is_flag=True, help="Also write STEM.int8.onnx (QDQ, per-channel weights).")
+@_precision_flags
 @click.option("--calib-data", help="INT8 calibration: a folder of images, a preprocessed .npy, or 'random'.")
 @click.option("--calib-size", type=int, default=EXPORT.calib_size, show_default=True, help="Calibration images to use.")
 @click.option("--calib-method", type=click.Choice(list(CALIBRATION_METHODS)), default=EXPORT.calib_method,
@@ -268,20 +277,21 @@ def _floats3(option: str) -> Any:
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def export_command(arch: str, weights: str | None, num_classes: int | None, input_size: str | None, batch: str,
                    dynamic_hw: bool, opset: int, exporter: str, no_simplify: bool, features_only: bool,
-                   last_stride: str, fp16: bool, int8: bool, calib_data: str | None, calib_size: int,
+                   last_stride: str, calib_data: str | None, calib_size: int,
                    calib_method: str, int8_target: str, reduce_range: bool | None, max_drop: float | None,
                    eval_data: str | None, preset: str | None,
                    mean: tuple[float, ...] | None, std: tuple[float, ...] | None, resize: int | None,
                    interpolation: str | None, engine: bool | None, workspace: float,
                    timing_cache: str | None, dla_core: int | None, version_compatible: bool, hardware_compat: str,
-                   seed: int, out: str, name: str | None, as_json: bool, quiet: bool) -> None:
+                   seed: int, out: str, name: str | None, as_json: bool, quiet: bool, **precision_flags: bool) -> None:
     """Export an arch to ONNX (dynamic batch), simplify, check, and gate on parity with PyTorch."""
     from .export import export
 
     result = export(
         arch, weights=weights, num_classes=num_classes, input_size=input_size, batch=batch, dynamic_hw=dynamic_hw,
         opset=opset, exporter=exporter, simplify=not no_simplify, out=out, name=name, seed=seed,
-        features_only=features_only, last_stride=int(last_stride), fp16=fp16, int8=int8, calib_data=calib_data,
+        features_only=features_only, last_stride=int(last_stride),
+        precisions=tuple(name for name, given in precision_flags.items() if given), calib_data=calib_data,
         calib_size=calib_size, calib_method=calib_method, int8_target=int8_target, reduce_range=reduce_range,
         max_drop=max_drop, eval_data=eval_data,
         preprocess={"preset": preset, "mean": mean, "std": std, "resize": resize, "interpolation": interpolation},
@@ -294,7 +304,7 @@ def export_command(arch: str, weights: str | None, num_classes: int | None, inpu
     elif not quiet:
         for entry in result.manifest.artifacts:
             rows = [p for p in result.manifest.parity
-                    if p["artifact"] == entry.precision and p["judged"] and p["reference"] == "torch"]
+                    if p["artifact"] == entry.precision and p["judged"] and p["reference"] == REFERENCE]
             worst = max(p["rel_to_scale"] for p in rows)
             cosine = min(p["cosine"] for p in rows)
             click.echo(
@@ -302,7 +312,7 @@ def export_command(arch: str, weights: str | None, num_classes: int | None, inpu
                 f"{rows[0]['backend']}: max |error| {worst:.1e} of output scale, cosine {cosine:.6f}",
                 err=True,
             )
-            kernels = [p for p in result.manifest.parity if p["artifact"] == entry.precision and p["reference"] != "torch"]
+            kernels = [p for p in result.manifest.parity if p["artifact"] == entry.precision and p["reference"] != REFERENCE]
             if kernels:
                 click.echo(f"      {kernels[0]['backend']} kernels vs {kernels[0]['reference']}: cosine "
                            f"{min(p['cosine'] for p in kernels):.6f} ({'judged' if kernels[0]['judged'] else 'reported'})",
@@ -330,9 +340,9 @@ def build_command(onnx_file: str, workspace: float, timing_cache: str | None, dl
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect_command(path: str, as_json: bool) -> None:
     """Inputs, outputs, opset, op histogram, parameters and precision of an ONNX file."""
-    from .export.graph import describe
+    from .export.graph import inspect_file
 
-    info = describe(path)
+    info = inspect_file(path)
     if as_json:
         _print_json(info)
         return
@@ -448,6 +458,25 @@ def _runtime_options(func: Any) -> Any:
     return func
 
 
+def _backend_flags(func: Any) -> Any:
+    """Each backend's own options as flags (from its row's options type): ``--cuda-graphs``, ``--torch-fp16``..."""
+    for backend in reversed(BACKENDS.values()):
+        for flag, field_name, help_text in reversed(cli_flags(backend.options)):
+            func = click.option(flag, f"{backend.name}__{field_name}", is_flag=True, help=help_text)(func)
+    return func
+
+
+def _own_options(flags: dict[str, bool]) -> dict[str, dict[str, bool]]:
+    """``{"trt__cuda_graphs": True, ...}`` from :func:`_backend_flags` -> ``{"trt": {"cuda_graphs": True}}``
+    (the flags given only)."""
+    own: dict[str, dict[str, bool]] = {}
+    for key, value in flags.items():
+        if value:
+            backend, _, field_name = key.partition("__")
+            own.setdefault(backend, {})[field_name] = value
+    return own
+
+
 def _int_list(text: str, option: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -463,7 +492,7 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--topk", type=int, default=DEFAULT_TOPK, show_default=True, help="Classes to show per image.")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line (default: ImageNet's for 1000 classes).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(backend_choices()), default="auto", show_default=True)
 @_runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def predict_command(artifact: str, images: tuple[str, ...], topk: int, labels: str | None, backend: str,
@@ -489,26 +518,20 @@ def predict_command(artifact: str, images: tuple[str, ...], topk: int, labels: s
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--backend", "backends", default="auto", show_default=True,
               help="Comma-separated: auto (the file's own runtime), " + ", ".join(
-                  f"{b.name} ({b.summary.split(':')[0]})" for b in BACKEND_TABLE.values()) + ".")
+                  f"{b.name} ({b.title})" for b in BACKENDS.values()) + ".")
 @click.option("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)), show_default=True,
               help="Comma-separated, within the profile.")
 @click.option("--iters", type=int, help="Timed calls per case (default: --duration).")
 @click.option("--duration", type=float, help="Seconds of timed calls per case (default 3).")
 @click.option("--warmup", type=int, default=DEFAULT_WARMUP, show_default=True, help="Untimed calls per case first.")
 @_runtime_options
-@click.option("--channels-last", is_flag=True, help="torch backend: NHWC memory format.")
-@click.option("--compile", "compile_model", is_flag=True,
-              help="torch backend: torch.compile (on CUDA in reduce-overhead mode: CUDA graphs).")
-@click.option("--torch-fp16", is_flag=True, help="torch backend: run in float16.")
-@click.option("--cuda-graphs", is_flag=True, help="trt backend: capture each batch size into a CUDA graph.")
-@click.option("--ort-tensorrt", is_flag=True, help="ort backend on CUDA: ONNX Runtime's TensorRT execution provider.")
+@_backend_flags
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw latency and throughput vs batch size (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, iters: int | None,
-                  duration: float | None, warmup: int, device: str | None, threads: int | None, channels_last: bool,
-                  compile_model: bool, torch_fp16: bool, cuda_graphs: bool, ort_tensorrt: bool,
-                  plot_path: str | None, as_json: bool, quiet: bool) -> None:
+                  duration: float | None, warmup: int, device: str | None, threads: int | None,
+                  plot_path: str | None, as_json: bool, quiet: bool, **backend_flags: bool) -> None:
     """Latency (min/mean/p50/p90/p99) and images/s of artifacts and backends side by side."""
     import contextlib
 
@@ -520,9 +543,8 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
     chosen = [b.strip() for b in backends.split(",") if b.strip()]
     sizes = _int_list(batch_sizes, "--batch-sizes")
     with contextlib.ExitStack() as stack:
-        runners = load_runners(stack, artifacts, chosen, device=device, threads=threads, channels_last=channels_last,
-                               compile=compile_model, half=torch_fp16, cuda_graphs=cuda_graphs,
-                               ort_tensorrt=ort_tensorrt)
+        runners = load_runners(stack, artifacts, chosen, device=device, threads=threads,
+                               own=_own_options(backend_flags))
         results = bench(runners, sizes, iterations=iters, duration=duration, warmup=warmup,
                         progress=None if quiet else stderr_progress)
         if not quiet:
@@ -627,7 +649,7 @@ def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: 
               help="Queued requests before 503.")
 @click.option("--workers", type=int, default=DEFAULT_WORKERS, show_default=True, help="Runner calls in flight at once.")
 @click.option("--max-request-mb", type=float, default=DEFAULT_REQUEST_MB, show_default=True, help="Largest request body.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(backend_choices()), default="auto", show_default=True)
 @_runtime_options
 def serve_command(artifact: str, model_name: str | None, host: str, port: int, max_batch: int | None,
                   max_delay_ms: float, queue_size: int, workers: int, max_request_mb: float, backend: str,
@@ -635,11 +657,12 @@ def serve_command(artifact: str, model_name: str | None, host: str, port: int, m
     """Serve ARTIFACT over the Open Inference Protocol (KServe v2 REST), with dynamic batching."""
     from .artifacts import split_artifact_name
     from .runtime import load
-    from .serving.server import create_app
+    from .serving.server import ServeLimits
 
     try:
         import pydantic  # noqa: F401  (the request schema)
 
+        from .serving.app import create_app
         from .serving.connections import http_server
     except ImportError:
         raise DeployError("serve needs uvicorn, starlette and pydantic: pip install 'resnet-deploy[serve]'") from None
@@ -647,10 +670,9 @@ def serve_command(artifact: str, model_name: str | None, host: str, port: int, m
     _check_listen(host, port)
     runner = load(artifact, backend=backend, device=device, threads=threads)
     high = runner.batch_range[1] if runner.batch_range else 32
-    app = create_app(runner, model_name=model_name or split_artifact_name(artifact)[0],
-                     platform=BACKEND_TABLE[runner.backend].platform,
-                     max_batch=min(high, 32) if max_batch is None else max_batch, max_delay_ms=max_delay_ms, queue_size=queue_size,
-                     workers=workers, max_request_mb=max_request_mb)
+    limits = ServeLimits(max_batch=min(high, 32) if max_batch is None else max_batch, max_delay_ms=max_delay_ms,
+                         queue_size=queue_size, workers=workers, max_request_mb=max_request_mb)
+    app = create_app(runner, model_name=model_name or split_artifact_name(artifact)[0], limits=limits)
     runner.warmup()
     click.echo(f"serving {artifact} ({runner.name}) on http://{host}:{port}/v2", err=True)
     server = http_server(app, host, port)

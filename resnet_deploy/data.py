@@ -250,7 +250,7 @@ class Calibration:
     holdout: Callable[[], np.ndarray] | None = None  # images never used for ranges, for the gate
     holdout_images: int = 0
 
-    def describe(self) -> dict[str, Any]:
+    def to_record(self) -> dict[str, Any]:
         return {"source": self.source, "images": self.images, "holdout": self.holdout_images, "seed": self.seed}
 
 

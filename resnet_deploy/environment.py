@@ -6,9 +6,7 @@ import importlib
 import importlib.metadata
 import os
 import platform
-import warnings
 
-from .errors import DeployWarning
 
 _TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "openvino", "tensorrt")
 # distributions that install a module under another name: onnxruntime-gpu's onnxruntime, and TensorRT's
@@ -93,24 +91,15 @@ def int8_isa() -> str:
     return "vnni" if cpu_flags() & set(VNNI_FLAGS) else "avx2"
 
 
-def int8_kernel_problem(int8_options: dict) -> str | None:
+def int8_kernel_problem(cpu_isa: str) -> str | None:
     """Why this CPU's optimised INT8 kernels (ONNX Runtime's and OpenVINO's alike) do not compute an INT8
-    artifact exactly as its Q/DQ graph says (``manifest.precision_options["int8"]``); None when they do.
-
-    Manifests written before the ``cpu_isa`` record had no reduce_range: they need VNNI.
-    """
-    if int8_options.get("cpu_isa", "vnni") == "vnni" and int8_isa() == "avx2":
+    artifact exactly as its Q/DQ graph says, given the ISA its weights were made for
+    (:attr:`resnet_deploy.precisions.Int8Options.cpu_isa`); None when they do."""
+    if cpu_isa == "vnni" and int8_isa() == "avx2":
         return ("this CPU has no VNNI (" + ", ".join(VNNI_FLAGS) + "), so x86 INT8 kernels (ONNX Runtime's, "
                 "OpenVINO's) add u8 x s8 products in int16 and saturate on this artifact (8-bit weights); for CPUs "
                 "like this one export with --int8-target cpu --reduce-range")
     return None
-
-
-def warn_int8_kernels(artifact_name: str, int8_options: dict) -> None:
-    """A DeployWarning where this CPU's INT8 kernels do not compute the artifact exactly."""
-    problem = int8_kernel_problem(int8_options)
-    if problem:
-        warnings.warn(f"{artifact_name}: {problem}", DeployWarning, stacklevel=5)
 
 
 def cpu_description() -> dict[str, object]:

@@ -1,17 +1,70 @@
-"""The precisions an export makes: one row each, the table that artifact naming, the parity
-tolerances, layer-wise localisation and the engine build read.
+"""The precisions an export makes: one row each, the table that artifact naming, the export's
+options and CLI flags, the parity tolerances and judging rules, layer-wise localisation and the
+engine build read.
 
 A precision is how an ONNX graph computes; a TensorRT engine is another artifact
 format, built from one of these graphs and judged as its source. Adding a
 precision (FP8, INT4 weight-only) is a row here and its converter step in
-:mod:`resnet_deploy.export.pipeline`.
+:data:`resnet_deploy.export.pipeline.CONVERTERS`; its flag, gate, manifest
+record, tolerances and verify follow from the row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from .environment import int8_kernel_problem
+
+
+@dataclass(frozen=True)
+class Fp16Options:
+    """How a float16 artifact was converted: the manifest's ``precision_options["fp16"]``."""
+
+    keep_fp32_ops: tuple[str, ...] = ()  # op types left in float32 (range or accuracy: InstanceNorm, Softmax)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"keep_fp32_ops": list(self.keep_fp32_ops)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Fp16Options:
+        return cls(tuple(record.get("keep_fp32_ops", ())))
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """How an INT8 artifact was quantized: the manifest's ``precision_options["int8"]``, written and
+    read here alone."""
+
+    target: str = "trt"  # trt: symmetric signed activations (TensorRT); cpu: unsigned (ONNX Runtime's x86 kernels)
+    method: str = "minmax"  # calibration method
+    reduce_range: bool = False  # 7-bit weights
+    weights: str = "per-channel"
+    calibration: dict[str, Any] = field(default_factory=dict)  # data.Calibration.to_record(): source, images, holdout
+    range_cache: str | None = None  # the activation-range cache file beside the artifacts
+    mixed: dict[str, Any] | None = None  # units kept in float by --max-drop (export.mixed)
+
+    @property
+    def cpu_isa(self) -> str:
+        """The x86 ISA on which ONNX Runtime's and OpenVINO's optimised kernels compute the graph without
+        int16 saturation: VNNI for 8-bit weights, any (AVX2 too) for 7-bit ones."""
+        return "avx2" if self.reduce_range else "vnni"
+
+    @property
+    def holdout_source(self) -> str | None:
+        """The calibration data a hold-out was kept from, when one was."""
+        return self.calibration.get("source") if self.calibration.get("holdout") else None
+
+    def to_record(self) -> dict[str, Any]:
+        record = {key: value for key, value in asdict(self).items() if key != "mixed" or value is not None}
+        return {**record, "cpu_isa": self.cpu_isa}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Int8Options:
+        """Manifests from before ``reduce_range`` was recorded had 8-bit weights."""
+        known = {name: record[name] for name in cls.__dataclass_fields__ if name in record}
+        return cls(**known)
 
 
 @dataclass(frozen=True)
@@ -21,30 +74,57 @@ class Precision:
     tolerance: dict[str, float]  # parity.tolerances.Tolerance fields: the artifact against float32 PyTorch
     layer_tolerance: float  # largest error of a block's output, as a fraction of its scale (--layerwise)
     engine_rank: int | None  # as an engine's source: lower is preferred; None: TensorRT does not take it
-    # whether an artifact of this precision can be an engine's source, given its precision_options record
-    engine_takes: Callable[[dict[str, Any]], bool] = field(default=lambda _record: True)
+    options: type | None = None  # its typed record in the manifest (precision_options[name]); None: it has none
+    flag_help: str | None = None  # the export's --NAME flag; None: always made (fp32)
+    # why an artifact of this precision cannot be an engine's source, given its options; None: it can
+    engine_refusal: Callable[[Any], str | None] = field(default=lambda _options: None)
     # top-1 agreement is judged on random-init weights too (their near-tied logits flip under int8's error)
     top1_on_random_weights: bool = True
+    # judged on random images even where a calibration hold-out is: only what computes the same function
+    # on any input (reduced precisions are judged on the data their ranges and margins are for)
+    judged_on_random_images: bool = False
+    # the graph means what it says only run as written (graph optimisations off): Q/DQ pairs
+    runs_as_written: bool = False
+    calibrated: bool = False  # made with calibration data (activation ranges), held out in part to judge it
+    # why this CPU's optimised kernels do not compute an artifact of it exactly (given its options), if ever
+    cpu_kernel_problem: Callable[[Any], str | None] | None = None
     summary: str = ""
+
+    def read_options(self, precision_options: dict[str, Any]) -> Any:
+        """Its typed options from a manifest's ``precision_options`` (None where it has none)."""
+        return self.options.from_record(precision_options.get(self.name, {})) if self.options else None
 
 
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("fp32", ".onnx", {"max_rel_to_scale": 1e-4, "min_top1": 1.0}, 1e-4, engine_rank=2,
-              summary="float32: the same function up to float32 reordering"),
+              judged_on_random_images=True, summary="float32: the same function up to float32 reordering"),
     Precision("fp16", ".fp16.onnx", {"min_cosine": 0.9999, "min_top1": 0.99}, 5e-3, engine_rank=1,
+              options=Fp16Options, flag_help="Also write STEM.fp16.onnx (float16 graph, float32 I/O).",
               summary="float16 graph, float32 I/O; InstanceNorm and Softmax kept in float32"),
     Precision("int8", ".int8.onnx", {"min_cosine": 0.99, "min_top1": 0.95}, 1e-1, engine_rank=0,
-              # TensorRT's explicit quantization takes symmetric signed activations: the trt target's
-              engine_takes=lambda record: record.get("target") == "trt", top1_on_random_weights=False,
+              options=Int8Options, flag_help="Also write STEM.int8.onnx (QDQ, per-channel weights).",
+              engine_refusal=lambda options: None if options.target == "trt" else (
+                  f"it was quantized for the {options.target} target (unsigned activations), which TensorRT's explicit "
+                  "quantization does not take: re-export with --int8-target trt"),
+              top1_on_random_weights=False,
+              runs_as_written=True, calibrated=True, cpu_kernel_problem=lambda options: int8_kernel_problem(options.cpu_isa),
               summary="Q/DQ INT8, per-channel weights, calibrated activations"),
 )}
 
+FP32 = "fp32"  # the precision every export makes, and the one the others are converted from
 ENGINE = "engine"  # the artifact kind of a TensorRT engine (built from a precision's ONNX)
 ENGINE_SUFFIX = ".engine"
 
 
 def engine_source(precision_options: dict[str, dict[str, Any]], available: set[str]) -> str:
     """Which of the ``available`` precisions an engine is built from: the most reduced one TensorRT takes."""
-    eligible = [p for p in PRECISIONS.values() if p.name in available and p.engine_rank is not None
-                and p.engine_takes(precision_options.get(p.name, {}))]
+    eligible = [p for p in PRECISIONS.values() if p.name in available and engine_refusal(p.name, precision_options) is None]
     return min(eligible, key=lambda p: p.engine_rank).name
+
+
+def engine_refusal(precision: str, precision_options: dict[str, dict[str, Any]]) -> str | None:
+    """Why TensorRT cannot build an engine from an artifact of ``precision``, or None where it can."""
+    row = PRECISIONS[precision]
+    if row.engine_rank is None:
+        return f"TensorRT takes no {precision} graph"
+    return row.engine_refusal(row.read_options(precision_options))

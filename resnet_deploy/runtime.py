@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from .artifacts import manifest_for
 from .backends.base import Runner
-from .backends.registry import BACKENDS as _REGISTRY
-from .backends.registry import LoadOptions, open_runner
-
-BACKENDS = ("auto", *_REGISTRY)
+from .backends.options import LoadOptions
+from .backends.registry import open_runner
 
 
 def load(
@@ -30,22 +29,29 @@ def load(
     device: str | None = None,
     threads: int | None = None,
     graph_cache: bool = True,
-    channels_last: bool = False,
-    compile: bool = False,
-    half: bool = False,
-    cuda_graphs: bool = False,
-    ort_tensorrt: bool = False,
+    **own: Any,
 ) -> Runner:
-    """A runner for ``artifact`` (a file listed in its manifest, unchanged since export) on ``backend``
-    and ``device``: the fields of :class:`~resnet_deploy.backends.registry.LoadOptions`.
+    """A runner for ``artifact`` (a file listed in its manifest, unchanged since export).
 
-    ``threads``: CPU threads of ONNX Runtime, OpenVINO or torch (default: physical cores).
-    ``graph_cache``: keep ONNX Runtime's optimised graph (OpenVINO's compiled blob) beside the artifact.
-    ``channels_last``/``compile``/``half`` (float16): torch options. ``cuda_graphs``: TensorRT option.
-    ``ort_tensorrt``: ONNX Runtime with its TensorRT execution provider (CUDA and CPU as fallbacks).
+    Args:
+        artifact: an artifact file (``STEM.onnx``, ``STEM.fp16.onnx``, ``STEM.int8.onnx``, ``STEM.engine``).
+        backend: a backend of :func:`~resnet_deploy.backends.registry.backend_choices`; ``"auto"``: the
+            file's own (ONNX Runtime, TensorRT).
+        device: ``cpu``, ``cuda`` or ``cuda:N``; None: the GPU where the backend can use one here.
+        threads: CPU threads of ONNX Runtime, OpenVINO or torch (default: physical cores).
+        graph_cache: keep ONNX Runtime's optimised graph (OpenVINO's compiled blob) beside the artifact.
+        **own: the backend's own options, the fields of its row's options type in
+            :mod:`resnet_deploy.backends.options` (``cuda_graphs`` for trt; ``channels_last``, ``compile``,
+            ``half`` for torch; ``tensorrt_provider``, ``as_written`` for ort).
+
+    Returns:
+        A :class:`~resnet_deploy.backends.base.Runner`; use it as a context manager to release it.
+
+    Raises:
+        DeployError: the file is not an artifact of its manifest, the backend does not run it, cannot
+            run here (and why), or does not take one of ``own``.
     """
     path = Path(artifact)
     manifest, precision = manifest_for(path)
-    options = LoadOptions(device=device, threads=threads, graph_cache=graph_cache, channels_last=channels_last,
-                          compile=compile, half=half, cuda_graphs=cuda_graphs, ort_tensorrt=ort_tensorrt)
+    options = LoadOptions(device=device, threads=threads, graph_cache=graph_cache, own=own)
     return open_runner(path, manifest, precision, backend, options)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..artifacts import Manifest, TensorSpec
 from ..errors import DeployError
+from ..precisions import FP32
 
 
 class DeviceTimer(Protocol):
@@ -41,7 +42,7 @@ class Runner:
     backend: str | None = None  # the registry's name of its backend, when loaded by runtime.load
     artifact: str | None = None  # the file it runs, when loaded by runtime.load
     manifest: Manifest | None = None  # that file's manifest, when loaded by runtime.load
-    precision: str = "fp32"
+    precision: str = FP32
 
     @property
     def input_name(self) -> str:
@@ -99,7 +100,7 @@ class Runner:
         size = batch_size or (self.batch_range[0] if self.batch_range else 1)
         dims = [d if isinstance(d, int) else None for d in self.inputs[0].shape[1:]]
         if None in dims[1:] and self.manifest is not None and len(dims) == 3:
-            dims[1:] = self.manifest.preprocess["crop"]
+            dims = list(self.manifest.example_shape)
         if None in dims:
             raise DeployError(f"{self.name}: the input has symbolic spatial dims {self.inputs[0].shape}; "
                               "give an example batch")

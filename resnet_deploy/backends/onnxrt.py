@@ -12,12 +12,11 @@ import numpy as np
 import onnxruntime as ort
 
 from ..artifacts import Manifest, TensorSpec
-from ..environment import first_cpu_fields, physical_cores, warn_int8_kernels
+from ..environment import first_cpu_fields, physical_cores
 from ..errors import DeployError, DeployWarning, first_line
 from ..fileio import atomic_path, atomic_write_bytes, sha256_file
-from . import detect
 from .base import Runner
-from .registry import LoadOptions, parse_device
+from .options import LoadOptions
 
 GRAPH_CACHE_DIR = ".ort-cache"  # beside the artifact
 
@@ -177,20 +176,14 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
 
-def load(path: Path, manifest: Manifest, precision: str, options: LoadOptions) -> OnnxRuntimeRunner:
-    """The registry's loader: the artifact on the CPU, CUDA or TensorRT execution provider."""
-    gpu_provider = "TensorrtExecutionProvider" if options.ort_tensorrt else "CUDAExecutionProvider"
-    gpu = detect.onnxruntime_provider(gpu_provider)
-    kind, index = parse_device(options.device, default_cuda=gpu.available or options.ort_tensorrt)
-    if (kind == "cuda" or options.ort_tensorrt) and not gpu.available:
-        raise DeployError(f"cannot run {path.name} on {gpu_provider} with ONNX Runtime: {gpu.reason}")
-    if options.ort_tensorrt and kind != "cuda":
-        raise DeployError("ONNX Runtime's TensorRT provider runs on a CUDA GPU, not the CPU")
-    provider = gpu_provider if kind == "cuda" else "CPUExecutionProvider"
-    if precision == "int8" and provider == "CPUExecutionProvider":
-        warn_int8_kernels(path.name, manifest.precision_options.get("int8", {}))
+def load(path: Path, manifest: Manifest, precision: str, device: tuple[str, int],
+         options: LoadOptions) -> OnnxRuntimeRunner:
+    """The registry's loader: the artifact on the CPU, or on the CUDA or TensorRT execution provider."""
+    kind, index = device
+    provider = ("CPUExecutionProvider" if kind == "cpu" else
+                "TensorrtExecutionProvider" if options.own.tensorrt_provider else "CUDAExecutionProvider")
     entry = manifest.artifact(precision)
     return OnnxRuntimeRunner(path, provider=provider, device_id=index, threads=options.threads,
                              graph_cache=options.graph_cache, model_sha256=entry.sha256 if entry else None,
-                             batch_range=(manifest.batch.min, manifest.batch.max))
+                             optimize=not options.own.as_written)
 

@@ -19,10 +19,9 @@ import numpy as np
 import openvino as ov
 
 from ..artifacts import Manifest, TensorSpec
-from ..environment import warn_int8_kernels
 from ..errors import DeployError, first_line
 from .base import Runner
-from .registry import LoadOptions, parse_device
+from .options import LoadOptions
 
 CACHE_DIR = ".ov-cache"  # beside the artifact
 
@@ -75,14 +74,9 @@ class OpenVINORunner(Runner):
         self.request = self.compiled = None
 
 
-def load(path: Path, manifest: Manifest, precision: str, options: LoadOptions) -> OpenVINORunner:
+def load(path: Path, manifest: Manifest, precision: str, device: tuple[str, int],
+         options: LoadOptions) -> OpenVINORunner:
     """The registry's loader: the ONNX artifact on this machine's CPU."""
-    kind, _ = parse_device(options.device, default_cuda=False)
-    if kind != "cpu":
-        raise DeployError("the openvino backend runs on the CPU here: use --device cpu, or --backend ort/trt on a GPU")
-    if precision == "int8":
-        warn_int8_kernels(path.name, manifest.precision_options.get("int8", {}))
     cache = path.parent / CACHE_DIR if options.graph_cache else None
     return OpenVINORunner(path, threads=options.threads, cache_dir=cache,
-                          tensor_names=[spec.name for spec in (manifest.input, *manifest.outputs)],
-                          batch_range=(manifest.batch.min, manifest.batch.max))
+                          tensor_names=[spec.name for spec in (manifest.input, *manifest.outputs)])

@@ -12,12 +12,11 @@ import torch
 from torch import nn
 
 from ..artifacts import Manifest, TensorSpec
-from ..errors import ArtifactError, DeployError
+from ..errors import ArtifactError
 from ..fileio import sha256_file
 from ..models import create_model
-from . import detect
 from .base import Runner
-from .registry import LoadOptions, parse_device
+from .options import LoadOptions
 
 
 def reference_model(manifest: Manifest) -> nn.Module:
@@ -62,6 +61,7 @@ class TorchRunner(Runner):
         self.torch_device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.dtype = torch.float16 if half else torch.float32
+        self.precision = "fp16" if half else "fp32"  # of the model as run: the float32 reference, or its half
         module = model.eval().to(self.torch_device, dtype=self.dtype, memory_format=self.memory_format)
         mode = "reduce-overhead" if self.torch_device.type == "cuda" else None
         self.model = torch.compile(module, mode=mode) if compile else module
@@ -113,16 +113,12 @@ class _EventTimer:
         """torch frees its events with the objects."""
 
 
-def load(path: Path, manifest: Manifest, precision: str, options: LoadOptions) -> TorchRunner:
+def load(path: Path, manifest: Manifest, precision: str, device: tuple[str, int], options: LoadOptions) -> TorchRunner:
     """The registry's loader: the float32 model the artifact ``path`` was exported from, rebuilt."""
-    kind, index = parse_device(options.device, default_cuda=True)
-    if kind == "cuda":
-        cuda = detect.torch_cuda()
-        if not cuda.available:
-            raise DeployError(f"cannot run torch on CUDA: {cuda.reason}")
+    kind, index = device
     if options.threads:
         torch.set_num_threads(options.threads)
+    own = options.own
     return TorchRunner(reference_model(manifest), manifest.outputs, input_spec=manifest.input,
-                       device=f"{kind}:{index}" if kind == "cuda" else "cpu", channels_last=options.channels_last,
-                       compile=options.compile, half=options.half,
-                       batch_range=(manifest.batch.min, manifest.batch.max))
+                       device=f"{kind}:{index}" if kind == "cuda" else "cpu", channels_last=own.channels_last,
+                       compile=own.compile, half=own.half)

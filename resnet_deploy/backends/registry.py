@@ -1,52 +1,37 @@
 """The runtimes artifacts run on: one row per backend, the table that ``runtime.load``, verify,
-bench, serve, the Triton writer and doctor all read.
+export's gates, bench, serve, the Triton writer and doctor all read.
 
 A backend runs one artifact format (``onnx``, ``engine``) or, for ``torch``, the
 PyTorch model the manifest describes. Its variants are the ways it runs (CPU,
 CUDA, an execution provider): each says whether it can run here and why not.
 Its loader is named, not imported, so a backend's library is imported only
-where that backend is used. Adding a backend is a module with a loader and a
-row here.
+where that backend is used; what every loader would otherwise repeat (the
+device, whether the GPU side is there, the batch range, the INT8-kernel
+warning) is done once here, in :func:`open_runner`. Adding a backend is a
+module with a loader, a row here and, if it has options of its own, their
+dataclass in :mod:`.options`.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import platform
-import re
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..environment import cpu_description, package_version
-from ..errors import DeployError, within
-from ..precisions import ENGINE
+from ..errors import DeployError, DeployWarning
+from ..precisions import ENGINE, PRECISIONS
 from . import detect
 from .detect import Availability
+from .options import LoadOptions, NoOptions, OrtOptions, TensorRTOptions, TorchOptions, backend_options, parse_device
 
 if TYPE_CHECKING:
     from ..artifacts import Manifest
     from .base import Runner
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """How to load a runner; each backend reads the fields that concern it."""
-
-    device: str | None = None  # cpu, cuda, cuda:N; None: the GPU where the backend can use one
-    threads: int | None = None  # CPU threads (default: physical cores)
-    graph_cache: bool = True  # keep the optimised graph or compiled blob beside the artifact (ORT, OpenVINO)
-    channels_last: bool = False  # torch
-    compile: bool = False  # torch
-    half: bool = False  # torch: float16
-    cuda_graphs: bool = False  # TensorRT
-    ort_tensorrt: bool = False  # ONNX Runtime's TensorRT execution provider
-
-    def __post_init__(self) -> None:
-        if self.threads is not None:  # more threads than cores only contend (and each costs memory)
-            within("--threads", self.threads, 1, os.cpu_count() or 1, "this machine's logical cores")
 
 
 @dataclass(frozen=True)
@@ -56,7 +41,6 @@ class Variant:
     name: str  # the runner's name in reports, e.g. "onnxruntime-cuda"
     options: LoadOptions
     availability: Callable[[], Availability]
-    cpu_int8_kernels: bool = False  # x86 INT8 kernels: exact only with VNNI or 7-bit weights (parity.int8)
     int8_as_written: bool = True  # its INT8 kernels execute the Q/DQ graph as written (not a graph of its own)
 
 
@@ -64,45 +48,75 @@ class Variant:
 class Backend:
     name: str  # what --backend takes
     runs: str  # the artifact format it runs, or "model": the manifest's PyTorch model, for any artifact
-    loader: str  # "module:function" below resnet_deploy.backends, called (path, manifest, precision, options)
+    loader: str  # "module:function" below resnet_deploy.backends, called (path, manifest, precision, device, options)
     platform: str  # the Triton platform / inference-protocol metadata name
     variants: tuple[Variant, ...]
+    title: str  # the runtime's name in sentences: "ONNX Runtime"
     summary: str
+    options: type = NoOptions  # its own options (resnet_deploy.backends.options), LoadOptions.own
+    # the GPU side, given its own options: whether it is there (None: the backend has no GPU side)
+    gpu: Callable[[Any], Availability] | None = None
+    on_cpu: Callable[[Any], bool] = field(default=lambda _own: True)  # whether it runs on the CPU, given its options
+    cpu_int8_kernels: bool = False  # on the CPU, x86 INT8 kernels: exact only with VNNI or 7-bit weights (parity.int8)
 
-    def load(self, path: Path, manifest: Manifest, precision: str, options: LoadOptions) -> Runner:
+    def load(self, path: Path, manifest: Manifest, precision: str, device: tuple[str, int],
+             options: LoadOptions) -> Runner:
         module, _, function = self.loader.partition(":")
         try:
             loader = getattr(importlib.import_module(module, __package__), function)
         except ImportError as exc:
             raise DeployError(f"the {self.name} backend needs {exc.name}, which is not installed here "
                               "(`resnet-deploy doctor` says what can run)") from None
-        return loader(path, manifest, precision, options)
+        return loader(path, manifest, precision, device, options)
 
     def takes(self, artifact_format: str) -> bool:
         return self.runs in (artifact_format, "model")
+
+    def device(self, requested: str | None, own: Any, artifact_name: str) -> tuple[str, int]:
+        """The device it runs on (``requested``; None: the GPU where it has one here), or a one-line
+        error saying why it cannot run there."""
+        gpu = self.gpu(own) if self.gpu else None
+        kind, index = parse_device(requested, default_cuda=gpu is not None and (gpu.available or not self.on_cpu(own)))
+        needs_gpu = kind == "cuda" or not self.on_cpu(own)
+        if needs_gpu and gpu is None:
+            raise DeployError(f"the {self.name} backend runs on the CPU here: use --device cpu, or another backend "
+                              "on a GPU")
+        if needs_gpu and not gpu.available:
+            raise DeployError(f"cannot run {artifact_name} on CUDA with the {self.name} backend: {gpu.reason}")
+        if kind == "cpu" and not self.on_cpu(own):
+            with_these = " with these options" if self.on_cpu(self.options()) else ""  # ort's TensorRT provider
+            raise DeployError(f"the {self.name} backend{with_these} runs on a CUDA GPU, not the CPU")
+        return kind, index
+
+
+def _ort_gpu(own: OrtOptions) -> Availability:
+    return detect.onnxruntime_provider("TensorrtExecutionProvider" if own.tensorrt_provider else "CUDAExecutionProvider")
 
 
 _CPU, _CUDA = LoadOptions(device="cpu"), LoadOptions(device="cuda")
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("ort", "onnx", ".onnxrt:load", "onnxruntime_onnx", (
-        Variant("onnxruntime-cpu", _CPU, lambda: Availability(True), cpu_int8_kernels=True),
-        Variant("onnxruntime-cuda", _CUDA, lambda: detect.onnxruntime_provider("CUDAExecutionProvider")),
-        Variant("onnxruntime-tensorrt", LoadOptions(device="cuda", ort_tensorrt=True),
-                lambda: detect.onnxruntime_provider("TensorrtExecutionProvider")),
-    ), "ONNX Runtime: CPU, or CUDA and TensorRT execution providers with onnxruntime-gpu"),
+        Variant("onnxruntime-cpu", _CPU, lambda: Availability(True)),
+        Variant("onnxruntime-cuda", _CUDA, lambda: _ort_gpu(OrtOptions())),
+        Variant("onnxruntime-tensorrt", replace(_CUDA, own=OrtOptions(tensorrt_provider=True)),
+                lambda: _ort_gpu(OrtOptions(tensorrt_provider=True))),
+    ), "ONNX Runtime", "ONNX Runtime: CPU, or CUDA and TensorRT execution providers with onnxruntime-gpu",
+        options=OrtOptions, gpu=_ort_gpu, on_cpu=lambda own: not own.tensorrt_provider, cpu_int8_kernels=True),
     Backend("trt", "engine", ".tensorrt:load", "tensorrt_plan", (
-        Variant("tensorrt", _CUDA, detect.tensorrt),
-    ), "TensorRT engines (STEM.engine) on an NVIDIA GPU"),
+        Variant("tensorrt", _CUDA, lambda: detect.tensorrt()),
+    ), "TensorRT", "TensorRT engines (STEM.engine) on an NVIDIA GPU",
+        options=TensorRTOptions, gpu=lambda _own: detect.tensorrt(), on_cpu=lambda _own: False),
     Backend("openvino", "onnx", ".openvino:load", "openvino", (
         # OpenVINO turns Q/DQ pairs into FakeQuantize and fuses its own INT8 graph: on the trained digits
         # model, cosine 0.9985 against the graph as written, 0.9990 against PyTorch (ONNX Runtime: 0.9997)
-        Variant("openvino-cpu", _CPU, detect.openvino, cpu_int8_kernels=True, int8_as_written=False),
-    ), "OpenVINO on x86 and ARM CPUs: the same ONNX, fp32 and Q/DQ INT8"),
+        Variant("openvino-cpu", _CPU, detect.openvino, int8_as_written=False),
+    ), "OpenVINO", "OpenVINO on x86 and ARM CPUs: the same ONNX, fp32 and Q/DQ INT8", cpu_int8_kernels=True),
     Backend("torch", "model", ".pytorch:load", "pytorch", (
         Variant("torch-cpu", _CPU, detect.torch_cpu),
         Variant("torch-cuda", _CUDA, detect.torch_cuda),
-    ), "the float32 PyTorch model the artifact was exported from (the reference and the baseline)"),
+    ), "PyTorch", "the float32 PyTorch model the artifact was exported from (the reference and the baseline)",
+        options=TorchOptions, gpu=lambda _own: detect.torch_cuda()),
 )}
 
 # artifact format -> the backend that runs it when none is named
@@ -117,28 +131,39 @@ def artifact_format(precision: str) -> str:
 
 
 def open_runner(path: Path, manifest: Manifest, precision: str, backend: str, options: LoadOptions) -> Runner:
-    """A runner of the artifact ``path`` (its manifest already read) on ``backend`` ("auto": the format's own)."""
+    """A runner of the artifact ``path`` (its manifest already read) on ``backend`` ("auto": the format's
+    own): the device chosen and checked, the INT8-kernel warning given, the runner labelled. ``options.own``:
+    the backend's own options, typed or as keywords (None: its defaults)."""
     chosen = backend_for(backend, artifact_format(precision), path.name)
-    runner = chosen.load(path, manifest, precision, options)
+    own = options.own if options.own is not None else chosen.options()
+    if isinstance(own, dict):  # keywords, as runtime.load takes them
+        own = backend_options(chosen.options, chosen.name, own)
+    if not isinstance(own, chosen.options):
+        raise DeployError(f"the {chosen.name} backend takes {chosen.options.__name__}, not {type(own).__name__}")
+    device = chosen.device(options.device, own, path.name)
+    row = PRECISIONS.get(precision)  # None for an engine
+    if device[0] == "cpu" and chosen.cpu_int8_kernels and row is not None and row.cpu_kernel_problem is not None:
+        problem = row.cpu_kernel_problem(row.read_options(manifest.precision_options))
+        if problem:
+            warnings.warn(f"{path.name}: {problem}", DeployWarning, stacklevel=3)
+    runner = chosen.load(path, manifest, precision, device, replace(options, own=own))
     runner.artifact, runner.manifest, runner.backend = str(path), manifest, chosen.name
-    if chosen.runs == "model":
-        runner.precision = "fp16" if options.half else "fp32"
-    else:
+    if runner.batch_range is None:
+        runner.batch_range = (manifest.batch.min, manifest.batch.max)
+    if chosen.runs != "model":  # the torch backend runs the float32 model (or its own float16), whatever the file
         runner.precision = precision
     return runner
 
 
-_DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+def runs_here(artifact_format: str) -> Availability:
+    """Whether artifacts of ``artifact_format`` run here on their own backend (an engine: TensorRT with
+    cuda-python and a GPU), and why not: the one question export, build and verify ask."""
+    return BACKENDS[NATIVE[artifact_format]].variants[0].availability()
 
 
-def parse_device(device: str | None, *, default_cuda: bool) -> tuple[str, int]:
-    """``"cuda:1"`` -> ("cuda", 1); None -> the GPU when there is one and ``default_cuda``, else the CPU."""
-    if device is None:
-        return ("cuda" if default_cuda and detect.cuda_gpu() else "cpu"), 0
-    match = _DEVICE.match(device)
-    if not match:
-        raise DeployError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
-    return match.group(1), int(match.group(2) or 0)
+def backend_choices() -> tuple[str, ...]:
+    """What --backend takes: auto (the file's own), then every backend's name."""
+    return ("auto", *BACKENDS)
 
 
 def get_backend(name: str) -> Backend:

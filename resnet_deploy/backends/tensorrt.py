@@ -21,9 +21,10 @@ import numpy as np
 
 from ..artifacts import Manifest, TensorSpec
 from ..errors import DeployError, DeployWarning
+from ..precisions import ENGINE
 from . import cuda, detect
 from .base import Runner
-from .registry import LoadOptions, parse_device
+from .options import LoadOptions
 
 MAX_BOUND_SHAPES = 8  # input shapes kept ready (buffers; with CUDA graphs a context and a graph each)
 
@@ -310,13 +311,12 @@ class TensorRTRunner(Runner):
         self.stream = self._shared = self.engine = None
 
 
-def load(path: Path, manifest: Manifest, precision: str, options: LoadOptions) -> TensorRTRunner:
+def load(path: Path, manifest: Manifest, precision: str, device: tuple[str, int],
+         options: LoadOptions) -> TensorRTRunner:
     """The registry's loader: the engine on a CUDA GPU, after checking it was built for this one."""
-    kind, index = parse_device(options.device, default_cuda=True)
-    if kind != "cuda":
-        raise DeployError("a TensorRT engine runs on a CUDA GPU, not the CPU")
+    index = device[1]
     environment = current_environment(index)  # first: says why when TensorRT or the GPU is missing
     cuda.call("cudaSetDevice", index)
-    record = manifest.precision_options["engine"]
+    record = manifest.precision_options[ENGINE]
     check_engine_compatible(record, *environment)
-    return TensorRTRunner.for_record(path, record, cuda_graphs=options.cuda_graphs)
+    return TensorRTRunner.for_record(path, record, cuda_graphs=options.own.cuda_graphs)

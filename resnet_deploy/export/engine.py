@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import Manifest
-from ..backends import cuda, detect
+from ..precisions import ENGINE
+from ..backends import cuda
+from ..backends.registry import artifact_format, runs_here
 from ..backends.tensorrt import version_tuple
 from ..errors import DeployError, DeployWarning, ExportError, within
 from ..fileio import atomic_path, atomic_write_bytes, locked
@@ -55,8 +57,7 @@ def profile_shapes(manifest: Manifest) -> dict[str, tuple[tuple[int, ...], tuple
     A fixed-size input uses its size at all three points; with dynamic H/W the
     export size is the optimum, half of it the minimum and twice it the maximum.
     """
-    channels = manifest.input.shape[1]
-    height, width = manifest.preprocess["crop"]
+    channels, height, width = manifest.example_shape
     batch = manifest.batch
     if manifest.dynamic_hw:
         low = (max(32, height // 2), max(32, width // 2))
@@ -115,7 +116,7 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple], o
     ``shapes`` is :func:`profile_shapes`'s answer; ``built_from`` the artifact
     name recorded. Returns the engine record for the manifest. Needs tensorrt and a GPU.
     """
-    available = detect.tensorrt()
+    available = runs_here(artifact_format(ENGINE))
     if not available.available:
         raise DeployError(f"cannot build a TensorRT engine: {available.reason}")
     import tensorrt as trt

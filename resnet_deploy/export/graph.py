@@ -98,7 +98,7 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     return dict(Counter(node.op_type for node in model.graph.node).most_common())
 
 
-def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
+def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What `resnet-deploy inspect` prints: I/O with symbolic dims, opset, ops, size, precision."""
     path = Path(path)
     if not path.is_file():
@@ -160,3 +160,55 @@ def topological_sort(model: onnx.ModelProto) -> None:
             available.update(node.output)
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+# ops a block's output passes through unchanged in value before the next block reads it
+PASS_THROUGH = {"Cast", "QuantizeLinear", "DequantizeLinear", "Identity"}
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    table: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            table.setdefault(name, []).append(node)
+    return table
+
+
+def _chain_end(name: str, consumers: dict[str, list[onnx.NodeProto]]) -> tuple[str, list[onnx.NodeProto]]:
+    """Follow ``name`` through single-consumer Relu/Cast/Q/DQ nodes; return the last
+    float tensor of that chain (a QuantizeLinear output is integer) and its consumers."""
+    chosen = current = name
+    while True:
+        users = consumers.get(current, [])
+        if len(users) != 1 or users[0].op_type not in PASS_THROUGH | {"Relu"}:
+            return chosen, users
+        current = users[0].output[0]
+        if users[0].op_type != "QuantizeLinear":
+            chosen = current
+
+
+def find_points(model: onnx.ModelProto) -> list[str]:
+    """ONNX tensor names of the stem output and of every residual block output, in order.
+
+    A block ends in an Add whose result (after its Relu, and any Cast or Q/DQ
+    pair) feeds the next block twice (its convs and its shortcut) or reaches
+    the pooling or a graph output. Res2Net's inner Adds feed one conv, so they
+    do not count. The Relu itself may be gone: ONNX Runtime's quantizer folds
+    it into unsigned activations.
+    """
+    graph = model.graph
+    consumers = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    stem_node = next((n for n in graph.node if n.op_type == "MaxPool"), None)
+    if stem_node is None:  # CIFAR stem: conv, bn, relu
+        stem_node = next((n for n in graph.node if n.op_type == "Relu"), None)
+    blocks = []
+    for node in graph.node:
+        if node.op_type != "Add":
+            continue
+        tensor, users = _chain_end(node.output[0], consumers)
+        if len(users) >= 2 or tensor in outputs or any(u.op_type in ("GlobalAveragePool", "ReduceMean") for u in users):
+            blocks.append(tensor)
+    if stem_node is None or not blocks:
+        raise ArtifactError("cannot find the stem and residual blocks in this ONNX graph")
+    return [_chain_end(stem_node.output[0], consumers)[0], *blocks]

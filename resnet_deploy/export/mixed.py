@@ -28,7 +28,7 @@ from ..backends.onnxrt import OnnxRuntimeRunner
 from ..data import ImagePreprocess, batched, labelled_images, load_images
 from ..errors import ExportError
 from ..fileio import temp_prefix
-from ..parity.layerwise import find_points
+from .graph import find_points
 
 EVAL_BATCH = 32
 
@@ -159,7 +159,7 @@ def quantize_within(
     return result
 
 
-def describe(result: MixedResult, rows: int = 5) -> str:
+def summary(result: MixedResult, rows: int = 5) -> str:
     """The outcome and the most sensitive units, for the export log."""
     if not result.float_units:
         return f"all INT8: drop {result.drop_all_int8:.2f} points <= {result.max_drop} ({result.measure})"

@@ -33,8 +33,7 @@ class ExportOptions:
     seed: int = 0
     features_only: bool = False
     last_stride: int = 2
-    fp16: bool = False
-    int8: bool = False
+    precisions: tuple[str, ...] = ()  # made besides fp32: names of resnet_deploy.precisions rows ("fp16", "int8")
     calib_data: str | os.PathLike[str] | None = None
     calib_size: int = 512
     calib_method: str = "minmax"

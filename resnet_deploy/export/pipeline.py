@@ -13,7 +13,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,9 @@ from ..artifacts import (
     check_stem,
     commit_artifacts,
 )
-from ..backends import detect
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner, reference_model
-from ..backends.tensorrt import TensorRTRunner
+from ..backends.registry import BACKENDS, NATIVE, Backend, Variant, artifact_format, runs_here
 from ..data import ImagePreprocess, calibration_data, random_images
 from ..environment import package_version, tool_versions
 from ..errors import MAX_SEED, ArgumentError, DeployError, DeployWarning, ExportError, ParityError, within
@@ -42,14 +41,14 @@ from ..fileio import Staging, sha256_file, sweep_temporaries
 from ..models import create_model, get_spec
 from ..models import pretrained
 from ..models.registry import declare_preprocess
-from ..parity.compare import REFERENCE, Check, Memoized, run_checks
+from ..parity.checks import plan_checks
+from ..parity.compare import REFERENCE, judge
 from ..parity.golden import write_golden
+from ..parity.inputs import default_sets, random_batches, sets_summary
 from ..parity.metrics import compare_arrays
-from ..parity.inputs import InputSet, default_sets, describe_sets
-from ..parity.int8 import int8_checks
-from ..parity.layerwise import torch_points
-from ..parity.tolerances import tolerance_for
-from ..precisions import ENGINE, ENGINE_SUFFIX, PRECISIONS, engine_source
+from ..parity.results import RunResults, run
+from ..parity.tolerances import Policy
+from ..precisions import ENGINE, ENGINE_SUFFIX, FP32, PRECISIONS, Fp16Options, Int8Options, engine_refusal, engine_source
 from ..progress import StepLog
 from . import engine as trt_engine
 from . import graph, mixed, precision
@@ -75,7 +74,7 @@ class ExportResult:
         return {a.precision: self.manifest_path.parent / a.file for a in self.manifest.artifacts}
 
     def to_dict(self) -> dict[str, Any]:
-        entry = self.manifest.artifact("fp32")
+        entry = self.manifest.artifact(FP32)
         return {
             "arch": self.manifest.arch,
             "onnx": str(self.onnx_path),
@@ -139,70 +138,42 @@ def _gate_batches(profile: BatchProfile) -> list[int]:
     return sorted({1, second})
 
 
-@dataclass
-class GateInputs:
-    """What the export gate runs: seeded random images at batch 1 and OPT, and, with real calibration
-    data, its hold-out (see :mod:`resnet_deploy.parity.inputs`)."""
-
-    random: list[np.ndarray]
-    holdout: np.ndarray | None
-    profile: BatchProfile
-
-    @classmethod
-    def make(cls, profile: BatchProfile, shape: tuple[int, int, int], preprocess: ImagePreprocess, seed: int,
-             holdout: np.ndarray | None = None) -> GateInputs:
-        return cls([random_images(size, shape, preprocess.mean, preprocess.std, seed=seed)
-                    for size in _gate_batches(profile)], holdout, profile)
-
-    def sets(self, precision: str) -> list[InputSet]:
-        return default_sets(precision, self.random, self.holdout, self.profile)
-
-    def describe(self, precision: str) -> str:
-        return describe_sets(self.sets(precision))
+def _gate_variants(file_precision: str) -> list[tuple[Backend, Variant]]:
+    """What a gate runs an artifact on: its format's own backend, first variant (ONNX Runtime on the CPU;
+    TensorRT), so that the gate means the same on every machine that builds it."""
+    backend = BACKENDS[NATIVE[artifact_format(file_precision)]]
+    return [(backend, backend.variants[0])]
 
 
-def _parity_gate(
-    reference: Memoized,
-    kind: str,
-    candidate: Path | TensorRTRunner,
-    inputs: GateInputs,
-    *,
-    random_init: bool,
-    int8_options: dict[str, Any] | None = None,
-    precision: str | None = None,
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """An artifact of ``kind`` (an ONNX path, or an engine's runner) against PyTorch on the gate's inputs.
+def _parity_gate(job: Job, path: Path, file_precision: str, manifest: Manifest,
+                 judged_as: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The artifact ``path`` against PyTorch on the gates' inputs: run, then judged by the policy of
+    ``judged_as`` (default: ``file_precision``; an engine is judged as its source).
 
-    Raises ParityError on the first judged row beyond the tolerance of
-    ``precision`` (default: ``kind``; an engine is judged by its source's).
-    INT8 ONNX is judged on the graph run as written, its CPU kernels against
-    that (see :mod:`resnet_deploy.parity.int8`). Returns the rows and notes.
+    Returns the manifest's parity rows and notes; raises ParityError on the first judged row beyond the
+    tolerance. INT8 ONNX is judged on the graph run as written, its CPU kernels against that (see
+    :mod:`resnet_deploy.parity.int8`).
     """
-    precision = precision or kind
-    tolerance, note = tolerance_for(precision, random_init=random_init)
-    notes = [note] if note else []
-    if isinstance(candidate, Path) and kind == "int8":
-        checks, int8_notes = int8_checks(candidate, int8_options or {}, tolerance,
-                                         [(OnnxRuntimeRunner(candidate), True)])
-        notes += int8_notes
-    else:
-        checks = [Check(OnnxRuntimeRunner(candidate) if isinstance(candidate, Path) else candidate, tolerance)]
-    runtime = "TensorRT" if kind == ENGINE else "ONNX Runtime"
+    policy = Policy.make(judged_as or file_precision, random_init=job.random_init)
+    reference = _reference(job)
+    plan = plan_checks(path, manifest, file_precision, policy, _gate_variants(file_precision))
     try:
-        results, _outputs = run_checks(reference, checks, inputs.sets(precision))
-    finally:  # the sessions made here; a runner passed in is its caller's to close
-        for made in {id(check.runner): check.runner for check in checks if check.runner is not candidate}.values():
-            made.close()
-    rows = [{"artifact": kind, "backend": row.backend, "reference": row.reference, "inputs": row.inputs,
-             "judged": row.judged, "batch": row.batch, "output": row.output, **row.figures} for row in results]
-    failed = next((row for row in results if row.judged and not row.passed), None)
+        results = run(plan.runners, [], into=reference.copy())
+    finally:
+        plan.close()
+    reference_name = next(iter(reference.outputs))
+    rows = judge(results, plan.checks, reference=reference_name, judges=policy.judges_in(results.sets))
+    failed = next((row for row in rows if row.judged and not row.passed), None)
     if failed is not None:
+        title = BACKENDS[NATIVE[artifact_format(file_precision)]].title
         raise ParityError(
-            f"{kind} artifact: {runtime} disagrees with "
+            f"{file_precision} artifact: {title} disagrees with "
             f"{'PyTorch' if failed.reference == REFERENCE else failed.reference} ({failed.backend}) on "
             f"{failed.output!r} at batch {failed.batch} of {failed.inputs} images: " + "; ".join(failed.failures)
         )
-    return rows, notes
+    records = [{"artifact": file_precision, "backend": row.backend, "reference": row.reference, "inputs": row.inputs,
+                "judged": row.judged, "batch": row.batch, "output": row.output, **row.figures} for row in rows]
+    return records, policy.notes + plan.notes
 
 
 @dataclass
@@ -220,7 +191,7 @@ class Job:
     calibration: Any = None  # data.CalibrationData with int8
     published: Any = None  # models.pretrained.PublishedWeights for a tag
     weights_sha256: str | None = None
-    trt: Any = None  # detect.Availability of TensorRT here
+    trt: Any = None  # backends.detect.Availability: whether engines run here
     folder: Path = Path()
     staging: Staging | None = None
     resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -234,19 +205,16 @@ class Job:
     prepared: Path | None = None  # the fp32 graph prepared for quantization
     quantize: Any = None  # (out path, units kept in float) -> ranges read from cache?
     range_cache: tuple[Path, Path] | None = None  # (staged, final) activation ranges measured by this export
-    reference: Memoized | None = None
-    gate_inputs: GateInputs | None = None
+    reference: RunResults | None = None  # PyTorch's outputs on the gates' inputs
     parity: list[dict[str, Any]] = field(default_factory=list)
     manifest: Manifest | None = None
     manifest_file: Path | None = None
+    random_init: bool = True  # seeded random weights: int8's top-1 is not judged (parity.tolerances)
 
     @property
     def build_engine(self) -> bool:
         return bool(self.trt.available) and self.options.engine is not False
 
-    @property
-    def random_init(self) -> bool:
-        return self.options.weights is None
 
 
 @dataclass(frozen=True)
@@ -276,9 +244,13 @@ def _plan(arch: str, o: ExportOptions) -> Job:
         declared = {**published.preprocess, "resize": int(round(min(height, width) * scale)), **declared}
     record = declare_preprocess(spec.preprocess, height, width, **declared)
     within("--resize", record["resize"], 1, MAX_SIDE, "pixels of the shorter side before the crop")
+    unknown = sorted(set(o.precisions) - set(PRECISIONS))
+    if unknown:
+        raise ArgumentError(f"unknown precision(s) {unknown}: choose from {', '.join(PRECISIONS)}")
     job = Job(arch, o, stem, profile, (3, height, width), record, ImagePreprocess.from_manifest(record),
-              [name for name in PRECISIONS if name == "fp32" or getattr(o, name, False)], published=published)
-    if o.int8:  # checked before the slow steps: a missing data set should fail at once
+              [name for name in PRECISIONS if name == FP32 or name in o.precisions], published=published,
+              random_init=o.weights is None)
+    if any(PRECISIONS[name].calibrated for name in job.precisions):  # before the slow steps: a missing data set fails at once
         job.calibration = calibration_data(o.calib_data, preprocess=job.image_preprocess, shape=job.shape,
                                            size=o.calib_size, seed=o.seed)
         o.reduce_range = precision.resolve_reduce_range(o.int8_target, o.reduce_range)
@@ -290,7 +262,7 @@ def _plan(arch: str, o: ExportOptions) -> Job:
         raise ExportError("--max-drop measures top-1: it needs the classifier (not --features-only or --num-classes 0)")
     if o.eval_data is not None and (o.max_drop is None or not Path(o.eval_data).is_dir()):
         raise ExportError("--eval-data takes a folder of class folders, and goes with --max-drop")
-    job.trt = detect.tensorrt()
+    job.trt = runs_here(artifact_format(ENGINE))
     if o.engine and not job.trt.available:
         raise DeployError(f"--engine: cannot build a TensorRT engine here: {job.trt.reason}")
     if job.build_engine and o.build_options is not None:
@@ -304,8 +276,7 @@ def _build_model(job: Job, log: StepLog) -> None:
         torch.manual_seed(o.seed)
         job.model = create_model(job.arch, num_classes=o.num_classes, weights=o.weights,
                                  features_only=o.features_only, last_stride=o.last_stride)
-    classes = 0 if o.features_only else job.model.num_classes
-    job.outputs = output_names(num_classes=classes, features_only=o.features_only)
+    job.outputs = output_names(job.model)
 
 
 def _to_onnx(job: Job, log: StepLog) -> None:
@@ -317,7 +288,7 @@ def _to_onnx(job: Job, log: StepLog) -> None:
 def _simplify_and_check(job: Job, log: StepLog) -> None:
     """onnxsim, BatchNorm folding and onnx's full check of the file written. The exported graph is kept
     in memory until the fp32 gate passed: were it to fail, it says whether these passes are to blame."""
-    final_path = job.artifacts["fp32"] = job.staging.file(".onnx")
+    final_path = job.artifacts[FP32] = job.staging.file(PRECISIONS[FP32].suffix)
     if job.options.simplify:
         final = graph.simplify(job.raw)
     else:
@@ -335,7 +306,7 @@ def _fp16(job: Job, log: StepLog) -> None:
     path = job.artifacts["fp16"] = job.staging.file(PRECISIONS["fp16"].suffix)
     onnx.save(precision.to_fp16(job.final), str(path))
     graph.check_file(path)
-    job.precision_options["fp16"] = {"keep_fp32_ops": list(precision.FP16_KEEP_FP32_OPS)}
+    job.precision_options["fp16"] = Fp16Options(tuple(precision.FP16_KEEP_FP32_OPS)).to_record()
 
 
 def _int8_title(job: Job) -> str:
@@ -348,7 +319,7 @@ def _int8_title(job: Job) -> str:
 def _int8(job: Job, log: StepLog) -> None:
     o, calibration = job.options, job.calibration
     path = job.artifacts["int8"] = job.staging.file(PRECISIONS["int8"].suffix)
-    fp32 = job.artifacts["fp32"]
+    fp32 = job.artifacts[FP32]
     cache = job.folder / precision.calibration_cache_name(job.stem, sha256_file(fp32), calibration, o.calib_method)
     job.prepared = job.resources.enter_context(precision.prepared_for_quantization(fp32))
     problem = precision.range_cache_problem(cache) if cache.exists() else "missing"
@@ -376,39 +347,45 @@ def _int8(job: Job, log: StepLog) -> None:
                               "NaN or infinite values")
         job.range_cache = (ranges, cache)
     log.note(f"activation ranges {'read from' if from_cache else 'cached in'} {cache.name}")
-    job.precision_options["int8"] = {
-        **precision.int8_record(o.int8_target, o.calib_method, o.reduce_range),
-        "calibration": calibration.describe(),
-        "range_cache": cache.name if from_cache or job.range_cache else None,
-    }
+    job.precision_options["int8"] = Int8Options(
+        target=o.int8_target, method=o.calib_method, reduce_range=o.reduce_range, calibration=calibration.to_record(),
+        range_cache=cache.name if from_cache or job.range_cache else None,
+    ).to_record()
 
 
 def _mixed(job: Job, log: StepLog) -> None:
     o = job.options
-    measure = mixed.DropMeasure.make(job.artifacts["fp32"], o.eval_data, job.holdout, job.image_preprocess)
+    measure = mixed.DropMeasure.make(job.artifacts[FP32], o.eval_data, job.holdout, job.image_preprocess)
     chosen = mixed.quantize_within(
-        job.prepared, job.artifacts["int8"], block_names=[name for name, _ in torch_points(job.model)][1:],
+        job.prepared, job.artifacts["int8"], block_names=[name for name, _ in job.model.block_points()][1:],
         max_drop=o.max_drop, measure=measure, quantize=job.quantize, on_progress=log.status,
     )
-    log.note(mixed.describe(chosen))
-    job.precision_options["int8"]["mixed"] = chosen.to_dict()
+    log.note(mixed.summary(chosen))
+    int8 = Int8Options.from_record(job.precision_options["int8"])
+    job.precision_options["int8"] = replace(int8, mixed=chosen.to_dict()).to_record()
 
 
-def _gate_inputs(job: Job) -> GateInputs:
-    """The gates' inputs, and the PyTorch reference they are compared with: made at the first gate
-    (after the conversions, so with the calibration hold-out where there is one)."""
-    if job.gate_inputs is None:
-        job.reference = Memoized(TorchRunner(job.model, job.outputs))
-        job.gate_inputs = GateInputs.make(job.profile, job.shape, job.image_preprocess, job.options.seed, job.holdout)
-    return job.gate_inputs
+def _reference(job: Job) -> RunResults:
+    """PyTorch's outputs on the gates' inputs (seeded random images at batch 1 and OPT, and the calibration
+    hold-out where there is one: see :mod:`resnet_deploy.parity.inputs`), run once, at the first gate."""
+    if job.reference is None:
+        random = random_batches(_gate_batches(job.profile), job.shape, job.image_preprocess, job.options.seed)
+        job.reference = run([TorchRunner(job.model, job.outputs)], default_sets(random, job.holdout, job.profile))
+    return job.reference
+
+
+def _gate_summary(job: Job, precision: str) -> str:
+    return sets_summary(_reference(job).sets, Policy.make(precision, random_init=job.random_init)
+                        .judges_in(_reference(job).sets))
 
 
 def _blame_graph_passes(job: Job) -> str:
     """After a failed fp32 gate: whether simplification and BatchNorm folding changed what the exported
     graph computes (both run on ONNX Runtime), or the export itself already disagreed with PyTorch."""
     probe = random_images(2, job.shape, job.image_preprocess.mean, job.image_preprocess.std, seed=job.options.seed)
+    # the graphs in memory and in staging, not artifacts of a manifest: ONNX Runtime directly
     before = OnnxRuntimeRunner(job.raw.SerializeToString())(probe)
-    after = OnnxRuntimeRunner(job.artifacts["fp32"])(probe)
+    after = OnnxRuntimeRunner(job.artifacts[FP32])(probe)
     for out_name in job.outputs:
         figures = compare_arrays(before[out_name], after[out_name])
         if not figures.finite or figures.rel_to_scale > SIMPLIFY_TOLERANCE:
@@ -418,22 +395,22 @@ def _blame_graph_passes(job: Job) -> str:
 
 
 def _gate_step(name: str) -> Step:
-    """The parity gate of the ``name`` precision's ONNX: ONNX Runtime against PyTorch."""
-    def run(job: Job, log: StepLog) -> None:
+    """The parity gate of the ``name`` precision's ONNX: its runtime against PyTorch."""
+    def run_gate(job: Job, log: StepLog) -> None:
         try:
-            rows, notes = _parity_gate(job.reference, name, job.artifacts[name], _gate_inputs(job),
-                                       random_init=job.random_init, int8_options=job.precision_options.get("int8"))
+            rows, notes = _parity_gate(job, job.artifacts[name], name, _manifest(job))
         except ParityError as exc:
-            if name == "fp32":
+            if name == FP32:
                 raise ParityError(f"{exc}{_blame_graph_passes(job)}") from None
             raise
-        if name == "fp32":
+        if name == FP32:
             job.raw = None  # the exported graph is no longer needed
         job.parity += rows
         for note in notes:
             log.note(note)
 
-    return Step(lambda job: f"parity gate {name}: ONNX Runtime vs PyTorch on {_gate_inputs(job).describe(name)}", run,
+    title = BACKENDS[NATIVE[artifact_format(name)]].title
+    return Step(lambda job: f"parity gate {name}: {title} vs PyTorch on {_gate_summary(job, name)}", run_gate,
                 lambda job: name in job.precisions)
 
 
@@ -469,21 +446,17 @@ def _engine_source(job: Job) -> str:
 
 
 def _engine(job: Job, log: StepLog) -> None:
-    job.manifest = _manifest(job)
+    job.manifest = job.manifest or _manifest(job)
     source = _engine_source(job)
-    path = job.staging.file(ENGINE_SUFFIX)
+    path = job.artifacts[ENGINE] = job.staging.file(ENGINE_SUFFIX)
     job.manifest.precision_options[ENGINE] = trt_engine.build_engine(
         job.artifacts[source], path, trt_engine.profile_shapes(job.manifest),
-        job.options.build_options or trt_engine.BuildOptions(), built_from=artifact_filename(job.stem, source),
-    )
-    job.artifacts[ENGINE] = path
+        job.options.build_options or trt_engine.BuildOptions(), built_from=artifact_filename(job.stem, source))
 
 
 def _engine_gate(job: Job, log: StepLog) -> None:
-    inputs = _gate_inputs(job)
-    with TensorRTRunner.for_record(job.artifacts[ENGINE], job.manifest.precision_options[ENGINE]) as runner:
-        job.manifest.parity += _parity_gate(job.reference, ENGINE, runner, inputs, random_init=job.random_init,
-                                            precision=_engine_source(job))[0]
+    rows, _ = _parity_gate(job, job.artifacts[ENGINE], ENGINE, job.manifest, judged_as=_engine_source(job))
+    job.manifest.parity = [p for p in job.manifest.parity if p["artifact"] != ENGINE] + rows
 
 
 def _commit(job: Job, log: StepLog) -> None:
@@ -491,65 +464,88 @@ def _commit(job: Job, log: StepLog) -> None:
         log.note(f"TensorRT engine not built: {job.trt.reason}")
     job.manifest = job.manifest or _manifest(job)
     golden = job.staging.file(GOLDEN_SUFFIX)
-    write_golden(golden, _gate_inputs(job).sets("fp32"), job.reference)
+    write_golden(golden, _reference(job))
     if job.range_cache is not None:
         job.staging.commit(*job.range_cache)
     job.manifest_file = commit_artifacts(job.staging, job.artifacts, job.manifest, golden=golden)
 
 
-# The export, in order. A step is named, timed and counted by the one loop in export(); a new precision
-# is a registry row (resnet_deploy.precisions) with its conversion step here; its gate follows by itself.
+# Each reduced precision's conversion from the checked fp32 graph: (progress title, work). A new precision
+# is a row of resnet_deploy.precisions and its converter here; its flag, gate and record follow from the row.
+CONVERTERS: dict[str, tuple[Callable[[Job], str], Callable[[Job, StepLog], None]]] = {
+    "fp16": (lambda job: "convert to FP16 (float32 I/O; InstanceNorm and Softmax kept in float32)", _fp16),
+    "int8": (_int8_title, _int8),
+}
+assert set(CONVERTERS) == set(PRECISIONS) - {FP32}, "every precision but fp32 needs its converter"
+
+
+def _converter_step(name: str) -> Step:
+    title, work = CONVERTERS[name]
+    return Step(title, work, lambda job: name in job.precisions)
+
+
+# The engine and its gate: the export's last steps where TensorRT is here, and all of `build`'s.
+ENGINE_STEPS: list[Step] = [
+    Step(lambda job: f"build TensorRT engine from the {_engine_source(job)} ONNX", _engine,
+         lambda job: job.build_engine),
+    Step(lambda job: f"parity gate engine: TensorRT vs PyTorch on {_gate_summary(job, _engine_source(job))}",
+         _engine_gate, lambda job: job.build_engine),
+]
+
+# The export, in order. A step is named, timed and counted by the one loop in _run_steps().
 STEPS: list[Step] = [
     Step(lambda job: f"build {job.arch}", _build_model),
     Step(lambda job: f"export to ONNX ({job.options.exporter}, opset {job.options.opset})", _to_onnx),
     Step(lambda job: "simplify and check" if job.options.simplify else "check", _simplify_and_check),
-    Step(lambda job: "convert to FP16 (float32 I/O; InstanceNorm and Softmax kept in float32)", _fp16,
-         lambda job: "fp16" in job.precisions),
-    Step(_int8_title, _int8, lambda job: "int8" in job.precisions),
+    *[_converter_step(name) for name in PRECISIONS if name in CONVERTERS],
     Step(lambda job: f"mixed precision: INT8 within {job.options.max_drop} top-1 points", _mixed,
          lambda job: job.options.max_drop is not None),
     *[_gate_step(name) for name in PRECISIONS],
-    Step(lambda job: f"build TensorRT engine from the {_engine_source(job)} ONNX", _engine,
-         lambda job: job.build_engine),
-    Step(lambda job: f"parity gate engine: TensorRT vs PyTorch on {_gate_inputs(job).describe(_engine_source(job))}",
-         _engine_gate, lambda job: job.build_engine),
+    *ENGINE_STEPS,
     Step(lambda job: "write golden outputs and manifest", _commit),
 ]
 
 
+def _run_steps(job: Job, steps: list[Step], log: StepLog) -> None:
+    """The steps that run for ``job``, in order, each on the progress line, in ``job.folder``'s staging."""
+    with Staging(job.folder) as job.staging, job.resources:
+        for step in steps:
+            with log.step(step.title(job)):
+                step.run(job, log)
+
+
 def export(arch: str, **options: Any) -> ExportResult:
-    """Export ``arch`` to ``out/STEM.onnx`` (``STEM.fp16.onnx`` with ``fp16``, ``STEM.int8.onnx``
-    with ``int8``) and its manifest ``out/STEM.json``; ``options`` are the fields of
-    :class:`ExportOptions`.
+    """Export ``arch`` to ``out/STEM.onnx``, its reduced precisions and its manifest ``out/STEM.json``,
+    each artifact gated on parity with PyTorch before anything is written.
 
-    INT8 calibrates on ``calib_data`` (a folder of images, a preprocessed .npy
-    batch, or ``"random"`` on purpose) with ``calib_method``; ``int8_target``
-    "trt" makes symmetric signed activations for TensorRT, "cpu" unsigned ones
-    for ONNX Runtime's x86 kernels (with 7-bit weights, ``reduce_range``, on
-    CPUs without VNNI unless told otherwise). The activation ranges are cached
-    beside the artifacts. With real calibration data a seeded fifth of it is
-    held out of the ranges, and reduced precisions are judged on it.
+    Args:
+        arch: a name from :func:`resnet_deploy.models.list_models`.
+        **options: the fields of :class:`ExportOptions`, and a keyword per precision row with a flag
+            (``fp16=True`` writes ``STEM.fp16.onnx``, ``int8=True`` ``STEM.int8.onnx``). Among them:
+            ``calib_data``, INT8's calibration (a folder of images, a preprocessed .npy batch, or
+            ``"random"`` on purpose, with ``calib_method``; with real data a seeded fifth is held out of
+            the ranges, and reduced precisions are judged on it); ``int8_target``, "trt" for TensorRT's
+            symmetric signed activations or "cpu" for ONNX Runtime's x86 kernels (7-bit weights,
+            ``reduce_range``, on CPUs without VNNI unless told otherwise); ``max_drop``, leave the most
+            sensitive units in float until INT8 loses at most this many top-1 points on labelled
+            ``eval_data`` or the hold-out (:mod:`.mixed`); ``preprocess``, the normalisation the weights
+            were trained with (keywords of :func:`~resnet_deploy.models.registry.declare_preprocess`);
+            ``engine``, True demands a TensorRT engine (an error before any work where one cannot be
+            built), False skips it, None builds one where possible and says why not otherwise.
 
-    ``max_drop``: leave the most sensitive units (stem, blocks, head) in float
-    until INT8 loses at most this many top-1 points, measured on labelled
-    ``eval_data`` or else on the calibration hold-out (see :mod:`.mixed`).
+    Returns:
+        The :class:`ExportResult`: paths, the manifest with its parity rows, step timings.
 
-    ``preprocess``: the normalisation the weights were trained with, as
-    keyword arguments of :func:`~resnet_deploy.models.registry.declare_preprocess`
-    (``preset``, ``mean``, ``std``, ``resize``, ``interpolation``); default the arch's.
-
-    ``engine``: True demands a TensorRT engine (an error where TensorRT or a
-    GPU is missing, before any work), False skips it, None builds one where
-    possible and otherwise says why not.
-
-    Raises :class:`ExportError` (or another :class:`DeployError`) on bad input
-    and :class:`ParityError` when ONNX Runtime disagrees with PyTorch; in every
-    failure case no new file is left in ``out``.
+    Raises:
+        ExportError (or another DeployError): bad input, before any work where it can be told.
+        ParityError: an artifact disagrees with PyTorch. In every failure no new file is left in ``out``.
     """
     start = time.perf_counter()
+    flagged = {name for name, row in PRECISIONS.items() if row.flag_help and options.pop(name, False)}
     unknown = sorted(set(options) - set(ExportOptions.__dataclass_fields__))
     if unknown:
         raise ArgumentError(f"unknown export option(s) {unknown}")
+    options["precisions"] = tuple(sorted(flagged | set(options.get("precisions", ()))))
     job = _plan(arch, ExportOptions(**options))
     steps = [step for step in STEPS if step.runs_for(job)]
     log = StepLog(len(steps), quiet=job.options.quiet)
@@ -562,12 +558,9 @@ def export(arch: str, **options: Any) -> ExportResult:
         o.weights, job.weights_sha256 = pretrained.fetch(
             job.published, progress=None if o.quiet else pretrained.stderr_progress)
     job.folder = _prepare_folder(o.out, log)
-    with Staging(job.folder) as job.staging, job.resources:
-        for step in steps:
-            with log.step(step.title(job)):
-                step.run(job, log)
+    _run_steps(job, steps, log)
     return ExportResult(
-        onnx_path=job.folder / job.manifest.artifact("fp32").file,
+        onnx_path=job.folder / job.manifest.artifact(FP32).file,
         manifest_path=job.manifest_file,
         manifest=job.manifest,
         timings=log.timings,
@@ -582,36 +575,45 @@ def build(
     seed: int = 0,
     quiet: bool = False,
 ) -> Path:
-    """Build ``STEM.engine`` from an exported ONNX artifact, gate it against PyTorch, add it to the manifest."""
+    """Build ``STEM.engine`` from an exported ONNX artifact, gate it against PyTorch, add it to the manifest:
+    the export's engine steps, on an export already made.
+
+    Args:
+        onnx_path: an ONNX artifact of an export (``STEM.onnx``, ``STEM.fp16.onnx``, ``STEM.int8.onnx``).
+        options: TensorRT build options (workspace, timing cache, DLA, compatibility).
+        seed: seed of the gate's random inputs.
+        quiet: no progress on stderr.
+
+    Returns:
+        The engine's path.
+
+    Raises:
+        DeployError: TensorRT cannot build here, or the file is not an ONNX artifact TensorRT takes.
+        ParityError: the engine disagrees with PyTorch (nothing is written).
+    """
     from ..artifacts import manifest_for
 
-    trt = detect.tensorrt()
+    trt = runs_here(artifact_format(ENGINE))
     if not trt.available:
         raise DeployError(f"cannot build a TensorRT engine here: {trt.reason}")
     onnx_path = Path(onnx_path)
     manifest, source = manifest_for(onnx_path)
     if source == ENGINE:
         raise DeployError(f"{onnx_path.name} is an engine already; give the ONNX it should be built from")
-    if not PRECISIONS[source].engine_takes(manifest.precision_options.get(source, {})):
-        raise DeployError(f"{onnx_path.name} was quantized for the cpu target (unsigned activations), which "
-                          "TensorRT's explicit quantization does not take: re-export with --int8-target trt")
-    folder, log = onnx_path.parent, StepLog(3, quiet=quiet)
-    sweep_temporaries(folder)
-    with Staging(folder) as staging:
-        engine_path = staging.file(ENGINE_SUFFIX)
-        with log.step(f"build TensorRT engine from {onnx_path.name}"):
-            manifest.precision_options[ENGINE] = trt_engine.build_engine(
-                onnx_path, engine_path, trt_engine.profile_shapes(manifest), options or trt_engine.BuildOptions(),
-                built_from=onnx_path.name,
-            )
-        shape = (3, *manifest.preprocess["crop"])
-        reference = Memoized(TorchRunner(reference_model(manifest), [o.name for o in manifest.outputs]))
-        inputs = GateInputs.make(manifest.batch, shape, ImagePreprocess.from_manifest(manifest.preprocess), seed)
-        with log.step(f"parity gate engine: TensorRT vs PyTorch on {inputs.describe(source)}"), \
-                TensorRTRunner.for_record(engine_path, manifest.precision_options[ENGINE]) as runner:
-            manifest.parity = [p for p in manifest.parity if p["artifact"] != ENGINE] + _parity_gate(
-                reference, ENGINE, runner, inputs, random_init=manifest.random_init, precision=source,
-            )[0]
-        with log.step("write manifest"):
-            commit_artifacts(staging, {ENGINE: engine_path}, manifest, keep_others=True)
-    return folder / artifact_filename(manifest.stem, ENGINE)
+    refusal = engine_refusal(source, manifest.precision_options)
+    if refusal:
+        raise DeployError(f"{onnx_path.name}: {refusal}")
+    if options is not None:
+        options.check(package_version("tensorrt"))
+    preprocess = ImagePreprocess.from_manifest(manifest.preprocess)
+    job = Job(manifest.arch, ExportOptions(seed=seed, engine=True, build_options=options, quiet=quiet), manifest.stem,
+              manifest.batch, manifest.example_shape, manifest.preprocess, preprocess, [source],
+              precision_options=manifest.precision_options, trt=trt, folder=onnx_path.parent,
+              model=reference_model(manifest), outputs=[o.name for o in manifest.outputs],
+              artifacts={source: onnx_path}, manifest=manifest, random_init=manifest.random_init)
+    sweep_temporaries(job.folder)
+    log = StepLog(len(ENGINE_STEPS) + 1, quiet=quiet)
+    commit = Step(lambda _job: "write manifest", lambda job, _log: commit_artifacts(
+        job.staging, {ENGINE: job.artifacts[ENGINE]}, job.manifest, keep_others=True))
+    _run_steps(job, [*ENGINE_STEPS, commit], log)
+    return job.folder / artifact_filename(manifest.stem, ENGINE)

@@ -77,13 +77,6 @@ def resolve_reduce_range(target: str, requested: bool | None) -> bool:
     return int8_isa() == "avx2" if requested is None else requested
 
 
-def int8_record(target: str, method: str, reduce_range: bool) -> dict[str, Any]:
-    """What the manifest says about how an INT8 artifact was quantized and where its CPU kernels are exact."""
-    return {"target": target, "method": method, "weights": "per-channel", "reduce_range": reduce_range,
-            # x86 ISA on which ONNX Runtime's optimised kernels compute this graph without int16 saturation
-            "cpu_isa": "avx2" if reduce_range else "vnni"}
-
-
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 def calibration_cache_name(stem: str, fp32_sha256: str, calibration: Calibration, method: str) -> str:
     """Ranges depend on the fp32 graph, the data and the method (not the target): all three key the cache."""

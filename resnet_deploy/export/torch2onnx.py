@@ -18,18 +18,18 @@ import torch
 from torch import nn
 
 from ..errors import ExportError, first_line
-from ..models.resnet import STAGE_NAMES
 from .options import EXPORTERS
 
 EXAMPLE_BATCH = 2
 MIN_DYNAMIC_SIDE = 32
 
 
-def output_names(*, num_classes: int, features_only: bool) -> list[str]:
-    """``logits`` for classifiers, ``features`` for pooled backbones, one name per stage map."""
-    if features_only:
-        return list(STAGE_NAMES)
-    return ["logits"] if num_classes > 0 else ["features"]
+def output_names(model: nn.Module) -> list[str]:
+    """``logits`` for classifiers, ``features`` for pooled backbones, one name per stage map (the
+    model's feature points past the stem) for ``features_only`` ones."""
+    if model.features_only:
+        return [point.module for point in model.feature_info[1:]]
+    return ["logits"] if model.num_classes > 0 else ["features"]
 
 
 @contextlib.contextmanager

@@ -254,6 +254,12 @@ def create_model(
         weights: a ``.pt``/``.pth`` (loaded with ``weights_only=True``) or
             ``.safetensors`` file from torchvision, timm, IBN-Net or this toolkit.
         overrides: ``in_chans``, ``last_stride``, ``features_only``.
+
+    Returns:
+        The :class:`~resnet_deploy.models.resnet.ResNet`, in eval mode.
+
+    Raises:
+        UnknownArchError: ``name`` is not registered; CheckpointError: the weights do not load into it.
     """
     model = build_model(name, num_classes=num_classes, **overrides)
     if weights is not None:

@@ -7,6 +7,7 @@ variants and timm for the deep-stem ("D") ones.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,6 +16,16 @@ from torch import nn
 from .blocks import BLOCK_TYPES
 
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class FeaturePoint:
+    """Where a model's features can be taken (timm's ``feature_info``): a module path, its output
+    channels, and its stride from the input (the reduction)."""
+
+    module: str  # "stem" (the maxpool, or the CIFAR stem's last op), "layer1" ... "layer4"
+    channels: int
+    reduction: int
 
 
 def _make_stem(kind: str, in_chans: int, width: int) -> nn.Module:
@@ -110,6 +121,11 @@ class ResNet(nn.Module):
 
         self.num_features = inplanes
         self.feature_channels = tuple(p * block_cls.expansion for p in (64, 128, 256, 512))
+        stem_reduction = 1 if stem == "cifar" else 4
+        reductions = [stem_reduction * r for r in (1, 2, 4, 4 * last_stride)]
+        self.feature_info = [FeaturePoint("stem", 64, stem_reduction)] + [
+            FeaturePoint(name, channels, reduction)
+            for name, channels, reduction in zip(STAGE_NAMES, self.feature_channels, reductions)]
         if not features_only:
             self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.fc: nn.Module = nn.Linear(inplanes, num_classes) if num_classes > 0 else nn.Identity()
@@ -122,6 +138,14 @@ class ResNet(nn.Module):
             elif isinstance(module, (nn.BatchNorm2d, nn.InstanceNorm2d)) and module.affine:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    def block_points(self) -> list[tuple[str, nn.Module]]:
+        """(name, module) of the stem and of every residual block, in order: where parity localises a
+        divergence (``stem``, ``layer2.1``) and what mixed precision keeps in float."""
+        points: list[tuple[str, nn.Module]] = [("stem", self.maxpool)]
+        for stage in (p.module for p in self.feature_info[1:]):
+            points += [(f"{stage}.{index}", block) for index, block in enumerate(getattr(self, stage))]
+        return points
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four stage outputs (strides 4, 8, 16, 32; 16 for layer4 with last_stride=1)."""

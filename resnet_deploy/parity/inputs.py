@@ -10,6 +10,7 @@ the same function on any input, so it is judged on both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,24 +20,26 @@ from ..data import ImagePreprocess, batched, calibration_data, random_images
 from ..errors import DeployError
 
 
+RANDOM, HOLDOUT = "random", "holdout"  # the labels of the export's own input sets
+
+
 @dataclass
 class InputSet:
-    label: str  # "random", "holdout", "npy", "images", "labelled images"
+    label: str  # RANDOM, HOLDOUT, "npy", "images", "labelled images"
     batches: list[np.ndarray]
-    judged: bool
 
 
-def default_sets(precision: str, random: list[np.ndarray], holdout: np.ndarray | None,
-                 profile: BatchProfile) -> list[InputSet]:
-    """The hold-out (judged) and random images (judged for fp32, reported otherwise), or random alone."""
+def default_sets(random: list[np.ndarray], holdout: np.ndarray | None, profile: BatchProfile) -> list[InputSet]:
+    """The calibration hold-out, where there is one, then the seeded random images (which of them judge an
+    artifact is its precision's rule: :meth:`resnet_deploy.parity.tolerances.Policy.judges`)."""
     if holdout is None or not len(holdout):
-        return [InputSet("random", random, True)]
-    return [InputSet("holdout", list(batched(holdout, profile.max)), True),
-            InputSet("random", random, precision == "fp32")]
+        return [InputSet(RANDOM, random)]
+    return [InputSet(HOLDOUT, list(batched(holdout, profile.max))), InputSet(RANDOM, random)]
 
 
-def describe_sets(sets: list[InputSet]) -> str:
-    return ", ".join(f"{sum(map(len, s.batches))} {s.label} images" + ("" if s.judged else " (reported)")
+def sets_summary(sets: list[InputSet], judges: Callable[[str], bool] = lambda _label: True) -> str:
+    """"16 holdout images, 9 random images (reported)": for progress lines and reports."""
+    return ", ".join(f"{sum(map(len, s.batches))} {s.label} images" + ("" if judges(s.label) else " (reported)")
                      for s in sets)
 
 
@@ -48,10 +51,10 @@ def random_batches(sizes: list[int], shape: tuple[int, ...], preprocess: ImagePr
 def calibration_holdout(manifest: Manifest) -> tuple[np.ndarray | None, str | None]:
     """The calibration hold-out an export judged on, rebuilt from the manifest (same source, same seeded
     split), and a note when it cannot be: the data is not on this machine or has changed."""
-    record = manifest.precision_options.get("int8", {}).get("calibration", {})
+    record = manifest.calibration
     if not record.get("holdout"):
         return None, None
-    shape = (3, *manifest.preprocess["crop"])
+    shape = manifest.example_shape
     try:
         calibration = calibration_data(record["source"], preprocess=ImagePreprocess.from_manifest(manifest.preprocess),
                                        shape=shape, size=record["images"], seed=record.get("seed", 0))

@@ -21,70 +21,12 @@ from torch import nn
 
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..errors import ArtifactError
-from ..models.resnet import STAGE_NAMES
+from ..export.graph import find_points
 from ..precisions import PRECISIONS
 from .metrics import compare_arrays
 
-PASS_THROUGH = {"Cast", "QuantizeLinear", "DequantizeLinear", "Identity"}
 # error relative to the point's own scale above which a block is named as where outputs part
 LAYER_TOLERANCE = {name: p.layer_tolerance for name, p in PRECISIONS.items()}
-
-
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    table: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            table.setdefault(name, []).append(node)
-    return table
-
-
-def _chain_end(name: str, consumers: dict[str, list[onnx.NodeProto]]) -> tuple[str, list[onnx.NodeProto]]:
-    """Follow ``name`` through single-consumer Relu/Cast/Q/DQ nodes; return the last
-    float tensor of that chain (a QuantizeLinear output is integer) and its consumers."""
-    chosen = current = name
-    while True:
-        users = consumers.get(current, [])
-        if len(users) != 1 or users[0].op_type not in PASS_THROUGH | {"Relu"}:
-            return chosen, users
-        current = users[0].output[0]
-        if users[0].op_type != "QuantizeLinear":
-            chosen = current
-
-
-def find_points(model: onnx.ModelProto) -> list[str]:
-    """ONNX tensor names of the stem output and of every residual block output, in order.
-
-    A block ends in an Add whose result (after its Relu, and any Cast or Q/DQ
-    pair) feeds the next block twice (its convs and its shortcut) or reaches
-    the pooling or a graph output. Res2Net's inner Adds feed one conv, so they
-    do not count. The Relu itself may be gone: ONNX Runtime's quantizer folds
-    it into unsigned activations.
-    """
-    graph = model.graph
-    consumers = _consumers(graph)
-    outputs = {o.name for o in graph.output}
-    stem_node = next((n for n in graph.node if n.op_type == "MaxPool"), None)
-    if stem_node is None:  # CIFAR stem: conv, bn, relu
-        stem_node = next((n for n in graph.node if n.op_type == "Relu"), None)
-    blocks = []
-    for node in graph.node:
-        if node.op_type != "Add":
-            continue
-        tensor, users = _chain_end(node.output[0], consumers)
-        if len(users) >= 2 or tensor in outputs or any(u.op_type in ("GlobalAveragePool", "ReduceMean") for u in users):
-            blocks.append(tensor)
-    if stem_node is None or not blocks:
-        raise ArtifactError("cannot find the stem and residual blocks in this ONNX graph")
-    return [_chain_end(stem_node.output[0], consumers)[0], *blocks]
-
-
-def torch_points(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of the stem and every residual block, matching :func:`find_points`."""
-    points: list[tuple[str, nn.Module]] = [("stem", model.maxpool)]
-    for stage in STAGE_NAMES:
-        for index, block in enumerate(getattr(model, stage)):
-            points.append((f"{stage}.{index}", block))
-    return points
 
 
 def with_extra_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -140,14 +82,14 @@ def localize(
     INT8 graphs run unoptimised: each Q/DQ executed as written, so the
     localisation is of quantization error, not of one CPU's integer kernels."""
     names = find_points(onnx_model)
-    modules = torch_points(reference)
+    modules = reference.block_points()
     if len(names) != len(modules):
         raise ArtifactError(
             f"layer-wise mapping failed: the ONNX graph has {len(names) - 1} residual blocks, "
             f"the PyTorch model {len(modules) - 1}"
         )
     # an INT8 graph runs as written (every Q/DQ executed): its meaning, not one CPU's kernels
-    runner = OnnxRuntimeRunner(with_extra_outputs(onnx_model, names).SerializeToString(), optimize=precision != "int8")
+    runner = OnnxRuntimeRunner(with_extra_outputs(onnx_model, names).SerializeToString(), optimize=not PRECISIONS[precision].runs_as_written)
     onnx_values = runner(batch)
 
     captured: dict[str, torch.Tensor] = {}

@@ -8,9 +8,13 @@ never changes. fp16 and int8 are judged by direction (cosine) and decision
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
+from ..errors import DeployError, within
 from ..precisions import PRECISIONS
+from .inputs import HOLDOUT, RANDOM, InputSet
 from .metrics import ErrorFigures
 
 
@@ -62,3 +66,43 @@ def tolerance_for(precision: str, *, random_init: bool) -> tuple[Tolerance, str 
     if random_init and not PRECISIONS[precision].top1_on_random_weights:
         return replace(tolerance, min_top1=None), RANDOM_INIT_NOTE
     return tolerance, None
+
+
+# Tolerance field -> (its verify option, lowest, highest)
+OVERRIDABLE = {"max_rel_to_scale": ("--max-error", 0.0, None), "min_cosine": ("--min-cosine", -1.0, 1.0),
+               "min_top1": ("--min-top1", 0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How an artifact of one precision is judged: its tolerance, which input sets judge it, and notes
+    saying what was set aside and why (the precision table's rules, then the user's overrides)."""
+
+    precision: str
+    tolerance: Tolerance
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def make(cls, precision: str, *, random_init: bool, overrides: dict[str, Any] | None = None) -> Policy:
+        """Raises DeployError for an unknown or out-of-range override."""
+        tolerance, note = tolerance_for(precision, random_init=random_init)
+        overrides = overrides or {}
+        for key, value in overrides.items():
+            if key not in OVERRIDABLE:
+                raise DeployError(f"unknown tolerance {key!r}: choose from {', '.join(OVERRIDABLE)}")
+            option, low, high = OVERRIDABLE[key]
+            within(option, value, low, high)
+        if "min_top1" in overrides:
+            note = None
+        return cls(precision, replace(tolerance, **overrides), [note] if note else [])
+
+    def judges(self, label: str, labels: set[str]) -> bool:
+        """Whether the input set ``label`` (among ``labels``) judges the artifact: every set does, except
+        random images beside a calibration hold-out for a precision judged on its data (see
+        :mod:`resnet_deploy.parity.inputs`)."""
+        return label != RANDOM or HOLDOUT not in labels or PRECISIONS[self.precision].judged_on_random_images
+
+    def judges_in(self, sets: list[InputSet]) -> Callable[[str], bool]:
+        """:meth:`judges` for the labels of ``sets``."""
+        labels = {s.label for s in sets}
+        return lambda label: self.judges(label, labels)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..backends.base import Runner
-from ..errors import ArgumentError, DeployError, first_line, within
+from ..errors import DeployError, first_line, within
 
 if TYPE_CHECKING:  # pydantic is the serve extra's: the CLI imports this module's defaults without it
     from .protocol import InferRequest
@@ -167,7 +167,7 @@ class DynamicBatcher:
                 start += size
 
 
-def _tensor_meta(spec: Any) -> dict[str, Any]:
+def tensor_meta(spec: Any) -> dict[str, Any]:
     return {"name": spec.name, "datatype": _NUMPY_TO_OIP.get(spec.dtype, spec.dtype.upper()),
             "shape": [d if isinstance(d, int) else -1 for d in spec.shape]}
 
@@ -208,7 +208,7 @@ def parse_infer_request(body: bytes | bytearray, header_length: str | None, runn
     shape, expected = tensor.shape, runner.inputs[0].shape
     if (len(shape) != len(expected) or any(d < 1 for d in shape)
             or any(isinstance(e, int) and e != d for e, d in zip(expected[1:], shape[1:]))):
-        raise RequestError(f"input shape {shape} does not match the model's {_tensor_meta(runner.inputs[0])['shape']}")
+        raise RequestError(f"input shape {shape} does not match the model's {tensor_meta(runner.inputs[0])['shape']}")
     if not 1 <= shape[0] <= max_batch:
         raise RequestError(f"batch size {shape[0]} is outside 1 to {max_batch}, the server's max batch")
     count = int(np.prod(shape))
@@ -269,135 +269,25 @@ def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], 
     return head + b"".join(chunks), {"content-type": "application/octet-stream", BINARY_HEADER: str(len(head))}
 
 
-def create_app(runner: Runner, *, model_name: str, platform: str = "onnxruntime_onnx", max_batch: int = 8,
-               max_delay_ms: float = DEFAULT_MAX_DELAY_MS, queue_size: int = DEFAULT_QUEUE,
-               workers: int = DEFAULT_WORKERS, max_request_mb: float = DEFAULT_REQUEST_MB,
-               read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> Any:
-    """The ASGI application (Starlette) serving ``runner`` as model ``model_name``; a client whose body
-    stalls for ``read_timeout_s`` between two chunks gets a 408."""
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse, Response
-    from starlette.routing import Route
+@dataclass
+class ServeLimits:
+    """What the server accepts and how long it waits (the serve command's options, checked)."""
 
-    from .. import __version__
+    max_batch: int = 8
+    max_delay_ms: float = DEFAULT_MAX_DELAY_MS
+    queue_size: int = DEFAULT_QUEUE
+    workers: int = DEFAULT_WORKERS
+    max_request_mb: float = DEFAULT_REQUEST_MB
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
 
-    if not MODEL_NAME.fullmatch(model_name):
-        raise ArgumentError(f"--model-name {model_name!r}: a model name is letters, digits, '_', '.' and '-' "
-                            "(it is part of every URL of the model)")
-    high = runner.batch_range[1] if runner.batch_range else max_batch
-    within("--max-batch", max_batch, 1, high, "the artifact's profile")
-    within("--max-delay-ms", max_delay_ms, 0, MAX_DELAY_MS)
-    within("--queue", queue_size, 1, MAX_QUEUE)
-    within("--workers", workers, 1, MAX_WORKERS, "runner calls in flight at once")
-    max_request_bytes = int(within("--max-request-mb", max_request_mb, 0.001, MAX_REQUEST_MB) * (1 << 20))
-    batcher = DynamicBatcher(runner, max_batch=max_batch, max_delay=max_delay_ms / 1e3, queue_size=queue_size,
-                             workers=workers)
-    state = {"ready": False}
+    def check(self, runner: Runner) -> None:
+        high = runner.batch_range[1] if runner.batch_range else self.max_batch
+        within("--max-batch", self.max_batch, 1, high, "the artifact's profile")
+        within("--max-delay-ms", self.max_delay_ms, 0, MAX_DELAY_MS)
+        within("--queue", self.queue_size, 1, MAX_QUEUE)
+        within("--workers", self.workers, 1, MAX_WORKERS, "runner calls in flight at once")
+        within("--max-request-mb", self.max_request_mb, 0.001, MAX_REQUEST_MB)
 
-    def error(message: str, status: int) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    def check_model(request: Request) -> None:
-        name = request.path_params["name"]
-        version = request.path_params.get("version")
-        if name != model_name or version not in (None, "1"):
-            raise RequestError(f"unknown model {name!r}" + (f" version {version}" if version else "") +
-                               f"; this server serves {model_name!r} version 1", 404)
-
-    async def live(_: Request) -> Response:
-        return JSONResponse({"live": True})
-
-    async def ready(_: Request) -> Response:
-        return JSONResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
-
-    async def server_metadata(_: Request) -> Response:
-        return JSONResponse({"name": "resnet-deploy", "version": __version__, "extensions": ["binary_tensor_data"]})
-
-    async def model_metadata(request: Request) -> Response:
-        try:
-            check_model(request)
-        except RequestError as exc:
-            return error(str(exc), exc.status)
-        metadata = {"name": model_name, "versions": ["1"], "platform": platform,
-                    "inputs": [_tensor_meta(t) for t in runner.inputs],
-                    "outputs": [_tensor_meta(t) for t in runner.outputs]}
-        if runner.manifest is not None:  # how a client turns an image into the input tensor
-            metadata["parameters"] = {"preprocess": runner.manifest.preprocess}
-        return JSONResponse(metadata)
-
-    async def model_ready(request: Request) -> Response:
-        try:
-            check_model(request)
-        except RequestError as exc:
-            return error(str(exc), exc.status)
-        return JSONResponse({"name": model_name, "ready": state["ready"]}, status_code=200 if state["ready"] else 503)
-
-    async def infer(request: Request) -> Response:
-        try:
-            check_model(request)
-            declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > max_request_bytes:
-                raise RequestError(f"request of {declared} bytes is over the {max_request_bytes}-byte limit", 413)
-            if request.headers.get("content-encoding", "identity") != "identity":
-                raise RequestError("compressed requests are not supported")
-            body = bytearray()
-            chunks = request.stream().__aiter__()
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(chunks.__anext__(), read_timeout_s)
-                except StopAsyncIteration:
-                    break
-                except asyncio.TimeoutError:
-                    raise RequestError(f"the request body stalled for {read_timeout_s:g} s", 408) from None
-                body += chunk
-                if len(body) > max_request_bytes:
-                    raise RequestError(f"request is over the {max_request_bytes}-byte limit", 413)
-            # parsed and answered off the event loop: a large JSON body takes seconds, and health checks wait
-            batch, parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(BINARY_HEADER),
-                                                    runner, max_batch)
-            del body
-            outputs, batch_size = await batcher.submit(batch)
-            content, headers = await run_in_threadpool(build_infer_response, parsed, outputs, model_name=model_name,
-                                                       batch_size=batch_size)
-        except RequestError as exc:
-            return error(str(exc), exc.status)
-        return Response(content, headers=headers)
-
-    async def metrics(_: Request) -> Response:
-        s = batcher.stats
-        lines = [
-            "# TYPE resnet_deploy_requests_total counter", f"resnet_deploy_requests_total {s.requests}",
-            "# TYPE resnet_deploy_batches_total counter", f"resnet_deploy_batches_total {s.batches}",
-            "# TYPE resnet_deploy_batched_images_total counter", f"resnet_deploy_batched_images_total {s.images}",
-            "# TYPE resnet_deploy_rejected_total counter",
-            f'resnet_deploy_rejected_total{{reason="overload"}} {s.rejected_overload}',
-            f'resnet_deploy_rejected_total{{reason="failed"}} {s.failed}',
-            "# TYPE resnet_deploy_largest_batch gauge", f"resnet_deploy_largest_batch {s.largest_batch}",
-            "# TYPE resnet_deploy_queue_depth gauge", f"resnet_deploy_queue_depth {len(batcher.pending)}",
-        ]
-        return PlainTextResponse("\n".join(lines) + "\n")
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Any):
-        await batcher.start()
-        state["ready"] = True
-        try:
-            yield
-        finally:
-            state["ready"] = False
-            await batcher.stop()
-
-    model = "/v2/models/{name}"
-    versioned = "/v2/models/{name}/versions/{version}"
-    routes = [
-        Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_metadata),
-        Route("/metrics", metrics),
-        Route(model, model_metadata), Route(versioned, model_metadata),
-        Route(model + "/ready", model_ready), Route(versioned + "/ready", model_ready),
-        Route(model + "/infer", infer, methods=["POST"]), Route(versioned + "/infer", infer, methods=["POST"]),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.batcher = batcher
-    return app
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * (1 << 20))

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..artifacts import Manifest, check_stem, manifest_for
 from ..backends import detect
-from ..backends.registry import BACKENDS, NATIVE, artifact_format
+from ..backends.registry import BACKENDS, NATIVE, Backend, artifact_format
 from ..environment import physical_cores
 from ..data import imagenet_classes
 from ..errors import DeployError, within
@@ -54,11 +54,11 @@ def _dims(shape: list) -> str:
     return "[ " + ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape[1:]) + " ]"
 
 
-def model_config(manifest: Manifest, platform: str, name: str, options: TritonOptions, *, labels: bool) -> str:
+def model_config(manifest: Manifest, backend: Backend, name: str, options: TritonOptions, *, labels: bool) -> str:
     """config.pbtxt for the artifact, in protobuf text format (Triton's ModelConfig)."""
     lines = [
         f'name: "{name}"',
-        f'platform: "{platform}"',
+        f'platform: "{backend.platform}"',
         f"max_batch_size: {options.max_batch}",
         "input [",
         "  {",
@@ -82,8 +82,8 @@ def model_config(manifest: Manifest, platform: str, name: str, options: TritonOp
     lines += [f"  max_queue_delay_microseconds: {options.queue_delay_us}", "}",
               "instance_group [", "  {", f"    count: {options.instances}",
               f"    kind: {'KIND_GPU' if options.kind == 'gpu' else 'KIND_CPU'}", "  }", "]"]
-    if platform == "onnxruntime_onnx" and options.kind == "cpu":
-        lines += _onnxruntime_cpu_settings(options.instances)
+    if options.kind == "cpu" and backend.name in CPU_SETTINGS:
+        lines += CPU_SETTINGS[backend.name](options.instances)
     return "\n".join(lines) + "\n"
 
 
@@ -99,14 +99,19 @@ def _onnxruntime_cpu_settings(instances: int) -> list[str]:
             "optimization { graph { level: 0 } }"]
 
 
-def _check(options: TritonOptions, manifest: Manifest, platform: str) -> TritonOptions:
+# backend -> the config lines that decide its speed on Triton's CPU instances
+CPU_SETTINGS = {"ort": _onnxruntime_cpu_settings}
+
+
+def _check(options: TritonOptions, manifest: Manifest, backend: Backend) -> TritonOptions:
     if options.kind not in KINDS:
         raise DeployError(f"--kind must be one of {', '.join(KINDS)}, not {options.kind!r}")
-    if platform == "tensorrt_plan" and options.kind == "cpu":
-        raise DeployError("a TensorRT plan runs on a GPU: use --kind gpu, or serve the ONNX on CPU")
+    gpu_only = not backend.on_cpu(backend.options())
+    if gpu_only and options.kind == "cpu":
+        raise DeployError(f"a {backend.title} model runs on a GPU: use --kind gpu, or serve the ONNX on CPU")
     kind = options.kind
     if kind == "auto":  # a KIND_GPU model does not load on a Triton without GPUs ("no GPUs are available")
-        kind = "gpu" if platform == "tensorrt_plan" or detect.cuda_gpu() else "cpu"
+        kind = "gpu" if gpu_only or detect.cuda_gpu() else "cpu"
     max_batch = manifest.batch.max if options.max_batch is None else options.max_batch
     if not 1 <= max_batch <= manifest.batch.max:
         raise DeployError(f"--max-batch {max_batch} is outside the artifact's profile (1 to {manifest.batch.max}): "
@@ -129,12 +134,12 @@ def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.Path
     artifact = Path(artifact)
     manifest, precision = manifest_for(artifact)
     kind = artifact_format(precision)
-    platform, filename = BACKENDS[NATIVE[kind]].platform, MODEL_FILES[kind]
-    options = _check(options, manifest, platform)
+    backend, filename = BACKENDS[NATIVE[kind]], MODEL_FILES[kind]
+    options = _check(options, manifest, backend)
     name = check_stem(options.model_name or manifest.stem)
     model_dir = Path(repo) / name
     entry = {"artifact": artifact.name, "sha256": sha256_file(artifact), "model": _model(manifest),
-             "interface": _interface(manifest, platform)}
+             "interface": _interface(manifest, backend.platform)}
     record = _read_record(model_dir)
     replaced = _replaced_model(model_dir, record, entry)
     if replaced is not None:
@@ -158,7 +163,7 @@ def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.Path
     with atomic_open(model_dir / RECORD_FILE) as handle:
         json.dump(record, handle, indent=2)
     with atomic_open(model_dir / "config.pbtxt") as handle:  # last: Triton never sees a config without its model
-        handle.write(model_config(manifest, platform, name, options, labels=labels))
+        handle.write(model_config(manifest, backend, name, options, labels=labels))
     return model_dir, version
 
 

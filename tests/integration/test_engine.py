@@ -48,3 +48,32 @@ def test_build_command_adds_an_engine_to_an_export(tmp_path):
     engine = build(result.paths["fp16"], quiet=True)
     assert engine.name == "resnet18.engine" and engine.exists()
     assert (tmp_path / "resnet18.onnx").exists() and (tmp_path / "resnet18.fp16.onnx").exists()
+
+
+def test_build_runs_the_export_engine_steps_and_a_failed_gate_leaves_nothing(tmp_path, monkeypatch):
+    """`build` on the TensorRT stand-in (tests/standins: its engines compute channel sums, not the network):
+    the export's engine steps run end to end through the registry (engine built, loaded on the GPU it was
+    built for, run on the gate's inputs, judged as its fp16 source) and the gate fails, leaving no engine
+    and the manifest as it was. No engine is built or run: the stand-in only records the calls."""
+    import sys
+
+    from resnet_deploy.backends import cuda
+    from resnet_deploy.backends.detect import Availability
+    from resnet_deploy.errors import ParityError
+    from tests.standins import cudart as cudart_standin
+    from tests.standins import tensorrt as trt_standin
+
+    result = export("resnet18", num_classes=3, input_size=16, batch="1:2:4", fp16=True, engine=False, out=tmp_path,
+                    quiet=True)  # three logits: the stand-in engine's three channel sums can be compared with them
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    cudart = cudart_standin.CudaRuntime()
+    trt = trt_standin.module("10.16.1.11", cudart)
+    monkeypatch.setattr(cuda, "runtime_api", lambda: cudart)
+    monkeypatch.setattr(cuda, "bindings_installed", lambda: True)
+    monkeypatch.setattr(detect, "tensorrt", lambda: Availability(True))
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(ParityError, match=r"^engine artifact: TensorRT disagrees with PyTorch \(tensorrt\) on 'logits'"):
+        build(result.paths["fp16"], quiet=True)
+    assert ("Runtime", "deserialize_cuda_engine") in {entry[:2] for entry in trt.log.entries}  # the gate ran it
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert not cudart.memory and not cudart.pinned  # the gate's runner was closed

@@ -20,10 +20,10 @@ def _caches(folder) -> list:
 def test_failed_export_leaves_no_range_cache(tmp_path, monkeypatch):
     gate = pipeline._parity_gate
 
-    def refuse(reference, kind, *args, **kwargs):  # the int8 gate fails, after calibration measured ranges
-        if kind == "int8":
+    def refuse(job, path, file_precision, *args, **kwargs):  # the int8 gate fails, after calibration measured ranges
+        if file_precision == "int8":
             raise ParityError("int8 artifact: disagrees (forced by the test)")
-        return gate(reference, kind, *args, **kwargs)
+        return gate(job, path, file_precision, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "_parity_gate", refuse)
     with pytest.raises(ParityError):

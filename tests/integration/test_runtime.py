@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_deploy import runtime
+from resnet_deploy import bench, runtime
 from resnet_deploy.backends import detect, registry
 from resnet_deploy.backends.onnxrt import GRAPH_CACHE_DIR
 from resnet_deploy.data import random_images
@@ -152,7 +153,15 @@ def test_cuda_without_a_gpu_says_why(exported):
     with pytest.raises(DeployError, match="install onnxruntime-gpu"):
         runtime.load(exported.onnx_path, device="cuda")
     with pytest.raises(DeployError, match="TensorrtExecutionProvider"):
-        runtime.load(exported.onnx_path, ort_tensorrt=True)
+        runtime.load(exported.onnx_path, tensorrt_provider=True)
+
+
+def test_an_option_of_another_backend_is_refused_by_name(exported):
+    with pytest.raises(DeployError, match=r"^cuda_graphs: not an option of the ort backend \(it takes as_written, "
+                                          r"tensorrt_provider\)$"):
+        runtime.load(exported.onnx_path, cuda_graphs=True)
+    with pytest.raises(DeployError, match="options of the trt backend given, but this run does not use it"):
+        bench.load_runners(contextlib.ExitStack(), [exported.onnx_path], ["ort"], own={"trt": {"cuda_graphs": True}})
 
 
 def test_predict_every_image_mode_gives_probabilities(cli, exported, images):

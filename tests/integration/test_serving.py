@@ -24,7 +24,8 @@ from resnet_deploy.backends import detect  # noqa: E402
 from resnet_deploy.backends.base import Runner  # noqa: E402
 from resnet_deploy.data import random_images  # noqa: E402
 from resnet_deploy.serving.connections import http_server  # noqa: E402
-from resnet_deploy.serving.server import create_app  # noqa: E402
+from resnet_deploy.serving.app import create_app  # noqa: E402
+from resnet_deploy.serving.server import ServeLimits  # noqa: E402
 from tests.conftest import assert_one_line_error  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -143,8 +144,8 @@ STALL_S = 1.0  # the test server's read timeout
 def server(exported):
     """The server on a free loopback port, in a thread; yields (url, runner, app)."""
     runner = runtime.load(exported.onnx_path)
-    app = create_app(runner, model_name="resnet18", max_batch=8, max_delay_ms=100, queue_size=64,
-                     read_timeout_s=STALL_S)
+    app = create_app(runner, model_name="resnet18",
+                     limits=ServeLimits(max_batch=8, max_delay_ms=100, queue_size=64, read_timeout_s=STALL_S))
     port = _free_port()
     instance = http_server(app, "127.0.0.1", port, header_timeout_s=STALL_S)
     thread = threading.Thread(target=instance.run, daemon=True)

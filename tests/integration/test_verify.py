@@ -15,7 +15,7 @@ from resnet_deploy.backends import detect, registry
 from resnet_deploy.backends.detect import openvino as openvino_available
 from resnet_deploy.backends import pytorch as pytorch_backend
 from resnet_deploy.models import create_model, save_checkpoint
-from resnet_deploy.parity.layerwise import find_points, torch_points
+from resnet_deploy.export.graph import find_points
 from resnet_deploy.backends.pytorch import reference_model
 from resnet_deploy.parity.verify import verify
 from tests.conftest import assert_one_line_error, cli_without
@@ -29,14 +29,14 @@ def exported(small_export):
 def _reregister(path):
     """Record the artifact's new bytes in its manifest, as a (broken) conversion tool would."""
     manifest = read_manifest(path.with_suffix(".json"))
-    manifest.artifacts = [ArtifactEntry.describe(path, "fp32")]
+    manifest.artifacts = [ArtifactEntry.of_file(path, "fp32")]
     write_manifest(manifest, path.parent)
 
 
 def _corrupt_block_conv(source, target, block):
     """Offset the first conv weight of residual block ``block`` (e.g. "layer3.0") by half its range."""
     model = onnx.load(str(source))
-    names = [name for name, _module in torch_points(create_model("resnet18"))]
+    names = [name for name, _module in create_model("resnet18").block_points()]
     points = find_points(model)
     producer_of = {out: i for i, node in enumerate(model.graph.node) for out in node.output}
     start = producer_of[points[names.index(block) - 1]]  # the output of the point before the block
@@ -204,7 +204,7 @@ def test_accuracy_figures():
 def _scale_block_conv(source, target, block, factor=3.0):
     """Scale the first conv weight of ``block`` after export, leaving the manifest as it was."""
     model = onnx.load(str(source))
-    names = [name for name, _module in torch_points(create_model("resnet18"))]
+    names = [name for name, _module in create_model("resnet18").block_points()]
     producer_of = {out: i for i, node in enumerate(model.graph.node) for out in node.output}
     start = producer_of[find_points(model)[names.index(block) - 1]]
     conv = next(n for n in model.graph.node[start + 1:] if n.op_type == "Conv")

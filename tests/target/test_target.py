@@ -24,6 +24,7 @@ from PIL import Image
 
 from resnet_deploy import runtime
 from resnet_deploy.cli import main
+from resnet_deploy.parity.results import RunResults
 from tests.conftest import wait_until_ready
 
 GIVEN = os.environ.get("RESNET_DEPLOY_TARGET_ARTIFACTS")
@@ -57,14 +58,13 @@ def test_the_target_venv_has_no_torch():
 
 
 def test_runtime_load_runs_like_the_golden_outputs(artifacts):
-    golden = np.load(artifacts / "resnet18.golden.npz")
-    inputs = sorted(k for k in golden.files if k.endswith(".input"))
-    assert inputs
+    golden = RunResults.load(artifacts / "resnet18.golden.npz")  # PyTorch's outputs, stored at export
+    (reference,) = golden.outputs
+    assert golden.batches
     with runtime.load(artifacts / "resnet18.onnx") as runner:
-        for key in inputs:
-            logits = runner(golden[key])["logits"]
-            want = golden[key[: -len("input")] + "output.logits"]  # PyTorch's, stored at export
-            assert np.abs(logits - want).max() <= 1e-3 * np.abs(want).max()
+        for (_, batch), want in zip(golden.batches, golden.outputs[reference]):
+            logits = runner(batch)["logits"]
+            assert np.abs(logits - want["logits"]).max() <= 1e-3 * np.abs(want["logits"]).max()
     assert "torch" not in sys.modules or not GIVEN
 
 

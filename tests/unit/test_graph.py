@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from resnet_deploy.errors import ArtifactError, ExportError
 from resnet_deploy.export import graph
-from resnet_deploy.parity.layerwise import find_points
+from resnet_deploy.export.graph import find_points
 
 RNG = np.random.default_rng(0)
 

@@ -24,6 +24,7 @@ from resnet_deploy.export import precision
 from resnet_deploy.export.mixed import DropMeasure, unit_nodes
 from resnet_deploy.models import get_spec
 from resnet_deploy.models.registry import declare_preprocess
+from resnet_deploy.precisions import PRECISIONS, Int8Options
 
 IMAGENET = ImagePreprocess(resize=32, crop=(32, 32), interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
@@ -46,16 +47,25 @@ def test_reduce_range_follows_the_isa_unless_told(isa):
 
 
 def test_kernel_problem_only_for_8_bit_weights_without_vnni(isa):
-    eight_bit = precision.int8_record("cpu", "minmax", reduce_range=False)
-    seven_bit = precision.int8_record("cpu", "minmax", reduce_range=True)
-    assert eight_bit["cpu_isa"] == "vnni" and seven_bit["cpu_isa"] == "avx2"
-    assert environment.int8_kernel_problem(seven_bit) is None
-    problem = environment.int8_kernel_problem(eight_bit)
+    row = PRECISIONS["int8"]
+    eight_bit = Int8Options(target="cpu", reduce_range=False)
+    seven_bit = Int8Options(target="cpu", reduce_range=True)
+    assert eight_bit.to_record()["cpu_isa"] == "vnni" and seven_bit.to_record()["cpu_isa"] == "avx2"
+    assert row.cpu_kernel_problem(seven_bit) is None
+    problem = row.cpu_kernel_problem(eight_bit)
     assert (problem is None) is (isa == "vnni")
     if problem:
         assert "no VNNI" in problem and "--reduce-range" in problem
-    # manifests from before the record: 8-bit weights, VNNI needed
-    assert (environment.int8_kernel_problem({"target": "trt"}) is None) is (isa == "vnni")
+    # manifests from before reduce_range was recorded: 8-bit weights, VNNI needed
+    old = row.read_options({"int8": {"target": "trt"}})
+    assert (row.cpu_kernel_problem(old) is None) is (isa == "vnni")
+
+
+def test_the_int8_record_round_trips_through_the_manifest():
+    options = Int8Options(target="cpu", method="entropy", reduce_range=True, calibration={"source": "x", "holdout": 4},
+                          range_cache="s.calib.json", mixed={"kept_float": ["stem"]})
+    assert Int8Options.from_record(options.to_record()) == options
+    assert options.holdout_source == "x" and "mixed" not in Int8Options().to_record()
 
 
 def test_isa_read_from_cpu_flags(monkeypatch):
@@ -74,7 +84,7 @@ def test_calibration_holdout_is_seeded_disjoint_and_bounded(tmp_path):
     np.save(tmp_path / "calib.npy", array)
     first = calibration_data(tmp_path / "calib.npy", preprocess=IMAGENET, shape=(3, 8, 8), size=100, seed=0)
     again = calibration_data(tmp_path / "calib.npy", preprocess=IMAGENET, shape=(3, 8, 8), size=100, seed=0)
-    assert first.describe() == {"source": str(tmp_path / "calib.npy"), "images": 32, "holdout": 8, "seed": 0}
+    assert first.to_record() == {"source": str(tmp_path / "calib.npy"), "images": 32, "holdout": 8, "seed": 0}
     held, used = first.holdout(), np.concatenate(list(first.batches()))
     np.testing.assert_array_equal(held, again.holdout())
     # every image is in exactly one part

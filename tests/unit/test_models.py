@@ -204,3 +204,20 @@ def test_published_weights_table_is_consistent():
     assert pretrained.resolve("resnet50", "torchvision").tag == "torchvision:IMAGENET1K_V2"  # the newest
     assert pretrained.resolve("resnet50", "torchvision:IMAGENET1K_V1").top1 == 76.130
     assert not pretrained.is_tag("weights.pth") and pretrained.is_tag("timm:resnet50d.ra2_in1k")
+
+
+@pytest.mark.parametrize("name, last_stride", [("resnet18", 2), ("resnet50d", 1), ("resnet18_cifar", 2)])
+def test_feature_points_describe_the_maps_the_model_makes(name, last_stride):
+    """feature_info is what generic code (parity, mixed precision, features_only export) asks instead of
+    knowing stage names: its channels and reductions are those of the maps the model really computes."""
+    model = create_model(name, last_stride=last_stride)
+    side = 64
+    x = torch.zeros(1, 3, side, side)
+    with torch.no_grad():
+        stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        maps = [stem, *model.forward_stages(x)]
+    assert [p.module for p in model.feature_info] == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    for point, feature in zip(model.feature_info, maps):
+        assert feature.shape[1] == point.channels and side // feature.shape[2] == point.reduction, point
+    names = [name for name, _ in model.block_points()]
+    assert names[0] == "stem" and len(names) == 1 + sum(len(getattr(model, p.module)) for p in model.feature_info[1:])

@@ -161,7 +161,7 @@ def test_every_graph_destroyed_on_close_and_old_shapes_released(standin, tmp_pat
 
 def test_version_compatible_engine_loads_with_host_code_allowed(standin, tmp_path):
     from resnet_deploy.backends import tensorrt
-    from resnet_deploy.backends.registry import LoadOptions
+    from resnet_deploy.backends.options import LoadOptions, TensorRTOptions
     from resnet_deploy.export.engine import BuildOptions, engine_record
 
     _cudart, trt = standin("10.16.1.11")
@@ -171,7 +171,7 @@ def test_version_compatible_engine_loads_with_host_code_allowed(standin, tmp_pat
     record = engine_record("10.12.0.36", "NVIDIA H100 80GB HBM3", (9, 0), "m.fp16.onnx",
                            BuildOptions(version_compatible=True))
     manifest = types.SimpleNamespace(precision_options={"engine": record})
-    with tensorrt.load(path, manifest, "engine", LoadOptions(device="cuda:0")) as runner:
+    with tensorrt.load(path, manifest, "engine", ("cuda", 0), LoadOptions(own=TensorRTOptions())) as runner:
         batch = _batch((2, 3, 2, 2), 0)
         np.testing.assert_allclose(runner(batch)["logits"], _expected(batch), rtol=1e-5)
     assert ("Runtime", "engine_host_code_allowed", 0, (), "set") in trt.log.entries
@@ -237,17 +237,22 @@ def test_a_cuda_error_is_one_line_naming_it(standin, tmp_path):
 
 def test_runtime_load_of_an_engine_checks_the_gpu_without_torch(standin, tmp_path):
     from resnet_deploy.backends import tensorrt
-    from resnet_deploy.backends.registry import LoadOptions
+    from resnet_deploy.backends.options import LoadOptions, TensorRTOptions
+    from resnet_deploy.backends.registry import BACKENDS
 
     _cudart, _trt = standin("10.12.0.36")
+    options = LoadOptions(own=TensorRTOptions())
     path = trt_standin.engine_file(tmp_path / "m.engine")
     record = {"tensorrt": "10.12.0.36", "compute_capability": "8.0", "gpu": "NVIDIA A100", "hardware_compat": "none"}
     manifest = types.SimpleNamespace(precision_options={"engine": record})
     with pytest.raises(DeployError, match=r"built for NVIDIA A100 \(compute capability 8.0\), this GPU is NVIDIA H100"):
-        tensorrt.load(path, manifest, "engine", LoadOptions(device="cuda:0"))
+        tensorrt.load(path, manifest, "engine", ("cuda", 0), options)
     record.update(compute_capability="9.0", gpu="NVIDIA H100 80GB HBM3")
     # no device named: the GPU the CUDA runtime sees (torch, which cannot be imported here, is not asked)
-    with tensorrt.load(path, manifest, "engine", LoadOptions()) as runner:
+    device = BACKENDS["trt"].device(None, TensorRTOptions(), path.name)
+    with pytest.raises(DeployError, match="the trt backend runs on a CUDA GPU, not the CPU"):
+        BACKENDS["trt"].device("cpu", TensorRTOptions(), path.name)
+    with tensorrt.load(path, manifest, "engine", device, options) as runner:
         assert runner.name == "tensorrt" and runner.device == "cuda:0"
 
 

@@ -1,0 +1,76 @@
+"""Which runners check an artifact, and how each is judged: the plan the export gate and verify share.
+
+Every runner is opened through the backend registry. A runner of a precision whose graph means
+what it says only run as written (Q/DQ INT8) on a backend's optimised CPU kernels is judged in
+two steps (:mod:`.int8`): the graph as written against the reference, the kernels against that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import Manifest
+from ..backends.options import LoadOptions
+from ..backends.registry import NATIVE, Backend, Variant, artifact_format, open_runner
+from ..errors import DeployWarning
+from ..precisions import PRECISIONS
+from .compare import Check
+from .int8 import int8_checks
+from .tolerances import Policy
+
+
+@dataclass
+class CheckPlan:
+    """The runners to run (opened, to be closed), the checks to judge their outputs by, and notes."""
+
+    runners: list[Any] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        for runner in self.runners:
+            runner.close()
+
+
+def _open(artifact: Path, manifest: Manifest, precision: str, backend: str, options: LoadOptions) -> Any:
+    with warnings.catch_warnings():  # the INT8 kernels' problem is the plan's note, not a warning
+        warnings.simplefilter("ignore", DeployWarning)
+        return open_runner(artifact, manifest, precision, backend, replace(options, graph_cache=False))
+
+
+def plan_checks(artifact: Path, manifest: Manifest, precision: str, policy: Policy,
+                variants: list[tuple[Backend, Variant]]) -> CheckPlan:
+    """A runner of ``artifact`` (of file precision ``precision``) per variant and the checks of each.
+
+    Args:
+        artifact: the file; ``manifest`` is its manifest (a draft, during the export).
+        precision: the file's precision (``engine`` for an engine); ``policy`` judges it.
+        variants: the registry's (backend, variant) pairs to run it on; each must be able to run here.
+
+    Returns:
+        The plan; the caller closes it (a changed file never meets a graph cache: none is used).
+    """
+    plan = CheckPlan()
+    row = PRECISIONS.get(precision)  # None for an engine: judged as its source, on its own runtime
+    kernels: list[tuple[str, bool]] = []
+    with contextlib.ExitStack() as failed:
+        failed.callback(plan.close)
+        for backend, variant in variants:
+            runner = _open(artifact, manifest, precision, backend.name, variant.options)
+            plan.runners.append(runner)
+            if row is not None and row.runs_as_written and backend.cpu_int8_kernels and runner.device == "cpu":
+                kernels.append((runner.name, variant.int8_as_written))
+            else:
+                plan.checks.append(Check(runner.name, policy.tolerance))
+        if kernels:
+            as_written = _open(artifact, manifest, precision, NATIVE[artifact_format(precision)],
+                               LoadOptions(device="cpu", own={"as_written": True}))
+            plan.runners.insert(0, as_written)
+            checks, plan.notes = int8_checks(manifest.options(precision), policy.tolerance, as_written.name, kernels)
+            plan.checks = checks + plan.checks
+        failed.pop_all()
+    return plan
