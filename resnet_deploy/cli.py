@@ -624,17 +624,28 @@ def doctor_command(as_json: bool) -> None:
 @click.option("--kind", type=click.Choice(TRITON_KINDS), default=TRITON.kind, show_default=True)
 @click.option("--version", "model_version", type=int,
               help="Model version (default: the one holding this artifact, else the next free one).")
+@click.option("--backend", type=click.Choice(("auto", *(b.name for b in BACKENDS.values() if b.runs != "model"))),
+              default=TRITON.backend, show_default=True,
+              help="Triton backend serving it: auto (the file's own: onnxruntime, tensorrt), or openvino for ONNX.")
+@click.option("--ensemble", is_flag=True,
+              help="Also NAME_preprocess (encoded images in, the export's preprocessing, Triton's python backend) "
+                   "and NAME_ensemble chaining it to NAME: clients send JPEG/PNG bytes.")
 @click.option("--force", is_flag=True, help="Replace a model of another export, or one resnet-deploy did not write.")
 def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: int | None, preferred: str | None,
-                   queue_delay_us: int, instances: int, kind: str, model_version: int | None, force: bool) -> None:
+                   queue_delay_us: int, instances: int, kind: str, model_version: int | None, backend: str,
+                   ensemble: bool, force: bool) -> None:
     """Write ARTIFACT into a Triton Inference Server model repository, destroying nothing there."""
-    from .serving.triton import TritonOptions, write_model_repository
+    from .serving.triton import ENSEMBLE_SUFFIX, PREPROCESS_SUFFIX, TritonOptions, write_model_repository
 
     options = TritonOptions(model_name=model_name, max_batch=max_batch,
                             preferred=tuple(_int_list(preferred, "--preferred")) if preferred else (),
-                            queue_delay_us=queue_delay_us, instances=instances, kind=kind, version=model_version)
+                            queue_delay_us=queue_delay_us, instances=instances, kind=kind, version=model_version,
+                            backend=backend, ensemble=ensemble)
     folder, version = write_model_repository(artifact, repo, options, force=force)
     click.echo(f"wrote {folder}/config.pbtxt and {folder}/{version}/")
+    if ensemble:
+        for suffix in (PREPROCESS_SUFFIX, ENSEMBLE_SUFFIX):
+            click.echo(f"wrote {folder}{suffix}/config.pbtxt and {folder}{suffix}/1/")
 
 
 @main.command("serve")

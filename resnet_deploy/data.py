@@ -25,6 +25,7 @@ from PIL import Image
 
 from .errors import DeployError, DeployWarning, first_line
 from .fileio import sha256_file
+from .imageprep import ImagePreprocess, UnsupportedPixels, to_rgb
 
 T = TypeVar("T")
 
@@ -101,43 +102,6 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
-@dataclass(frozen=True)
-class ImagePreprocess:
-    """The one path from an image file to the model's input, shared by verify,
-    calibration and predict: decode, convert to RGB, resize the shorter side to
-    ``resize``, centre-crop ``crop`` (H, W), scale to [0, 1], normalise."""
-
-    resize: int
-    crop: tuple[int, int]
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @classmethod
-    def from_manifest(cls, preprocess: dict[str, Any]) -> ImagePreprocess:
-        return cls(
-            resize=int(preprocess["resize"]),
-            crop=(int(preprocess["crop"][0]), int(preprocess["crop"][1])),
-            interpolation=preprocess.get("interpolation", "bilinear"),
-            mean=tuple(preprocess["mean"]),
-            std=tuple(preprocess["std"]),
-        )
-
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        """(3, H, W) float32 for one RGB image."""
-        width, height = image.size
-        scale = self.resize / min(width, height)
-        size = (max(self.crop[1], round(width * scale)), max(self.crop[0], round(height * scale)))
-        resample = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
-        image = image.resize(size, resample)
-        left = (size[0] - self.crop[1]) // 2
-        top = (size[1] - self.crop[0]) // 2
-        image = image.crop((left, top, left + self.crop[1], top + self.crop[0]))
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
-        normalised = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(normalised.transpose(2, 0, 1))
-
-
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Decode an image file as 8-bit RGB: greyscale, palette, CMYK and alpha images are converted, and
     images of more than 8 bits are scaled to 8 (16-bit greyscale by 65535, float images from [0, 1]),
@@ -146,7 +110,9 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            return _to_rgb(image, path)
+            return to_rgb(image)
+    except UnsupportedPixels as exc:
+        raise DeployError(f"{path} {exc}") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DeployError(f"cannot read {path} as an image: {first_line(exc)}") from None
 
@@ -158,24 +124,6 @@ def _image_path(path: str | os.PathLike[str]) -> Path:
     if not path.is_file():  # a FIFO blocks the read forever, a folder or a device is no image
         raise DeployError(f"image {path} is not a regular file")
     return path
-
-
-def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
-    if image.mode.startswith("I;16") or image.mode == "I" and image.format == "PNG":  # 16-bit greyscale
-        pixels = np.asarray(image, dtype=np.float64) / 65535.0
-    elif image.mode == "F":
-        pixels = np.asarray(image, dtype=np.float64)
-        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
-            raise DeployError(f"{path} is a float image with values outside [0, 1] "
-                              f"({np.nanmin(pixels):.3g} to {np.nanmax(pixels):.3g}): its brightness has no "
-                              "standard meaning; save it as an 8- or 16-bit image")
-    elif image.mode in ("I", "I;32"):
-        raise DeployError(f"{path} holds 32-bit integer pixels, whose range has no standard meaning: save it as "
-                          "an 8- or 16-bit image")
-    else:
-        return image.convert("RGB")
-    grey = Image.fromarray(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8), mode="L")
-    return grey.convert("RGB")
 
 
 LARGE_IMAGE_PIXELS = 4096 * 4096  # decoded one at a time: a 12000x12000 PNG is 430 MB as RGB alone

@@ -13,6 +13,14 @@ failed, never lost. Scenarios:
 
     python tools/load_test.py [--artifact FILE.onnx] [--clients 8] [--seconds 15] [--json] [--write]
 
+With --vs-triton it measures `resnet-deploy serve` and a real Triton Inference Server side by side
+instead: the same artifact (written by `resnet-deploy triton --kind cpu`), the same dynamic batching
+(max batch 8, 5 ms queue delay), at 1, 8 and 32 closed-loop clients sending --requests one-image
+requests in all per level; requests/s, p50, p99, and the batch sizes each server formed (serve's
+`server_batch_size` per answer, Triton's per-model batch statistics). Triton here is 2.51 from the
+nvidia-pytriton wheel with the Python-based onnxruntime backend of tests/triton (the environment the
+tests make, cached in .pytest_cache): Triton's python-backend throughput, not its C++ backend's.
+
 Without --artifact it exports resnet50 at 224 (batch profile 1:8:32) to a temporary folder.
 """
 
@@ -41,6 +49,8 @@ from resnet_deploy.artifacts import manifest_for  # noqa: E402
 from resnet_deploy.environment import cpu_description, tool_versions  # noqa: E402
 
 SECTION = "## Serving: Open Inference Protocol server under load"
+VS_SECTION = "## Serving: resnet-deploy serve and Triton side by side"
+LEVELS = (1, 8, 32)
 
 
 def _free_port() -> int:
@@ -118,11 +128,128 @@ def scenario(artifact: Path, name: str, options: list[str], clients: int, second
     }
 
 
+def _closed_loop(url: str, name: str, batch: np.ndarray, clients: int, requests: int) -> tuple[list, float]:
+    """``requests`` one-image requests from ``clients`` threads back to back: (records, wall seconds)."""
+    import tritonclient.http as httpclient
+
+    left = [requests]
+    lock = threading.Lock()
+    records: list = []
+
+    def client() -> None:
+        connection = httpclient.InferenceServerClient(url, connection_timeout=60, network_timeout=60)
+        tensor = httpclient.InferInput("input", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch, binary_data=True)
+        try:
+            while True:
+                with lock:
+                    if left[0] == 0:
+                        return
+                    left[0] -= 1
+                start = time.perf_counter()
+                result = connection.infer(name, [tensor])
+                size = (result.get_response().get("parameters") or {}).get("server_batch_size")
+                with lock:
+                    records.append((time.perf_counter() - start, size))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return records, time.perf_counter() - start
+
+
+def _summary(records: list, wall: float, batches: dict[int, int]) -> dict:
+    latencies = [r[0] * 1e3 for r in records]
+    return {"requests": len(records), "throughput_rps": round(len(records) / wall, 1),
+            "p50_ms": round(statistics.median(latencies), 1), "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+            "batches": dict(sorted(batches.items()))}
+
+
+def _triton_batches(url: str, name: str) -> dict[int, int]:
+    """Executions per batch size so far, from Triton's statistics of ``name``."""
+    with urllib.request.urlopen(f"http://{url}/v2/models/{name}/stats") as response:
+        stats = json.loads(response.read())["model_stats"][0]
+    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
+
+
+def vs_triton(artifact: Path, requests: int) -> dict:
+    """serve and Triton on ``artifact`` at each of LEVELS clients: the same requests, batching and threads."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from resnet_deploy.serving.triton import TritonOptions, write_model_repository
+    from tests.triton import server as triton_server
+
+    name = artifact.name.split(".")[0]
+    shape = manifest_for(artifact)[0].input.shape[1:]
+    batch = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    results: dict[str, dict] = {"serve": {}, "triton": {}}
+    port = _free_port()
+    process = _start(artifact, port, ["--max-batch", "8", "--max-delay-ms", "5"])
+    try:
+        for clients in LEVELS:
+            print(f"serve: {clients} clients, {requests} requests ...", file=sys.stderr)
+            _closed_loop(f"127.0.0.1:{port}", name, batch, clients, min(requests, 2 * clients))  # warm
+            records, wall = _closed_loop(f"127.0.0.1:{port}", name, batch, clients, requests)
+            formed: dict[int, int] = {}
+            for _, size in records:  # an answer per request: a batch of n images is n answers
+                formed[size] = formed.get(size, 0) + 1
+            results["serve"][clients] = _summary(records, wall, {n: count // n for n, count in formed.items()})
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    cache = Path(__file__).resolve().parents[1] / ".pytest_cache" / "d" / "triton"
+    cache.mkdir(parents=True, exist_ok=True)
+    venv = triton_server.environment(cache)
+    with tempfile.TemporaryDirectory() as folder:
+        repo = Path(folder) / "repo"
+        write_model_repository(artifact, repo, TritonOptions(max_batch=8, queue_delay_us=5000, kind="cpu"))
+        server = triton_server.Server(venv, triton_server.backends(venv, Path(folder) / "backends"), repo,
+                                      Path(folder) / "triton.log")
+        try:
+            for clients in LEVELS:
+                print(f"triton: {clients} clients, {requests} requests ...", file=sys.stderr)
+                _closed_loop(server.url, name, batch, clients, min(requests, 2 * clients))  # warm
+                before = _triton_batches(server.url, name)
+                records, wall = _closed_loop(server.url, name, batch, clients, requests)
+                after = _triton_batches(server.url, name)
+                results["triton"][clients] = _summary(records, wall, {n: c - before.get(n, 0) for n, c in after.items()
+                                                                      if c > before.get(n, 0)})
+        finally:
+            server.stop()
+    return results
+
+
+def _vs_markdown(report: dict) -> str:
+    lines = [VS_SECTION, "",
+             f"{report['date']}, {report['machine']} ({report['isa']}), loopback; " + ", ".join(
+                 f"{k} {v}" for k, v in report["tools"].items()) + f". {report['artifact']} on ONNX Runtime's CPU "
+             "provider (intra-op threads = physical cores) behind each server, both batching up to 8 images with "
+             "a 5 ms queue delay; closed-loop clients sending one image each as binary tensors (tritonclient.http), "
+             f"{report['requests']} requests per level after a warm-up. Triton is 2.51 with the Python-based "
+             "onnxruntime backend of tests/triton (its python backend's throughput, not the C++ onnxruntime "
+             "backend's). Command: `python tools/load_test.py --vs-triton --write`.", "",
+             "| clients | server | requests/s | p50 ms | p99 ms | batches formed (size: count) |",
+             "|---:|---|---:|---:|---:|---|"]
+    for clients in LEVELS:
+        for server in ("serve", "triton"):
+            run = report["runs"][server][clients]
+            formed = ", ".join(f"{n}: {c}" for n, c in run["batches"].items())
+            lines.append(f"| {clients} | {server} | {run['throughput_rps']} | {run['p50_ms']} | {run['p99_ms']} | "
+                         f"{formed} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", help="an exported .onnx (default: export resnet50 now)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--vs-triton", action="store_true", help="serve and a real Triton side by side")
+    parser.add_argument("--requests", type=int, default=320, help="--vs-triton: requests per concurrency level")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--write", action="store_true", help="replace the serving section of BENCHMARKS.md")
     args = parser.parse_args()
@@ -132,6 +259,8 @@ def main() -> int:
         else:
             print("exporting resnet50 ...", file=sys.stderr)
             artifact = export("resnet50", out=out, batch="1:8:32", quiet=True).onnx_path
+        if args.vs_triton:
+            return _report_vs_triton(artifact, args)
         name = artifact.name.split(".")[0]
         runs = {}
         for label, options, clients in (
@@ -150,6 +279,18 @@ def main() -> int:
         replace_section(SECTION, text)
     failed = sum(n for run in runs.values() for status, n in run["statuses"].items() if status not in ("200", "503"))
     return 1 if failed or not all(run["server_alive_after"] for run in runs.values()) else 0
+
+
+def _report_vs_triton(artifact: Path, args: argparse.Namespace) -> int:
+    cpu = cpu_description()
+    report = {"date": date.today().isoformat(), "machine": f"{cpu['model']}, {cpu['physical_cores']} cores",
+              "isa": ", ".join(cpu["isa"]), "tools": tool_versions(), "artifact": artifact.name,
+              "requests": args.requests, "runs": vs_triton(artifact, args.requests)}
+    text = _vs_markdown(report)
+    print(json.dumps(report, indent=2) if args.json else text)
+    if args.write:
+        replace_section(VS_SECTION, text)
+    return 0
 
 
 def _markdown(report: dict) -> str:

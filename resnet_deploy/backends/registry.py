@@ -49,7 +49,7 @@ class Backend:
     name: str  # what --backend takes
     runs: str  # the artifact format it runs, or "model": the manifest's PyTorch model, for any artifact
     loader: str  # "module:function" below resnet_deploy.backends, called (path, manifest, precision, device, options)
-    platform: str  # the Triton platform / inference-protocol metadata name
+    platform: str  # the Triton platform (or backend) / inference-protocol metadata name
     variants: tuple[Variant, ...]
     title: str  # the runtime's name in sentences: "ONNX Runtime"
     summary: str
@@ -58,6 +58,7 @@ class Backend:
     gpu: Callable[[Any], Availability] | None = None
     on_cpu: Callable[[Any], bool] = field(default=lambda _own: True)  # whether it runs on the CPU, given its options
     cpu_int8_kernels: bool = False  # on the CPU, x86 INT8 kernels: exact only with VNNI or 7-bit weights (parity.int8)
+    triton_key: str = "platform"  # how a Triton config names it: `platform: "tensorrt_plan"` or `backend: "openvino"`
 
     def load(self, path: Path, manifest: Manifest, precision: str, device: tuple[str, int],
              options: LoadOptions) -> Runner:
@@ -111,7 +112,8 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         # OpenVINO turns Q/DQ pairs into FakeQuantize and fuses its own INT8 graph: on the trained digits
         # model, cosine 0.9985 against the graph as written, 0.9990 against PyTorch (ONNX Runtime: 0.9997)
         Variant("openvino-cpu", _CPU, detect.openvino, int8_as_written=False),
-    ), "OpenVINO", "OpenVINO on x86 and ARM CPUs: the same ONNX, fp32 and Q/DQ INT8", cpu_int8_kernels=True),
+    ), "OpenVINO", "OpenVINO on x86 and ARM CPUs: the same ONNX, fp32 and Q/DQ INT8", cpu_int8_kernels=True,
+        triton_key="backend"),
     Backend("torch", "model", ".pytorch:load", "pytorch", (
         Variant("torch-cpu", _CPU, detect.torch_cpu),
         Variant("torch-cuda", _CUDA, detect.torch_cuda),

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..artifacts import Manifest, check_stem, manifest_for
 from ..backends import detect
-from ..backends.registry import BACKENDS, NATIVE, Backend, artifact_format
+from ..backends.registry import BACKENDS, Backend, artifact_format, backend_for
 from ..environment import physical_cores
 from ..data import imagenet_classes
 from ..errors import DeployError, within
@@ -47,71 +47,118 @@ class TritonOptions:
     instances: int = 1
     kind: str = "auto"  # one of KINDS
     version: int | None = None  # None: the version holding this artifact, else the next free one
+    backend: str = "auto"  # the registry's backend whose Triton backend serves it; auto: the file's own
+    ensemble: bool = False  # also NAME_preprocess (encoded images in) and NAME_ensemble chaining it to NAME
 
 
-def _dims(shape: list) -> str:
+def _dims(shape: list) -> list[int]:
     """Dims without the batch axis; symbolic dims become -1."""
-    return "[ " + ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape[1:]) + " ]"
+    return [d if isinstance(d, int) else -1 for d in shape[1:]]
+
+
+class Enum(str):
+    """A protobuf enum value: written bare (``TYPE_FP32``), not quoted."""
+
+
+def to_pbtxt(message: dict[str, Any], indent: int = 0) -> str:
+    """``message`` in protobuf text format: dicts are messages, lists of dicts repeated messages (and map
+    entries), other lists repeated scalars; strings are quoted and escaped."""
+    pad, lines = "  " * indent, []
+    for key, value in message.items():
+        if isinstance(value, dict):
+            lines += [f"{pad}{key} {{", to_pbtxt(value, indent + 1), f"{pad}}}"]
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            lines.append(f"{pad}{key} [")
+            for index, item in enumerate(value):
+                lines += [f"{pad}  {{", to_pbtxt(item, indent + 2), f"{pad}  }}" + (", " if index < len(value) - 1 else "")]
+            lines.append(f"{pad}]")
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}: [ {', '.join(map(_scalar, value))} ]")
+        else:
+            lines.append(f"{pad}{key}: {_scalar(value)}")
+    return "\n".join(line.rstrip() for line in lines if line)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, Enum):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _string_parameters(values: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"key": key, "value": {"string_value": value}} for key, value in values.items()]
+
+
+def _batching(options: TritonOptions, *, preferred: bool = True) -> dict[str, Any]:
+    batching: dict[str, Any] = {}
+    if preferred and options.preferred:
+        batching["preferred_batch_size"] = list(options.preferred)
+    batching["max_queue_delay_microseconds"] = options.queue_delay_us
+    return batching
+
+
+def _instances(options: TritonOptions, kind: str | None = None) -> list[dict[str, Any]]:
+    return [{"count": options.instances, "kind": Enum("KIND_GPU" if (kind or options.kind) == "gpu" else "KIND_CPU")}]
+
+
+def _tensor(name: str, dtype: str, dims: list[int], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "data_type": Enum(dtype), **extra, "dims": dims}
 
 
 def model_config(manifest: Manifest, backend: Backend, name: str, options: TritonOptions, *, labels: bool) -> str:
     """config.pbtxt for the artifact, in protobuf text format (Triton's ModelConfig)."""
-    lines = [
-        f'name: "{name}"',
-        f'platform: "{backend.platform}"',
-        f"max_batch_size: {options.max_batch}",
-        "input [",
-        "  {",
-        f'    name: "{manifest.input.name}"',
-        f"    data_type: {_DATATYPES[manifest.input.dtype]}",
-        "    format: FORMAT_NCHW",
-        f"    dims: {_dims(manifest.input.shape)}",
-        "  }",
-        "]",
-        "output [",
-    ]
-    for index, output in enumerate(manifest.outputs):
-        lines += ["  {", f'    name: "{output.name}"', f"    data_type: {_DATATYPES[output.dtype]}",
-                  f"    dims: {_dims(output.shape)}"]
-        if labels and output.name == "logits":
-            lines.append(f'    label_filename: "{LABELS_FILE}"')
-        lines.append("  }" + ("," if index < len(manifest.outputs) - 1 else ""))
-    lines += ["]", "dynamic_batching {"]
-    if options.preferred:
-        lines.append(f"  preferred_batch_size: [ {', '.join(map(str, options.preferred))} ]")
-    lines += [f"  max_queue_delay_microseconds: {options.queue_delay_us}", "}",
-              "instance_group [", "  {", f"    count: {options.instances}",
-              f"    kind: {'KIND_GPU' if options.kind == 'gpu' else 'KIND_CPU'}", "  }", "]"]
+    config: dict[str, Any] = {"name": name, backend.triton_key: backend.platform}
+    if backend.triton_key == "backend":  # a backend that reads several formats is told which file to load
+        config["default_model_filename"] = MODEL_FILES[backend.runs]
+    config["max_batch_size"] = options.max_batch
+    config["input"] = [_tensor(manifest.input.name, _DATATYPES[manifest.input.dtype], _dims(manifest.input.shape),
+                               format=Enum("FORMAT_NCHW"))]
+    config["output"] = [_tensor(o.name, _DATATYPES[o.dtype], _dims(o.shape),
+                                **({"label_filename": LABELS_FILE} if labels and o.name == "logits" else {}))
+                        for o in manifest.outputs]
+    config["dynamic_batching"] = _batching(options)
+    config["instance_group"] = _instances(options)
     if options.kind == "cpu" and backend.name in CPU_SETTINGS:
-        lines += CPU_SETTINGS[backend.name](options.instances)
-    return "\n".join(lines) + "\n"
+        config.update(CPU_SETTINGS[backend.name](options.instances))
+    return to_pbtxt(config) + "\n"
 
 
-def _onnxruntime_cpu_settings(instances: int) -> list[str]:
+def _onnxruntime_cpu_settings(instances: int) -> dict[str, Any]:
     """What decides ONNX Runtime's CPU speed under Triton: intra-op threads (the physical cores shared by
     the instances, as `runtime.load` uses them; left unset, every instance takes all of them and they
     contend), one inter-op thread, and every graph optimisation (level 0 in the onnxruntime backend)."""
     threads = max(1, physical_cores() // instances)
-    return ["parameters [",
-            "  {", '    key: "intra_op_thread_count"', f'    value: {{ string_value: "{threads}" }}', "  },",
-            "  {", '    key: "inter_op_thread_count"', '    value: { string_value: "1" }', "  }",
-            "]",
-            "optimization { graph { level: 0 } }"]
+    return {"parameters": _string_parameters({"intra_op_thread_count": str(threads), "inter_op_thread_count": "1"}),
+            "optimization": {"graph": {"level": 0}}}
 
 
-# backend -> the config lines that decide its speed on Triton's CPU instances
-CPU_SETTINGS = {"ort": _onnxruntime_cpu_settings}
+def _openvino_cpu_settings(instances: int) -> dict[str, Any]:
+    """OpenVINO's under Triton: the physical cores shared by the instances, one stream each (Triton's
+    instances are the parallelism), the latency hint."""
+    threads = max(1, physical_cores() // instances)
+    return {"parameters": _string_parameters({"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": "1",
+                                              "PERFORMANCE_HINT": "LATENCY"})}
+
+
+# backend -> the config fields that decide its speed on Triton's CPU instances
+CPU_SETTINGS = {"ort": _onnxruntime_cpu_settings, "openvino": _openvino_cpu_settings}
 
 
 def _check(options: TritonOptions, manifest: Manifest, backend: Backend) -> TritonOptions:
     if options.kind not in KINDS:
         raise DeployError(f"--kind must be one of {', '.join(KINDS)}, not {options.kind!r}")
-    gpu_only = not backend.on_cpu(backend.options())
+    gpu_only, cpu_only = not backend.on_cpu(backend.options()), backend.gpu is None
     if gpu_only and options.kind == "cpu":
         raise DeployError(f"a {backend.title} model runs on a GPU: use --kind gpu, or serve the ONNX on CPU")
+    if cpu_only and options.kind == "gpu":
+        raise DeployError(f"Triton's {backend.title} backend runs on CPU instances only: use --kind cpu")
     kind = options.kind
     if kind == "auto":  # a KIND_GPU model does not load on a Triton without GPUs ("no GPUs are available")
-        kind = "gpu" if gpu_only or detect.cuda_gpu() else "cpu"
+        kind = "gpu" if gpu_only or (not cpu_only and detect.cuda_gpu()) else "cpu"
     max_batch = manifest.batch.max if options.max_batch is None else options.max_batch
     if not 1 <= max_batch <= manifest.batch.max:
         raise DeployError(f"--max-batch {max_batch} is outside the artifact's profile (1 to {manifest.batch.max}): "
@@ -123,8 +170,7 @@ def _check(options: TritonOptions, manifest: Manifest, backend: Backend) -> Trit
     if options.version is not None:
         within("--version", options.version, 1, 2**31 - 1)
     within("--queue-delay-us", options.queue_delay_us, 0, MAX_QUEUE_DELAY_US)
-    return TritonOptions(options.model_name, max_batch, tuple(sorted(set(options.preferred))), options.queue_delay_us,
-                         options.instances, kind, options.version)
+    return replace(options, max_batch=max_batch, preferred=tuple(sorted(set(options.preferred))), kind=kind)
 
 
 def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.PathLike[str],
@@ -134,7 +180,10 @@ def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.Path
     artifact = Path(artifact)
     manifest, precision = manifest_for(artifact)
     kind = artifact_format(precision)
-    backend, filename = BACKENDS[NATIVE[kind]], MODEL_FILES[kind]
+    backend, filename = backend_for(options.backend, kind, artifact.name), MODEL_FILES[kind]
+    if backend.runs not in MODEL_FILES:
+        raise DeployError(f"Triton serves artifacts, not the {backend.title} model: use --backend "
+                          f"{' or '.join(b.name for b in BACKENDS.values() if b.runs == kind)}")
     options = _check(options, manifest, backend)
     name = check_stem(options.model_name or manifest.stem)
     model_dir = Path(repo) / name
@@ -164,6 +213,8 @@ def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.Path
         json.dump(record, handle, indent=2)
     with atomic_open(model_dir / "config.pbtxt") as handle:  # last: Triton never sees a config without its model
         handle.write(model_config(manifest, backend, name, options, labels=labels))
+    if options.ensemble:
+        write_ensemble(Path(repo), name, manifest, options, labels=labels, force=force)
     return model_dir, version
 
 
@@ -174,8 +225,11 @@ def _model(manifest: Manifest) -> dict[str, Any]:
 
 def _interface(manifest: Manifest, platform: str) -> dict[str, Any]:
     """What one config.pbtxt fixes for every version: the platform and the tensors."""
-    return {"platform": platform, "input": [manifest.input.name, manifest.input.dtype, _dims(manifest.input.shape)],
-            "outputs": [[o.name, o.dtype, _dims(o.shape)] for o in manifest.outputs]}
+    def text(shape: list) -> str:  # as records written before have them
+        return "[ " + ", ".join(map(str, _dims(shape))) + " ]"
+
+    return {"platform": platform, "input": [manifest.input.name, manifest.input.dtype, text(manifest.input.shape)],
+            "outputs": [[o.name, o.dtype, text(o.shape)] for o in manifest.outputs]}
 
 
 def _read_record(model_dir: Path) -> dict[str, Any] | None:
@@ -234,3 +288,75 @@ def _choose_version(model_dir: Path, record: dict[str, Any], entry: dict[str, An
                 f"input {other['interface']['input']}), which the new config ({entry['interface']['platform']}, "
                 f"input {entry['interface']['input']}) could not serve: use another --model-name")
     return version
+
+
+PREPROCESS_SUFFIX, ENSEMBLE_SUFFIX = "_preprocess", "_ensemble"  # the models --ensemble adds beside NAME
+IMAGE_INPUT = "image"  # the ensemble's input: one encoded image (JPEG, PNG, WebP...) per batch item
+
+
+def preprocess_model_source() -> str:
+    """The preprocessing model's model.py: :mod:`resnet_deploy.imageprep` verbatim, then the model class of
+    :mod:`.triton_preprocess` (its docstring and its import of imageprep dropped: the names are defined
+    above), so it needs numpy and Pillow alone and computes what `predict` computes."""
+    here = Path(__file__).resolve().parent
+    template = [line for line in (here / "triton_preprocess.py").read_text().splitlines()[1:]
+                if not line.startswith("from ..imageprep import")]
+    return (here.parent / "imageprep.py").read_text().rstrip("\n") + "\n\n" + "\n".join(template) + "\n"
+
+
+def write_ensemble(repo: Path, name: str, manifest: Manifest, options: TritonOptions, *, labels: bool,
+                   force: bool) -> tuple[Path, Path]:
+    """``NAME_preprocess`` (Triton's python backend: encoded images in, the network's input out, by the
+    manifest's preprocessing) and ``NAME_ensemble`` (it, then ``NAME``), each with dynamic batching.
+    Both are derived from the export, so they are rewritten; a folder resnet-deploy did not write for
+    ``NAME`` is refused unless ``force``. Returns the two folders."""
+    folders = repo / f"{name}{PREPROCESS_SUFFIX}", repo / f"{name}{ENSEMBLE_SUFFIX}"
+    owner = {"ensemble_of": name}
+    for folder in folders:
+        if (folder / "config.pbtxt").exists() and not force and _ensemble_owner(folder) != owner:
+            raise DeployError(f"{folder} holds a model resnet-deploy did not write for {name}: choose another "
+                              "--model-name, or --force to replace it")
+    preprocess_dir, ensemble_dir = folders
+    network_input = manifest.input.name
+    channels, height, width = manifest.example_shape
+    image = [_tensor(IMAGE_INPUT, "TYPE_STRING", [1])]
+    preprocess = {
+        "name": preprocess_dir.name, "backend": "python", "max_batch_size": options.max_batch, "input": image,
+        "output": [_tensor(network_input, "TYPE_FP32", [channels, height, width])],
+        "dynamic_batching": _batching(options, preferred=False), "instance_group": _instances(options, "cpu"),
+        "parameters": _string_parameters({"preprocess": json.dumps(manifest.preprocess)}),
+    }
+    outputs = [_tensor(o.name, _DATATYPES[o.dtype], _dims(o.shape),
+                       **({"label_filename": LABELS_FILE} if labels and o.name == "logits" else {}))
+               for o in manifest.outputs]
+    ensemble = {
+        "name": ensemble_dir.name, "platform": "ensemble", "max_batch_size": options.max_batch, "input": image,
+        "output": outputs,
+        "ensemble_scheduling": {"step": [
+            {"model_name": preprocess_dir.name, "model_version": -1,
+             "input_map": [{"key": IMAGE_INPUT, "value": IMAGE_INPUT}],
+             "output_map": [{"key": network_input, "value": "preprocessed"}]},
+            {"model_name": name, "model_version": -1, "input_map": [{"key": network_input, "value": "preprocessed"}],
+             "output_map": [{"key": o.name, "value": o.name} for o in manifest.outputs]},
+        ]},
+    }
+    for folder, config, files in ((preprocess_dir, preprocess, {"1/model.py": preprocess_model_source()}),
+                                  (ensemble_dir, ensemble, {LABELS_FILE: "\n".join(imagenet_classes()) + "\n"}
+                                   if labels else {})):
+        try:
+            (folder / "1").mkdir(parents=True, exist_ok=True)  # an ensemble has an empty version folder too
+        except OSError as exc:
+            raise DeployError(f"cannot create {folder / '1'}: {exc.strerror}") from None
+        for relative, text in {**files, RECORD_FILE: json.dumps(owner, indent=2)}.items():
+            with atomic_open(folder / relative) as handle:
+                handle.write(text)
+        with atomic_open(folder / "config.pbtxt") as handle:  # last, as for the network
+            handle.write(to_pbtxt(config) + "\n")
+    return folders
+
+
+def _ensemble_owner(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return None

@@ -26,6 +26,8 @@ from resnet_deploy.data import random_images  # noqa: E402
 from resnet_deploy.serving.connections import http_server  # noqa: E402
 from resnet_deploy.serving.app import create_app  # noqa: E402
 from resnet_deploy.serving.server import ServeLimits  # noqa: E402
+from resnet_deploy.errors import DeployError  # noqa: E402
+from resnet_deploy.serving.triton import TritonOptions, write_model_repository  # noqa: E402
 from tests.conftest import assert_one_line_error  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -74,6 +76,36 @@ def test_triton_repository_config_parses_with_tritons_model_config(cli, exported
         assert auto.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
         assert int(auto.parameters["intra_op_thread_count"].string_value) >= 1 and auto.optimization.graph.level == 0
     assert not [p for p in repo.rglob(".tmp-*")]
+
+
+def test_triton_openvino_and_ensemble_configs_parse_with_tritons_model_config(cli, exported, tmp_path):
+    repo = tmp_path / "repo"
+    result = cli("triton", str(exported.onnx_path), "--repo", str(repo), "--backend", "openvino", "--instances", "2",
+                 "--ensemble")
+    assert result.exit_code == 0, result.stderr
+    openvino = _config(repo / "resnet18" / "config.pbtxt")
+    assert openvino.backend == "openvino" and not openvino.platform and openvino.default_model_filename == "model.onnx"
+    assert openvino.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU  # its only kind
+    threads = int(openvino.parameters["INFERENCE_NUM_THREADS"].string_value)
+    assert threads >= 1 and openvino.parameters["NUM_STREAMS"].string_value == "1"
+    preprocess = _config(repo / "resnet18_preprocess" / "config.pbtxt")
+    assert preprocess.backend == "python" and preprocess.input[0].data_type == model_config_pb2.TYPE_STRING
+    assert list(preprocess.output[0].dims) == [3, 64, 64] and preprocess.HasField("dynamic_batching")
+    assert json.loads(preprocess.parameters["preprocess"].string_value) == exported.manifest.preprocess
+    ensemble = _config(repo / "resnet18_ensemble" / "config.pbtxt")
+    steps = ensemble.ensemble_scheduling.step
+    assert ensemble.platform == "ensemble" and [s.model_name for s in steps] == ["resnet18_preprocess", "resnet18"]
+    assert dict(steps[0].output_map) == {"input": "preprocessed"} and dict(steps[1].input_map) == {"input": "preprocessed"}
+    assert ensemble.output[0].label_filename == "imagenet_labels.txt" and (repo / "resnet18_ensemble" / "1").is_dir()
+    assert_one_line_error(cli("triton", str(exported.onnx_path), "--repo", str(repo), "--backend", "openvino",
+                              "--kind", "gpu"), 2, "runs on CPU instances only")
+    with pytest.raises(DeployError, match="Triton serves artifacts, not the PyTorch model: use --backend ort or openvino"):
+        write_model_repository(exported.onnx_path, repo, TritonOptions(backend="torch"))
+    (repo / "other_preprocess").mkdir()
+    (repo / "other_preprocess" / "config.pbtxt").write_text('name: "other_preprocess"\n')
+    assert_one_line_error(cli("triton", str(exported.onnx_path), "--repo", str(repo), "--model-name", "other",
+                              "--ensemble"), 2, "holds a model resnet-deploy did not write for other")
+    assert (repo / "other_preprocess" / "config.pbtxt").read_text() == 'name: "other_preprocess"\n'
 
 
 def test_triton_never_destroys(cli, exported, tmp_path):

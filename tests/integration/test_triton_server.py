@@ -1,6 +1,7 @@
 """The repositories `resnet-deploy triton` writes, loaded by a real Triton Inference Server
 (tests/triton/server.py): every model ready, answers equal ONNX Runtime's, Triton's classification
-extension and dynamic batcher at work."""
+extension and dynamic batcher at work, and the ensemble that takes encoded images computing what
+`predict` computes on real photographs (scikit-learn's bundled JPEGs) and converted files."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def triton(small_export, request, tmp_path_factory):
     cache = Path(request.config.cache.mkdir("triton"))
     venv = triton_server.environment(cache)
     repo = tmp_path_factory.mktemp("repo")
-    write_model_repository(small_export.onnx_path, repo, TritonOptions(preferred=(4, 8), queue_delay_us=20_000))
+    write_model_repository(small_export.onnx_path, repo, TritonOptions(preferred=(4, 8), queue_delay_us=20_000,
+                                                                       ensemble=True))
     write_model_repository(small_export.paths["fp16"], repo, TritonOptions(model_name="resnet18_fp16"))
     folder = tmp_path_factory.mktemp("backends")
     server = triton_server.Server(venv, triton_server.backends(venv, folder / "backends"), repo, folder / "triton.log")
@@ -46,9 +48,10 @@ def _infer(client, model, batch, **kwargs):
 def test_every_model_written_is_ready(triton):
     server, _repo = triton
     client = httpclient.InferenceServerClient(server.url)
-    for model in ("resnet18", "resnet18_fp16"):
+    for model in ("resnet18", "resnet18_fp16", "resnet18_preprocess", "resnet18_ensemble"):
         assert client.is_model_ready(model), model
-        if not detect.cuda_gpu():  # --kind auto: CPU instances, which a Triton without GPUs loads
+        if not detect.cuda_gpu() and not model.endswith("_ensemble"):  # an ensemble has no instances
+            # --kind auto: CPU instances, which a Triton without GPUs loads
             assert client.get_model_config(model)["instance_group"][0]["kind"] == "KIND_CPU"
 
 
@@ -80,7 +83,11 @@ def test_concurrent_requests_are_batched_by_triton(triton):
     batch = random_images(1, (3, 64, 64), MEAN, STD, seed=7)
 
     def one(_):
-        return _infer(httpclient.InferenceServerClient(server.url), "resnet18", batch).as_numpy("logits")
+        client = httpclient.InferenceServerClient(server.url)  # one per thread, closed in it (gevent's hub is per thread)
+        try:
+            return _infer(client, "resnet18", batch).as_numpy("logits")
+        finally:
+            client.close()
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(one, range(32)))
@@ -88,3 +95,68 @@ def test_concurrent_requests_are_batched_by_triton(triton):
     with urllib.request.urlopen(f"http://{server.url}/v2/models/resnet18/stats") as response:
         stats = json.loads(response.read())["model_stats"][0]
     assert stats["inference_count"] >= 32 and stats["execution_count"] < stats["inference_count"]
+
+
+def _photos(folder: Path) -> list[Path]:
+    """Two real photographs (JPEG, as scikit-learn ships them) and the first one as greyscale PNG, RGBA PNG,
+    CMYK JPEG and WebP."""
+    import sklearn.datasets
+    from PIL import Image
+
+    shipped = Path(sklearn.datasets.__file__).parent / "images"
+    photos = [shipped / "china.jpg", shipped / "flower.jpg"]
+    with Image.open(photos[0]) as image:
+        for mode, name in (("L", "grey.png"), ("RGBA", "alpha.png"), ("CMYK", "cmyk.jpg"), ("RGB", "photo.webp")):
+            image.convert(mode).save(folder / name)
+            photos.append(folder / name)
+    return photos
+
+
+def _images_request(paths_or_bytes: list) -> list:
+    data = [p.read_bytes() if isinstance(p, Path) else p for p in paths_or_bytes]
+    tensor = httpclient.InferInput("image", [len(data), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array(data, dtype=np.object_).reshape(-1, 1))
+    return [tensor]
+
+
+def test_the_ensemble_computes_what_predict_computes_from_image_bytes(triton, small_export, tmp_path, cli):
+    from resnet_deploy.data import ImagePreprocess, load_images
+
+    server, _repo = triton
+    client = httpclient.InferenceServerClient(server.url)
+    photos = _photos(tmp_path)
+    preprocess = ImagePreprocess.from_manifest(small_export.manifest.preprocess)
+    with runtime.load(small_export.onnx_path) as runner:
+        want = runner(load_images(photos, preprocess))["logits"]
+    got = client.infer("resnet18_ensemble", _images_request(photos)).as_numpy("logits")
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    predicted = json.loads(cli("predict", str(small_export.onnx_path), *map(str, photos), "--json").stdout)
+    assert [p["top"][0]["index"] for p in predicted["predictions"]] == list(got.argmax(axis=1))
+    top = client.infer("resnet18_ensemble", _images_request(photos[:1]),
+                       outputs=[httpclient.InferRequestedOutput("logits", class_count=2)]).as_numpy("logits")[0]
+    assert [int(entry.decode().split(":")[1]) for entry in top] == list(np.argsort(-want[0])[:2])
+
+
+def test_a_bad_image_fails_its_request_alone(triton, tmp_path):
+    from tritonclient.utils import InferenceServerException
+
+    server, _repo = triton
+    good = _photos(tmp_path)[1]
+    requests = [[b"\x89PNG not really an image"]] + [[good]] * 7
+
+    def one(images):
+        client = httpclient.InferenceServerClient(server.url)  # one per thread, closed in it (gevent's hub is per thread)
+        try:
+            return client.infer("resnet18_ensemble", _images_request(images))
+        except InferenceServerException as exc:
+            return exc
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(one, requests))
+    assert isinstance(answers[0], InferenceServerException) and "image 0 is not an image" in str(answers[0])
+    logits = [a.as_numpy("logits") for a in answers[1:]]
+    assert all(np.array_equal(x, logits[0]) for x in logits)
+    client = httpclient.InferenceServerClient(server.url)
+    assert client.is_server_ready() and client.is_model_ready("resnet18_preprocess")

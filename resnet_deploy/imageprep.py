@@ -1,0 +1,85 @@
+"""From a decoded image to the model's input: the one definition of the toolkit's preprocessing.
+
+Self-contained on purpose (numpy and Pillow, nothing of resnet_deploy): `predict`, `verify` and
+calibration use it through :mod:`resnet_deploy.data`, and `triton --ensemble` copies this file
+verbatim into the preprocessing model it writes, since a Triton server's Python has no resnet_deploy.
+So the server computes the same numbers as `predict`, by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+class UnsupportedPixels(ValueError):
+    """Pixels whose brightness has no standard meaning (32-bit integers, floats outside [0, 1])."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: greyscale, palette, CMYK and alpha images are converted, and images of more than 8 bits
+    are scaled to 8 (16-bit greyscale by 65535, float images from [0, 1]), not clipped, which made them
+    white or black."""
+    if image.mode.startswith("I;16") or image.mode == "I" and image.format == "PNG":  # 16-bit greyscale
+        pixels = np.asarray(image, dtype=np.float64) / 65535.0
+    elif image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+            raise UnsupportedPixels(f"is a float image with values outside [0, 1] ({np.nanmin(pixels):.3g} to "
+                                    f"{np.nanmax(pixels):.3g}): its brightness has no standard meaning; save it as "
+                                    "an 8- or 16-bit image")
+    elif image.mode in ("I", "I;32"):
+        raise UnsupportedPixels("holds 32-bit integer pixels, whose range has no standard meaning: save it as an "
+                                "8- or 16-bit image")
+    else:
+        return image.convert("RGB")
+    grey = Image.fromarray(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return grey.convert("RGB")
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """The one path from an RGB image to the model's input, shared by verify, calibration, predict and
+    the Triton ensemble: resize the shorter side to ``resize``, centre-crop ``crop`` (H, W), scale to
+    [0, 1], normalise with ``mean``/``std``, channels first."""
+
+    resize: int
+    crop: tuple[int, int]
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_manifest(cls, preprocess: dict[str, Any]) -> ImagePreprocess:
+        return cls(
+            resize=int(preprocess["resize"]),
+            crop=(int(preprocess["crop"][0]), int(preprocess["crop"][1])),
+            interpolation=preprocess.get("interpolation", "bilinear"),
+            mean=tuple(preprocess["mean"]),
+            std=tuple(preprocess["std"]),
+        )
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """(3, H, W) float32 for one RGB image."""
+        return self.normalise(self.resized(image))
+
+    def resized(self, image: Image.Image) -> np.ndarray:
+        """(H, W, 3) uint8: the image resized and centre-cropped, before scaling (what an artifact with
+        its preprocessing embedded takes)."""
+        width, height = image.size
+        scale = self.resize / min(width, height)
+        size = (max(self.crop[1], round(width * scale)), max(self.crop[0], round(height * scale)))
+        resample = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
+        image = image.resize(size, resample)
+        left = (size[0] - self.crop[1]) // 2
+        top = (size[1] - self.crop[0]) // 2
+        return np.asarray(image.crop((left, top, left + self.crop[1], top + self.crop[0])), dtype=np.uint8)
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """(3, H, W) float32 from (H, W, 3) uint8 pixels."""
+        scaled = pixels.astype(np.float32) / 255.0
+        normalised = (scaled - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(normalised.transpose(2, 0, 1))

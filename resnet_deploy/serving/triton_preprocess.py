@@ -1,0 +1,52 @@
+"""The preprocessing model of a Triton ensemble (a template: see the comment below)."""
+
+# ---- the preprocessing model of a `resnet-deploy triton --ensemble` repository ----
+# Triton's python backend runs this file as NAME_preprocess/1/model.py: encoded images in (BYTES, one per
+# batch item), the network's input out, by exactly the export's preprocessing (above: resnet_deploy's
+# imageprep, copied verbatim; the parameters are the manifest's, in config.pbtxt). numpy and Pillow only.
+# resnet_deploy.serving.triton writes it; the package never imports it.
+
+import io  # noqa: E402
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402  (Triton's python backend provides it)
+from PIL import Image  # noqa: E402
+
+from ..imageprep import ImagePreprocess, UnsupportedPixels, to_rgb  # noqa: E402  (dropped: defined above)
+
+
+class TritonPythonModel:
+    """One response per request: the request's images preprocessed as one array, or an error that names
+    the image it could not read (the other requests of the batch are answered as usual)."""
+
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        parameters = {key: value["string_value"] for key, value in config["parameters"].items()}
+        self.preprocess = ImagePreprocess.from_manifest(json.loads(parameters["preprocess"]))
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.embedded = config["output"][0]["data_type"] == "TYPE_UINT8"  # the network normalises itself
+
+    def decode(self, data, index):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                rgb = to_rgb(image)
+        except UnsupportedPixels as exc:
+            raise ValueError(f"image {index} {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bytes that are not an image
+            raise ValueError(f"image {index} is not an image Pillow can decode: {exc}") from None
+        return self.preprocess.resized(rgb) if self.embedded else self.preprocess(rgb)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            items = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)
+            try:
+                batch = np.stack([self.decode(bytes(item), index) for index, item in enumerate(items)])
+            except ValueError as exc:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                continue
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)]))
+        return responses
