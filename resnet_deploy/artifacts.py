@@ -198,10 +198,19 @@ class Manifest:
         return "file" not in self.weights
 
     @property
+    def embedded_preprocess(self) -> bool:
+        """The graph scales, normalises and transposes itself: its input is uint8 NHWC pixels."""
+        return bool(self.preprocess.get("embedded", False))
+
+    @property
     def example_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one input image: the input's channels and the export's crop (H and W may be
-        symbolic in the graph with --dynamic-hw; the crop is the size the export checked)."""
-        return (int(self.input.shape[1]), *self.preprocess["crop"])
+        """One input image's shape in the input's layout, (C, H, W), or (H, W, C) where the preprocessing is
+        embedded: the input's channels and the export's crop (H and W may be symbolic in the graph with
+        --dynamic-hw; the crop is the size the export checked)."""
+        height, width = self.preprocess["crop"]
+        if self.embedded_preprocess:
+            return height, width, int(self.input.shape[3])
+        return int(self.input.shape[1]), height, width
 
     def options(self, precision: str) -> Any:
         """How the artifact of ``precision`` was made, typed (:mod:`resnet_deploy.precisions`); None where

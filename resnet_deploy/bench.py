@@ -111,7 +111,10 @@ def load_runners(stack: contextlib.ExitStack, artifacts: Sequence[str | os.PathL
 
 
 def _input_for(runner: Runner, batch_size: int, seed: int) -> np.ndarray:
+    """Random images of the runner's input: uint8 pixels where it embeds its preprocessing, else normalised."""
     shape = runner.example_batch(1).shape[1:]
+    if runner.input_dtype == np.uint8:
+        return np.random.default_rng(seed).integers(0, 256, (batch_size, *shape), dtype=np.uint8)
     return random_images(batch_size, shape, (0.5,) * shape[0], (0.25,) * shape[0], seed=seed)
 
 

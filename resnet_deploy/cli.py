@@ -243,6 +243,9 @@ def _floats3(option: str) -> Any:
 @click.option("--std", callback=_floats3("--std"), help="Normalisation std R,G,B (overrides --preprocess).")
 @click.option("--resize", type=int, help="Shorter side before the centre crop (default: crop / 0.875, or the arch's).")
 @click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), help="Resize filter (default: the arch's).")
+@click.option("--embed-preprocess", is_flag=True,
+              help="Input uint8 NHWC pixels [N, H, W, 3] (resized and cropped): the graph scales, normalises and "
+                   "transposes them, so clients send 4x fewer bytes and cannot get mean/std wrong.")
 @click.option("--batch", default=EXPORT.batch, show_default=True, help="Batch profile MIN:OPT:MAX.")
 @click.option("--dynamic-hw", is_flag=True, help="Make height and width symbolic too.")
 @click.option("--opset", type=int, default=EXPORT.opset, show_default=True)
@@ -281,7 +284,7 @@ def export_command(arch: str, weights: str | None, num_classes: int | None, inpu
                    calib_method: str, int8_target: str, reduce_range: bool | None, max_drop: float | None,
                    eval_data: str | None, preset: str | None,
                    mean: tuple[float, ...] | None, std: tuple[float, ...] | None, resize: int | None,
-                   interpolation: str | None, engine: bool | None, workspace: float,
+                   interpolation: str | None, embed_preprocess: bool, engine: bool | None, workspace: float,
                    timing_cache: str | None, dla_core: int | None, version_compatible: bool, hardware_compat: str,
                    seed: int, out: str, name: str | None, as_json: bool, quiet: bool, **precision_flags: bool) -> None:
     """Export an arch to ONNX (dynamic batch), simplify, check, and gate on parity with PyTorch."""
@@ -295,7 +298,7 @@ def export_command(arch: str, weights: str | None, num_classes: int | None, inpu
         calib_size=calib_size, calib_method=calib_method, int8_target=int8_target, reduce_range=reduce_range,
         max_drop=max_drop, eval_data=eval_data,
         preprocess={"preset": preset, "mean": mean, "std": std, "resize": resize, "interpolation": interpolation},
-        engine=engine,
+        embed_preprocess=embed_preprocess, engine=engine,
         build_options=_build_options(workspace, timing_cache, dla_core, version_compatible, hardware_compat),
         quiet=quiet,
     )

@@ -65,8 +65,9 @@ def batched(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[start: start + size] for start in range(0, len(items), size)]
 
 
-def load_npy_batch(path: str | os.PathLike[str], shape: Sequence[int]) -> np.ndarray:
-    """A preprocessed NCHW float32 batch from a .npy file, checked against (C, H, W)."""
+def load_npy_batch(path: str | os.PathLike[str], shape: Sequence[int], *, pixels: bool = False) -> np.ndarray:
+    """A preprocessed NCHW float32 batch from a .npy file, checked against (C, H, W); with ``pixels``,
+    an NHWC uint8 batch of resized pixels (an artifact with its preprocessing embedded), against (H, W, 3)."""
     path = Path(path)
     try:
         array = np.load(path, allow_pickle=False)
@@ -76,10 +77,13 @@ def load_npy_batch(path: str | os.PathLike[str], shape: Sequence[int]) -> np.nda
         array = array[None]
     if array.ndim != 4 or tuple(array.shape[1:]) != tuple(shape):
         raise DeployError(f"{path} holds an array of shape {list(array.shape)}; expected [N, {', '.join(map(str, shape))}]")
-    if not np.issubdtype(array.dtype, np.floating):
-        raise DeployError(f"{path} holds {array.dtype} data; expected preprocessed float32 images")
+    if pixels != (array.dtype == np.uint8) or not (pixels or np.issubdtype(array.dtype, np.floating)):
+        want = "uint8 pixels (the artifact embeds its preprocessing)" if pixels else "preprocessed float32 images"
+        raise DeployError(f"{path} holds {array.dtype} data; expected {want}")
     if len(array) == 0:
         raise DeployError(f"{path} holds no images (shape {list(array.shape)})")
+    if pixels:
+        return np.ascontiguousarray(array)
     array = np.ascontiguousarray(array, dtype=np.float32)
     bad = int(np.count_nonzero(~np.isfinite(array)))
     if bad:  # NaN ranges, scales and outputs downstream, and a message that blames something else
@@ -173,10 +177,11 @@ def labelled_images(root: str | os.PathLike[str]) -> tuple[list[Path], np.ndarra
 
 
 def load_images(paths: Sequence[Path], preprocess: ImagePreprocess, *, workers: int | None = None) -> np.ndarray:
-    """Decode and preprocess ``paths`` in parallel threads (Pillow releases the GIL); (N, 3, H, W) float32."""
+    """Decode and preprocess ``paths`` in parallel threads (Pillow releases the GIL): (N, 3, H, W) float32,
+    or (N, H, W, 3) uint8 pixels for an artifact with its preprocessing embedded."""
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
         arrays = list(pool.map(lambda p: _load_preprocessed(p, preprocess), paths))
-    return np.stack(arrays).astype(np.float32, copy=False)
+    return np.stack(arrays)
 
 
 CALIBRATION_BATCH = 16
@@ -253,10 +258,13 @@ def calibration_data(
         def random_batches() -> Iterator[np.ndarray]:
             for start in range(0, size, CALIBRATION_BATCH):
                 count = min(CALIBRATION_BATCH, size - start)
-                yield random_images(count, shape, preprocess.mean, preprocess.std, seed=seed + 1000 + start)
+                yield preprocess.random_inputs(count, seed=seed + 1000 + start)
 
         return Calibration("random", seed, size, f"random:{seed}:{size}:{shape}", random_batches)
     path = Path(source)
+    if path.is_file() and preprocess.embedded:
+        raise DeployError(f"--calib-data {path}: an artifact with its preprocessing embedded calibrates on images "
+                          "(a folder) or random pixels, not a preprocessed .npy")
     if path.is_file():
         array = load_npy_batch(path, shape)
         problem = check_normalisation(array, preprocess, path.name)

@@ -44,13 +44,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 class ImagePreprocess:
     """The one path from an RGB image to the model's input, shared by verify, calibration, predict and
     the Triton ensemble: resize the shorter side to ``resize``, centre-crop ``crop`` (H, W), scale to
-    [0, 1], normalise with ``mean``/``std``, channels first."""
+    [0, 1], normalise with ``mean``/``std``, channels first. ``embedded``: the artifact does the scaling,
+    normalising and transposing itself (`export --embed-preprocess`), so its input is the resized and
+    cropped uint8 pixels, (H, W, 3)."""
 
     resize: int
     crop: tuple[int, int]
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    embedded: bool = False
 
     @classmethod
     def from_manifest(cls, preprocess: dict[str, Any]) -> ImagePreprocess:
@@ -60,11 +63,24 @@ class ImagePreprocess:
             interpolation=preprocess.get("interpolation", "bilinear"),
             mean=tuple(preprocess["mean"]),
             std=tuple(preprocess["std"]),
+            embedded=bool(preprocess.get("embedded", False)),
         )
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """(3, H, W) float32 for one RGB image."""
-        return self.normalise(self.resized(image))
+        """The model's input for one RGB image: (3, H, W) float32, or (H, W, 3) uint8 when embedded."""
+        pixels = self.resized(image)
+        return pixels if self.embedded else self.normalise(pixels)
+
+    def random_inputs(self, count: int, *, seed: int = 0) -> np.ndarray:
+        """``count`` seeded random images as the model takes them: pixels uniform in [0, 1], normalised
+        ((N, 3, H, W) float32), or uniform uint8 pixels (N, H, W, 3) when embedded."""
+        rng = np.random.default_rng(seed)
+        if self.embedded:
+            return rng.integers(0, 256, (count, *self.crop, 3), dtype=np.uint8)
+        pixels = rng.random((count, 3, *self.crop), dtype=np.float32)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
 
     def resized(self, image: Image.Image) -> np.ndarray:
         """(H, W, 3) uint8: the image resized and centre-cropped, before scaling (what an artifact with

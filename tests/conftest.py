@@ -78,6 +78,17 @@ def small_export(tmp_path_factory):
                   quiet=True)
 
 
+@pytest.fixture(scope="session")
+def embedded_export(tmp_path_factory):
+    """resnet18 at 64 px, profile 1:4:8, fp32 + fp16 + int8 (cpu target, random calibration) with its
+    preprocessing embedded (uint8 NHWC pixels in): the embedded-preprocessing and Triton tests share it."""
+    from resnet_deploy import export
+
+    return export("resnet18", input_size=64, batch="1:4:8", fp16=True, int8=True, int8_target="cpu",
+                  calib_data="random", calib_size=16, embed_preprocess=True, out=tmp_path_factory.mktemp("embedded"),
+                  quiet=True)
+
+
 # The archs whose fp16 and int8 artifacts are checked (issue 5's Must show): their exports are made once.
 PRECISION_ARCHS = ["resnet18", "resnet50", "resnext50_32x4d", "seresnet50", "res2net50_26w_4s", "resnest50d",
                    "resnet50_ibn_a"]

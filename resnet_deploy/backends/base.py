@@ -69,15 +69,19 @@ class Runner:
         padded = np.concatenate([batch, np.zeros((low - count, *batch.shape[1:]), batch.dtype)])
         return {name: value[:count] for name, value in self(padded).items()}
 
+    @property
+    def input_dtype(self) -> np.dtype:
+        """What the model takes: float32 images, or uint8 pixels where the artifact embeds its preprocessing."""
+        return np.dtype(self.inputs[0].dtype)
+
     def check_input(self, batch: Any) -> np.ndarray:
-        """The batch as a C-contiguous float32 array, or a one-line error saying what is wrong with it."""
+        """The batch as a C-contiguous array of the input's dtype, or a one-line error saying what is wrong."""
         if not isinstance(batch, np.ndarray):
             raise DeployError(f"{self.name} takes a numpy array, not {type(batch).__name__}")
-        if batch.dtype != np.float32:
-            raise DeployError(
-                f"input dtype is {batch.dtype}; {self.name} takes float32 "
-                "(preprocessed images: resnet_deploy.data.ImagePreprocess, or batch.astype(np.float32))"
-            )
+        if batch.dtype != self.input_dtype:
+            how = ("uint8 pixels, resized and cropped (the artifact embeds its preprocessing)" if self.input_dtype == np.uint8
+                   else "preprocessed images: resnet_deploy.data.ImagePreprocess, or batch.astype(np.float32)")
+            raise DeployError(f"input dtype is {batch.dtype}; {self.name} takes {self.input_dtype} ({how})")
         expected = self.inputs[0].shape
         if batch.ndim != len(expected) or any(
             isinstance(want, int) and want != got for want, got in zip(expected[1:], batch.shape[1:])
@@ -99,12 +103,12 @@ class Runner:
         with dynamic height and width is given the size it was exported at (the manifest's crop)."""
         size = batch_size or (self.batch_range[0] if self.batch_range else 1)
         dims = [d if isinstance(d, int) else None for d in self.inputs[0].shape[1:]]
-        if None in dims[1:] and self.manifest is not None and len(dims) == 3:
+        if None in dims and self.manifest is not None and len(dims) == 3:
             dims = list(self.manifest.example_shape)
         if None in dims:
             raise DeployError(f"{self.name}: the input has symbolic spatial dims {self.inputs[0].shape}; "
                               "give an example batch")
-        return np.zeros((size, *dims), dtype=np.float32)
+        return np.zeros((size, *dims), dtype=self.input_dtype)
 
     def warmup(self, batch_size: int | None = None, iterations: int = 3) -> None:
         """Run a few batches so allocation, autotuning and graph capture are not timed later."""

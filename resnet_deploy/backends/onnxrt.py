@@ -47,7 +47,8 @@ PROVIDER_NAMES = {
     "TensorrtExecutionProvider": "tensorrt",
 }
 
-_NUMPY_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
+_NUMPY_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+                 "tensor(uint8)": "uint8"}
 
 
 def graph_cache_path(model: Path, provider: str, sha256: str | None = None) -> Path:

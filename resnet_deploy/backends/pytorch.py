@@ -14,13 +14,21 @@ from torch import nn
 from ..artifacts import Manifest, TensorSpec
 from ..errors import ArtifactError
 from ..fileio import sha256_file
-from ..models import create_model
+from ..models import EmbeddedPreprocess, create_model
 from .base import Runner
 from .options import LoadOptions
 
 
 def reference_model(manifest: Manifest) -> nn.Module:
-    """The float32 PyTorch model the artifact was exported from, rebuilt from the manifest."""
+    """The float32 PyTorch model the artifact was exported from, rebuilt from the manifest (behind its
+    input normalisation where the artifact embeds it)."""
+    model = _bare_reference(manifest)
+    if manifest.embedded_preprocess:
+        return EmbeddedPreprocess(model, tuple(manifest.preprocess["mean"]), tuple(manifest.preprocess["std"]))
+    return model
+
+
+def _bare_reference(manifest: Manifest) -> nn.Module:
     weights = manifest.weights
     options = manifest.model_options
     kwargs = {"features_only": options.get("features_only", False), "last_stride": options.get("last_stride", 2)}

@@ -57,20 +57,19 @@ def profile_shapes(manifest: Manifest) -> dict[str, tuple[tuple[int, ...], tuple
     A fixed-size input uses its size at all three points; with dynamic H/W the
     export size is the optimum, half of it the minimum and twice it the maximum.
     """
-    channels, height, width = manifest.example_shape
+    height, width = manifest.preprocess["crop"]
     batch = manifest.batch
     if manifest.dynamic_hw:
         low = (max(32, height // 2), max(32, width // 2))
         high = (height * 2, width * 2)
     else:
         low = high = (height, width)
-    return {
-        manifest.input.name: (
-            (batch.min, channels, *low),
-            (batch.opt, channels, height, width),
-            (batch.max, channels, *high),
-        )
-    }
+
+    def shape(size: int, hw: tuple[int, int]) -> tuple[int, ...]:  # in the input's layout
+        channels = manifest.example_shape[-1 if manifest.embedded_preprocess else 0]
+        return (size, *hw, channels) if manifest.embedded_preprocess else (size, channels, *hw)
+
+    return {manifest.input.name: (shape(batch.min, low), shape(batch.opt, (height, width)), shape(batch.max, high))}
 
 
 @dataclass(frozen=True)

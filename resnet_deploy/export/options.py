@@ -42,6 +42,7 @@ class ExportOptions:
     max_drop: float | None = None
     eval_data: str | os.PathLike[str] | None = None
     preprocess: dict[str, Any] | None = None
+    embed_preprocess: bool = False  # the graph takes uint8 NHWC pixels and normalises them itself
     engine: bool | None = None
     build_options: BuildOptions | None = None
     quiet: bool = False

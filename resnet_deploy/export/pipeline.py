@@ -34,11 +34,11 @@ from ..artifacts import (
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner, reference_model
 from ..backends.registry import BACKENDS, NATIVE, Backend, Variant, artifact_format, runs_here
-from ..data import ImagePreprocess, calibration_data, random_images
+from ..data import ImagePreprocess, calibration_data
 from ..environment import package_version, tool_versions
 from ..errors import MAX_SEED, ArgumentError, DeployError, DeployWarning, ExportError, ParityError, within
 from ..fileio import Staging, sha256_file, sweep_temporaries
-from ..models import create_model, get_spec
+from ..models import EmbeddedPreprocess, create_model, get_spec
 from ..models import pretrained
 from ..models.registry import declare_preprocess
 from ..parity.checks import plan_checks
@@ -196,6 +196,7 @@ class Job:
     staging: Staging | None = None
     resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     model: Any = None
+    exported: Any = None  # the module exported: the model, or the model behind its input normalisation
     outputs: list[str] = field(default_factory=list)
     raw: onnx.ModelProto | None = None  # the graph as exported, until the fp32 gate passed
     final: onnx.ModelProto | None = None  # the checked fp32 graph
@@ -243,6 +244,8 @@ def _plan(arch: str, o: ExportOptions) -> Job:
         scale = published.preprocess["resize"] / 224  # published for a 224 crop
         declared = {**published.preprocess, "resize": int(round(min(height, width) * scale)), **declared}
     record = declare_preprocess(spec.preprocess, height, width, **declared)
+    if o.embed_preprocess:  # the input is the resized pixels; scale, mean/std and the transpose are in the graph
+        record.update(embedded=True, layout="NHWC")
     within("--resize", record["resize"], 1, MAX_SIDE, "pixels of the shorter side before the crop")
     unknown = sorted(set(o.precisions) - set(PRECISIONS))
     if unknown:
@@ -277,12 +280,15 @@ def _build_model(job: Job, log: StepLog) -> None:
         job.model = create_model(job.arch, num_classes=o.num_classes, weights=o.weights,
                                  features_only=o.features_only, last_stride=o.last_stride)
     job.outputs = output_names(job.model)
+    pre = job.image_preprocess
+    job.exported = EmbeddedPreprocess(job.model, pre.mean, pre.std) if pre.embedded else job.model
 
 
 def _to_onnx(job: Job, log: StepLog) -> None:
     o = job.options
-    job.raw = export_onnx(job.model, input_hw=job.shape[1:], in_chans=job.shape[0], outputs=job.outputs,
-                          opset=o.opset, exporter=o.exporter, dynamic_hw=o.dynamic_hw)
+    job.raw = export_onnx(job.exported, input_hw=job.shape[1:], in_chans=job.shape[0], outputs=job.outputs,
+                          opset=o.opset, exporter=o.exporter, dynamic_hw=o.dynamic_hw,
+                          pixels=job.image_preprocess.embedded)
 
 
 def _simplify_and_check(job: Job, log: StepLog) -> None:
@@ -369,8 +375,11 @@ def _reference(job: Job) -> RunResults:
     """PyTorch's outputs on the gates' inputs (seeded random images at batch 1 and OPT, and the calibration
     hold-out where there is one: see :mod:`resnet_deploy.parity.inputs`), run once, at the first gate."""
     if job.reference is None:
-        random = random_batches(_gate_batches(job.profile), job.shape, job.image_preprocess, job.options.seed)
-        job.reference = run([TorchRunner(job.model, job.outputs)], default_sets(random, job.holdout, job.profile))
+        random = random_batches(_gate_batches(job.profile), job.image_preprocess, job.options.seed)
+        pixels = job.image_preprocess.embedded
+        spec = TensorSpec("input", ["batch", *random[0].shape[1:]], "uint8" if pixels else "float32")
+        job.reference = run([TorchRunner(job.exported, job.outputs, input_spec=spec)],
+                            default_sets(random, job.holdout, job.profile))
     return job.reference
 
 
@@ -382,7 +391,7 @@ def _gate_summary(job: Job, precision: str) -> str:
 def _blame_graph_passes(job: Job) -> str:
     """After a failed fp32 gate: whether simplification and BatchNorm folding changed what the exported
     graph computes (both run on ONNX Runtime), or the export itself already disagreed with PyTorch."""
-    probe = random_images(2, job.shape, job.image_preprocess.mean, job.image_preprocess.std, seed=job.options.seed)
+    probe = job.image_preprocess.random_inputs(2, seed=job.options.seed)
     # the graphs in memory and in staging, not artifacts of a manifest: ONNX Runtime directly
     before = OnnxRuntimeRunner(job.raw.SerializeToString())(probe)
     after = OnnxRuntimeRunner(job.artifacts[FP32])(probe)
@@ -609,7 +618,7 @@ def build(
     job = Job(manifest.arch, ExportOptions(seed=seed, engine=True, build_options=options, quiet=quiet), manifest.stem,
               manifest.batch, manifest.example_shape, manifest.preprocess, preprocess, [source],
               precision_options=manifest.precision_options, trt=trt, folder=onnx_path.parent,
-              model=reference_model(manifest), outputs=[o.name for o in manifest.outputs],
+              exported=reference_model(manifest), outputs=[o.name for o in manifest.outputs],
               artifacts={source: onnx_path}, manifest=manifest, random_init=manifest.random_init)
     sweep_temporaries(job.folder)
     log = StepLog(len(ENGINE_STEPS) + 1, quiet=quiet)

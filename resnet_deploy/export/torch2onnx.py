@@ -57,20 +57,27 @@ def export_onnx(
     opset: int,
     exporter: str = "dynamo",
     dynamic_hw: bool = False,
+    pixels: bool = False,
 ) -> onnx.ModelProto:
     """``model`` as an ONNX graph with input ``input`` and the given output names (in memory: the
-    pipeline simplifies and checks it before anything is written)."""
+    pipeline simplifies and checks it before anything is written). ``pixels``: the input is uint8 NHWC
+    (a model behind :class:`~resnet_deploy.models.resnet.EmbeddedPreprocess`)."""
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    example = torch.randn(EXAMPLE_BATCH, in_chans, *input_hw)
+    if pixels:
+        example = torch.randint(0, 256, (EXAMPLE_BATCH, *input_hw, in_chans), dtype=torch.uint8)
+        height_axis, width_axis = 1, 2
+    else:
+        example = torch.randn(EXAMPLE_BATCH, in_chans, *input_hw)
+        height_axis, width_axis = 2, 3
     model = model.eval()
     try:
         with _quiet_exporter(), torch.no_grad():
             if exporter == "dynamo":
                 dims = {0: torch.export.Dim("batch", min=1)}
                 if dynamic_hw:
-                    dims[2] = torch.export.Dim("height", min=MIN_DYNAMIC_SIDE)
-                    dims[3] = torch.export.Dim("width", min=MIN_DYNAMIC_SIDE)
+                    dims[height_axis] = torch.export.Dim("height", min=MIN_DYNAMIC_SIDE)
+                    dims[width_axis] = torch.export.Dim("width", min=MIN_DYNAMIC_SIDE)
                 program = torch.onnx.export(
                     model,
                     (example,),
@@ -83,7 +90,7 @@ def export_onnx(
                 )
                 return program.model_proto
             else:
-                axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+                axes = {0: "batch", height_axis: "height", width_axis: "width"} if dynamic_hw else {0: "batch"}
                 dynamic_axes = {"input": axes, **{name: {0: "batch"} for name in outputs}}
                 buffer = io.BytesIO()
                 torch.onnx.export(

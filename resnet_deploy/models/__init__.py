@@ -12,10 +12,11 @@ from .registry import (
     get_spec,
     list_models,
 )
-from .resnet import ResNet
+from .resnet import EmbeddedPreprocess, ResNet
 
 __all__ = [
     "ArchSpec",
+    "EmbeddedPreprocess",
     "ModelInfo",
     "Preprocess",
     "ResNet",

@@ -161,3 +161,24 @@ class ResNet(nn.Module):
         if self.features_only:
             return maps
         return self.fc(torch.flatten(self.avgpool(maps[-1]), 1))
+
+
+class EmbeddedPreprocess(nn.Module):
+    """``model`` behind its own input normalisation (`export --embed-preprocess`): uint8 NHWC pixels in,
+    as decoders give them (resized and cropped); scaled to [0, 1], normalised with ``mean``/``std`` and
+    transposed to NCHW inside the graph, so a client sends a quarter of the bytes and cannot get the
+    normalisation wrong."""
+
+    def __init__(self, model: ResNet, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        mean_t = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        self.register_buffer("mean", mean_t * 255.0)  # (x / 255 - mean) / std = (x - 255 mean) / (255 std)
+        self.register_buffer("std", std_t * 255.0)
+
+    def block_points(self) -> list[tuple[str, nn.Module]]:
+        return self.model.block_points()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        return self.model((x.permute(0, 3, 1, 2).float() - self.mean) / self.std)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..artifacts import BatchProfile, Manifest
-from ..data import ImagePreprocess, batched, calibration_data, random_images
+from ..data import ImagePreprocess, batched, calibration_data
 from ..errors import DeployError
 
 
@@ -43,9 +43,9 @@ def sets_summary(sets: list[InputSet], judges: Callable[[str], bool] = lambda _l
                      for s in sets)
 
 
-def random_batches(sizes: list[int], shape: tuple[int, ...], preprocess: ImagePreprocess, seed: int) -> list[np.ndarray]:
-    """One seeded batch of normalised random images per size (seeds ``seed``, ``seed + 1``, ...)."""
-    return [random_images(size, shape, preprocess.mean, preprocess.std, seed=seed + i) for i, size in enumerate(sizes)]
+def random_batches(sizes: list[int], preprocess: ImagePreprocess, seed: int) -> list[np.ndarray]:
+    """One seeded batch of random images per size, as the model takes them (seeds ``seed``, ``seed + 1``...)."""
+    return [preprocess.random_inputs(size, seed=seed + i) for i, size in enumerate(sizes)]
 
 
 def calibration_holdout(manifest: Manifest) -> tuple[np.ndarray | None, str | None]:

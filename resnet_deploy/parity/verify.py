@@ -101,7 +101,7 @@ def _inputs(
     profile = manifest.batch
     preprocess = ImagePreprocess.from_manifest(manifest.preprocess)
     if npy is not None:
-        array = load_npy_batch(npy, shape)
+        array = load_npy_batch(npy, shape, pixels=preprocess.embedded)
         return VerifyInputs([InputSet("npy", batched(array, profile.max))],
                             {"kind": "npy", "file": str(npy), "images": len(array)})
     if images is not None or data is not None:
@@ -122,7 +122,7 @@ def _inputs(
     if outside:
         raise DeployError(f"batch sizes {outside} are outside the artifact's profile {profile}")
     holdout, note = calibration_holdout(manifest)
-    sets = default_sets(random_batches(sizes, shape, preprocess, seed), holdout, profile)
+    sets = default_sets(random_batches(sizes, preprocess, seed), holdout, profile)
     description = {"kind": sets_summary(sets, policy.judges_in(sets)), "seed": seed, "batch_sizes": sizes,
                    "range": "normalised uniform [0, 1] images"}
     if holdout is not None:
@@ -236,7 +236,7 @@ def verify(
 
         given = _inputs(manifest, policy, batch_sizes=batch_sizes, seed=seed, npy=inputs, images=images, data=data)
         model = reference_model(manifest)
-        reference_runner = TorchRunner(model, [o.name for o in manifest.outputs])
+        reference_runner = TorchRunner(model, [o.name for o in manifest.outputs], input_spec=manifest.input)
         results = run([reference_runner], given.sets)
         reference_name, label = reference_runner.name, REFERENCE
         described = f"{reference_runner.name} float32"

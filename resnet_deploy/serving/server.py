@@ -41,8 +41,7 @@ DEFAULT_READ_TIMEOUT_S = 30.0  # a request body that stalls this long is answere
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a path segment of every model URL, as Triton's names
-_NUMPY_TO_OIP = {"float32": "FP32", "float16": "FP16", "int64": "INT64"}
-_OIP_ITEM_SIZE = {"FP32": 4}
+_NUMPY_TO_OIP = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "uint8": "UINT8"}
 
 
 class RequestError(Exception):
@@ -203,8 +202,10 @@ def parse_infer_request(body: bytes | bytearray, header_length: str | None, runn
     tensor = request.inputs[0]
     if tensor.name != runner.input_name:
         raise RequestError(f"unknown input {tensor.name!r}; the model's input is {runner.input_name!r}")
-    if tensor.datatype != "FP32":
-        raise RequestError(f"input {runner.input_name!r} has datatype {tensor.datatype}; the model takes FP32")
+    dtype = runner.input_dtype  # float32 images, or uint8 pixels where the artifact embeds its preprocessing
+    datatype = _NUMPY_TO_OIP[dtype.name]
+    if tensor.datatype != datatype:
+        raise RequestError(f"input {runner.input_name!r} has datatype {tensor.datatype}; the model takes {datatype}")
     shape, expected = tensor.shape, runner.inputs[0].shape
     if (len(shape) != len(expected) or any(d < 1 for d in shape)
             or any(isinstance(e, int) and e != d for e, d in zip(expected[1:], shape[1:]))):
@@ -214,10 +215,10 @@ def parse_infer_request(body: bytes | bytearray, header_length: str | None, runn
     count = int(np.prod(shape))
     declared = tensor.parameters.binary_data_size if tensor.parameters else None
     if declared is not None:
-        if declared != count * _OIP_ITEM_SIZE["FP32"] or len(binary) != declared:
+        if declared != count * dtype.itemsize or len(binary) != declared:
             raise RequestError(f"binary input of {len(binary)} bytes (declared {declared}) does not hold "
-                               f"{count} FP32 values of shape {shape}")
-        array = np.frombuffer(binary, dtype="<f4").reshape(shape)
+                               f"{count} {datatype} values of shape {shape}")
+        array = np.frombuffer(binary, dtype=dtype.newbyteorder("<")).reshape(shape)
     else:
         if tensor.data is None:
             raise RequestError(f"input {runner.input_name!r} has neither \"data\" nor binary data")
@@ -228,10 +229,13 @@ def parse_infer_request(body: bytes | bytearray, header_length: str | None, runn
             raise RequestError(f"input {runner.input_name!r} \"data\" is not a list of numbers") from None
         if array.size != count:
             raise RequestError(f"input {runner.input_name!r} has {array.size} values; shape {shape} needs {count}")
-        array, tensor.data = array.reshape(shape), None
+        if dtype == np.uint8 and not (np.isfinite(array).all() and (array == np.rint(array)).all()
+                                      and array.min() >= 0 and array.max() <= 255):
+            raise RequestError(f"input {runner.input_name!r} holds values that are not pixels (integers 0 to 255)")
+        array, tensor.data = array.reshape(shape).astype(dtype), None
     if not np.isfinite(array).all():  # NaN in, NaN out, and a JSON answer no client can parse
         raise RequestError(f"input {runner.input_name!r} holds NaN or infinite values (or values beyond float32)")
-    return np.ascontiguousarray(array, dtype=np.float32), request
+    return np.ascontiguousarray(array, dtype=dtype), request
 
 
 def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], *, model_name: str,

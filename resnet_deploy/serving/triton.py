@@ -35,7 +35,7 @@ RECORD_FILE = "resnet_deploy.json"  # which artifact each version holds
 KINDS = ("auto", "gpu", "cpu")  # Triton instance group kinds; auto: cpu for ONNX where no GPU is visible
 MAX_INSTANCES = 64
 MAX_QUEUE_DELAY_US = 10_000_000
-_DATATYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+_DATATYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8"}
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,9 @@ def model_config(manifest: Manifest, backend: Backend, name: str, options: Trito
     if backend.triton_key == "backend":  # a backend that reads several formats is told which file to load
         config["default_model_filename"] = MODEL_FILES[backend.runs]
     config["max_batch_size"] = options.max_batch
+    layout = "FORMAT_NHWC" if manifest.embedded_preprocess else "FORMAT_NCHW"
     config["input"] = [_tensor(manifest.input.name, _DATATYPES[manifest.input.dtype], _dims(manifest.input.shape),
-                               format=Enum("FORMAT_NCHW"))]
+                               format=Enum(layout))]
     config["output"] = [_tensor(o.name, _DATATYPES[o.dtype], _dims(o.shape),
                                 **({"label_filename": LABELS_FILE} if labels and o.name == "logits" else {}))
                         for o in manifest.outputs]
@@ -318,11 +319,11 @@ def write_ensemble(repo: Path, name: str, manifest: Manifest, options: TritonOpt
                               "--model-name, or --force to replace it")
     preprocess_dir, ensemble_dir = folders
     network_input = manifest.input.name
-    channels, height, width = manifest.example_shape
     image = [_tensor(IMAGE_INPUT, "TYPE_STRING", [1])]
     preprocess = {
         "name": preprocess_dir.name, "backend": "python", "max_batch_size": options.max_batch, "input": image,
-        "output": [_tensor(network_input, "TYPE_FP32", [channels, height, width])],
+        # the network's input: normalised images, or the resized pixels where the network normalises them
+        "output": [_tensor(network_input, _DATATYPES[manifest.input.dtype], list(manifest.example_shape))],
         "dynamic_batching": _batching(options, preferred=False), "instance_group": _instances(options, "cpu"),
         "parameters": _string_parameters({"preprocess": json.dumps(manifest.preprocess)}),
     }

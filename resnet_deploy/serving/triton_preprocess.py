@@ -26,7 +26,6 @@ class TritonPythonModel:
         self.preprocess = ImagePreprocess.from_manifest(json.loads(parameters["preprocess"]))
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        self.embedded = config["output"][0]["data_type"] == "TYPE_UINT8"  # the network normalises itself
 
     def decode(self, data, index):
         try:
@@ -37,7 +36,7 @@ class TritonPythonModel:
             raise ValueError(f"image {index} {exc}") from None
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bytes that are not an image
             raise ValueError(f"image {index} is not an image Pillow can decode: {exc}") from None
-        return self.preprocess.resized(rgb) if self.embedded else self.preprocess(rgb)
+        return self.preprocess(rgb)  # the resized uint8 pixels where the network normalises them itself
 
     def execute(self, requests):
         responses = []

@@ -43,7 +43,7 @@ def _pb_utils() -> types.ModuleType:
     return module
 
 
-def _model(monkeypatch, tmp_path, output_type="TYPE_FP32"):
+def _model(monkeypatch, tmp_path, embedded=False):
     """model.py written and imported as Triton's python backend imports it (a module from its file)."""
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _pb_utils())
     path = tmp_path / "model.py"
@@ -53,8 +53,9 @@ def _model(monkeypatch, tmp_path, output_type="TYPE_FP32"):
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     model = module.TritonPythonModel()
-    config = {"input": [{"name": "image"}], "output": [{"name": "input", "data_type": output_type}],
-              "parameters": {"preprocess": {"string_value": json.dumps(PREPROCESS)}}}
+    preprocess = {**PREPROCESS, "embedded": True} if embedded else PREPROCESS
+    config = {"input": [{"name": "image"}], "output": [{"name": "input"}],
+              "parameters": {"preprocess": {"string_value": json.dumps(preprocess)}}}
     model.initialize({"model_config": json.dumps(config)})
     return model
 
@@ -91,7 +92,7 @@ def test_it_computes_what_predict_computes_and_fails_a_bad_request_alone(monkeyp
 
 
 def test_with_the_preprocessing_embedded_it_sends_the_resized_pixels(monkeypatch, tmp_path):
-    model = _model(monkeypatch, tmp_path, output_type="TYPE_UINT8")
+    model = _model(monkeypatch, tmp_path, embedded=True)
     (answer,) = model.execute([{"image": np.array([[_encoded("RGB")]], dtype=np.object_)}])
     pixels = answer.output_tensors[0].as_numpy()
     assert pixels.dtype == np.uint8 and pixels.shape == (1, 32, 24, 3)
