@@ -596,6 +596,8 @@ def doctor_command(as_json: bool) -> None:
         f"cpu          {cpu['model']}, {cpu['physical_cores']} physical / {cpu['logical_cores']} logical cores, "
         f"{' '.join(cpu['isa']) or 'no AVX2'}",
         f"int8 kernels {INT8_ISA_WORDS[cpu['int8_isa']]}",
+        "bf16         " + ("native: OpenVINO's bf16 inference precision runs here (bench --openvino-bf16)"
+                           if cpu["bf16"] == "native" else cpu["bf16"]),
         f"torch        {torch_info['version'] or 'not installed'}, "
         + (f"CUDA {torch_info['cuda_build']}: {', '.join(torch_info['gpus'])}" if torch_info["cuda"]
            else torch_info["reason"]),

@@ -77,6 +77,7 @@ def first_cpu_fields() -> dict[str, str]:
 
 # x86 flags with an int8 dot product that accumulates in int32 (no int16 saturation in ONNX Runtime's kernels)
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (Cooper Lake, Zen 4/5, Sapphire Rapids on)
 
 
 def cpu_flags() -> set[str]:
@@ -89,6 +90,13 @@ def int8_isa() -> str:
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return "other"
     return "vnni" if cpu_flags() & set(VNNI_FLAGS) else "avx2"
+
+
+def bf16_problem() -> str | None:
+    """Why this CPU cannot run bf16 inference natively (OpenVINO would emulate it, slower than f32), or None."""
+    if cpu_flags() & set(BF16_FLAGS):
+        return None
+    return f"this CPU has no native bf16 ({', '.join(BF16_FLAGS)}): bf16 inference would be emulated, slower than f32"
 
 
 def int8_kernel_problem(cpu_isa: str) -> str | None:
@@ -109,4 +117,4 @@ def cpu_description() -> dict[str, object]:
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
     return {"model": fields.get("model name") or platform.processor() or platform.machine(),
             "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
-            "isa": [f for f in wanted if f in flags], "int8_isa": int8_isa()}
+            "isa": [f for f in wanted if f in flags], "int8_isa": int8_isa(), "bf16": bf16_problem() or "native"}

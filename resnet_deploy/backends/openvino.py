@@ -19,6 +19,7 @@ import numpy as np
 import openvino as ov
 
 from ..artifacts import Manifest, TensorSpec
+from ..environment import bf16_problem
 from ..errors import DeployError, first_line
 from .base import Runner
 from .options import LoadOptions
@@ -36,16 +37,17 @@ def _spec(port: Any, known: set[str]) -> TensorSpec:
 
 
 class OpenVINORunner(Runner):
-    """Runs an ONNX model on OpenVINO's CPU plugin: latency hint, f32 inference precision, one infer request.
-    ``tensor_names``: the ONNX graph's input and output names, which name the runner's tensors."""
+    """Runs an ONNX model on OpenVINO's CPU plugin: latency hint, f32 inference precision (``bf16``: bf16,
+    where the CPU has it natively), one infer request. ``tensor_names``: the ONNX graph's input and output
+    names, which name the runner's tensors."""
 
     def __init__(self, model: str | os.PathLike[str], *, threads: int | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, tensor_names: Sequence[str] = ("input", "logits"),
-                 batch_range: tuple[int, int] | None = None) -> None:
+                 batch_range: tuple[int, int] | None = None, bf16: bool = False) -> None:
         core = ov.Core()
         if cache_dir is not None:
             core.set_property({"CACHE_DIR": str(cache_dir)})
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
@@ -53,7 +55,8 @@ class OpenVINORunner(Runner):
         except RuntimeError as exc:
             raise DeployError(f"OpenVINO cannot compile {Path(model).name}: {first_line(exc)}") from None
         self.request = self.compiled.create_infer_request()
-        self.name = "openvino-cpu"
+        self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.name = "openvino-cpu" + ("-bf16" if bf16 else "")
         self.device = "cpu"
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         self.cache_dir = str(cache_dir) if cache_dir is not None else None
@@ -68,7 +71,7 @@ class OpenVINORunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "openvino": ov.__version__, "threads": self.threads,
-                "model_cache": self.cache_dir}
+                "inference_precision": self.inference_precision, "model_cache": self.cache_dir}
 
     def close(self) -> None:
         self.request = self.compiled = None
@@ -77,6 +80,9 @@ class OpenVINORunner(Runner):
 def load(path: Path, manifest: Manifest, precision: str, device: tuple[str, int],
          options: LoadOptions) -> OpenVINORunner:
     """The registry's loader: the ONNX artifact on this machine's CPU."""
+    problem = bf16_problem() if options.own.bf16 else None
+    if problem:
+        raise DeployError(f"--openvino-bf16: {problem}")
     cache = path.parent / CACHE_DIR if options.graph_cache else None
-    return OpenVINORunner(path, threads=options.threads, cache_dir=cache,
+    return OpenVINORunner(path, threads=options.threads, cache_dir=cache, bf16=options.own.bf16,
                           tensor_names=[spec.name for spec in (manifest.input, *manifest.outputs)])

@@ -34,6 +34,12 @@ class OrtOptions:
 
 
 @dataclass(frozen=True)
+class OpenVINOOptions:
+    bf16: bool = flag("--openvino-bf16", "openvino backend: bf16 inference precision, on CPUs with native bf16 "
+                                         "(AVX512_BF16, AMX); the default pins f32, the precision verified.")
+
+
+@dataclass(frozen=True)
 class TensorRTOptions:
     cuda_graphs: bool = flag("--cuda-graphs", "trt backend: capture each batch size into a CUDA graph.")
 

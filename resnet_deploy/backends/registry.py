@@ -27,7 +27,16 @@ from ..errors import DeployError, DeployWarning
 from ..precisions import ENGINE, PRECISIONS
 from . import detect
 from .detect import Availability
-from .options import LoadOptions, NoOptions, OrtOptions, TensorRTOptions, TorchOptions, backend_options, parse_device
+from .options import (
+    LoadOptions,
+    NoOptions,
+    OpenVINOOptions,
+    OrtOptions,
+    TensorRTOptions,
+    TorchOptions,
+    backend_options,
+    parse_device,
+)
 
 if TYPE_CHECKING:
     from ..artifacts import Manifest
@@ -112,8 +121,8 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         # OpenVINO turns Q/DQ pairs into FakeQuantize and fuses its own INT8 graph: on the trained digits
         # model, cosine 0.9985 against the graph as written, 0.9990 against PyTorch (ONNX Runtime: 0.9997)
         Variant("openvino-cpu", _CPU, detect.openvino, int8_as_written=False),
-    ), "OpenVINO", "OpenVINO on x86 and ARM CPUs: the same ONNX, fp32 and Q/DQ INT8", cpu_int8_kernels=True,
-        triton_key="backend"),
+    ), "OpenVINO", "OpenVINO on x86 and ARM CPUs: the same ONNX, fp32 and Q/DQ INT8", options=OpenVINOOptions,
+        cpu_int8_kernels=True, triton_key="backend"),
     Backend("torch", "model", ".pytorch:load", "pytorch", (
         Variant("torch-cpu", _CPU, detect.torch_cpu),
         Variant("torch-cuda", _CUDA, detect.torch_cuda),

@@ -127,3 +127,23 @@ def test_without_openvino_doctor_says_why_and_the_backend_refuses(small_export):
 def test_bad_backend_for_the_file_is_one_line(cli, small_export):
     result = cli("predict", str(small_export.onnx_path), str(small_export.onnx_path), "--backend", "trt")
     assert_one_line_error(result, 2, "--backend trt runs a TensorRT engine: use --backend ort or openvino or torch")
+
+
+def test_bf16_inference_where_the_cpu_has_it_natively(small_export, monkeypatch):
+    """--openvino-bf16: OpenVINO compiles the fp32 file for bf16 where the CPU has native bf16 (its outputs
+    near the f32 run's, within bf16's rounding), and is refused with the reason where it does not."""
+    from resnet_deploy import environment
+    from resnet_deploy.errors import DeployError
+    from resnet_deploy.parity.metrics import compare_arrays
+
+    batch = random_images(2, (3, 64, 64), MEAN, STD, seed=8)
+    if environment.bf16_problem() is None:
+        with runtime.load(small_export.onnx_path, backend="openvino") as f32, \
+                runtime.load(small_export.onnx_path, backend="openvino", bf16=True) as bf16:
+            assert f32.describe()["inference_precision"] == "f32" and bf16.describe()["inference_precision"] == "bf16"
+            assert bf16.name == "openvino-cpu-bf16"
+            figures = compare_arrays(f32(batch)["logits"], bf16(batch)["logits"])
+            assert 0 < figures.rel_to_scale < 0.1 and figures.cosine > 0.99  # bf16 rounding: not f32, not garbage
+    monkeypatch.setattr(environment, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(DeployError, match=r"--openvino-bf16: this CPU has no native bf16 \(avx512_bf16, amx_bf16\)"):
+        runtime.load(small_export.onnx_path, backend="openvino", bf16=True)
