@@ -44,7 +44,7 @@ from ..models.registry import declare_preprocess
 from ..parity.checks import plan_checks
 from ..parity.compare import REFERENCE, judge
 from ..parity.golden import write_golden
-from ..parity.inputs import default_sets, random_batches, sets_summary
+from ..parity.inputs import InputSet, default_sets, random_batches, sets_summary
 from ..parity.metrics import compare_arrays
 from ..parity.results import RunResults, run
 from ..parity.tolerances import Policy
@@ -206,7 +206,8 @@ class Job:
     prepared: Path | None = None  # the fp32 graph prepared for quantization
     quantize: Any = None  # (out path, units kept in float) -> ranges read from cache?
     range_cache: tuple[Path, Path] | None = None  # (staged, final) activation ranges measured by this export
-    reference: RunResults | None = None  # PyTorch's outputs on the gates' inputs
+    gate_sets: list[InputSet] | None = None  # the gates' inputs
+    reference: RunResults | None = None  # PyTorch's outputs on them
     parity: list[dict[str, Any]] = field(default_factory=list)
     manifest: Manifest | None = None
     manifest_file: Path | None = None
@@ -371,21 +372,28 @@ def _mixed(job: Job, log: StepLog) -> None:
     job.precision_options["int8"] = replace(int8, mixed=chosen.to_dict()).to_record()
 
 
-def _reference(job: Job) -> RunResults:
-    """PyTorch's outputs on the gates' inputs (seeded random images at batch 1 and OPT, and the calibration
-    hold-out where there is one: see :mod:`resnet_deploy.parity.inputs`), run once, at the first gate."""
-    if job.reference is None:
+def _gate_sets(job: Job) -> list[InputSet]:
+    """The gates' inputs: seeded random images at batch 1 and OPT, and the calibration hold-out where there
+    is one (see :mod:`resnet_deploy.parity.inputs`); made at the first gate, after the conversions."""
+    if job.gate_sets is None:
         random = random_batches(_gate_batches(job.profile), job.image_preprocess, job.options.seed)
-        pixels = job.image_preprocess.embedded
-        spec = TensorSpec("input", ["batch", *random[0].shape[1:]], "uint8" if pixels else "float32")
-        job.reference = run([TorchRunner(job.exported, job.outputs, input_spec=spec)],
-                            default_sets(random, job.holdout, job.profile))
+        job.gate_sets = default_sets(random, job.holdout, job.profile)
+    return job.gate_sets
+
+
+def _reference(job: Job) -> RunResults:
+    """PyTorch's outputs on the gates' inputs, run once (inside the first gate's step, so timed there)."""
+    if job.reference is None:
+        sets = _gate_sets(job)
+        example = sets[0].batches[0]
+        spec = TensorSpec("input", ["batch", *example.shape[1:]], example.dtype.name)
+        job.reference = run([TorchRunner(job.exported, job.outputs, input_spec=spec)], sets)
     return job.reference
 
 
 def _gate_summary(job: Job, precision: str) -> str:
-    return sets_summary(_reference(job).sets, Policy.make(precision, random_init=job.random_init)
-                        .judges_in(_reference(job).sets))
+    sets = _gate_sets(job)
+    return sets_summary(sets, Policy.make(precision, random_init=job.random_init).judges_in(sets))
 
 
 def _blame_graph_passes(job: Job) -> str:
