@@ -26,6 +26,7 @@ from PIL import Image
 from .errors import DeployError, DeployWarning, first_line
 from .fileio import sha256_file
 from .imageprep import ImagePreprocess, UnsupportedPixels, to_rgb
+from .imageprep import random_images as random_images  # the public name here too: defined once, in imageprep
 
 T = TypeVar("T")
 
@@ -42,22 +43,6 @@ PREPROCESS_PRESETS = {
     "inception": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
     "unit": {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)},  # pixels in [0, 1], no normalisation
 }
-
-
-def random_images(
-    batch: int,
-    shape: Sequence[int],
-    mean: Sequence[float],
-    std: Sequence[float],
-    *,
-    seed: int = 0,
-) -> np.ndarray:
-    """``batch`` normalised random images of ``shape`` (C, H, W), float32 NCHW."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.random((batch, *shape), dtype=np.float32)
-    mean_arr = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std_arr = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
-    return np.ascontiguousarray((pixels - mean_arr) / std_arr, dtype=np.float32)
 
 
 def batched(items: Sequence[T], size: int) -> list[Sequence[T]]:

@@ -15,6 +15,16 @@ import numpy as np
 from PIL import Image
 
 
+def random_images(batch: int, shape: tuple[int, ...], mean: tuple[float, ...], std: tuple[float, ...], *,
+                  seed: int = 0) -> np.ndarray:
+    """``batch`` seeded random images of ``shape`` (C, H, W), float32 NCHW: pixels uniform in [0, 1], then
+    normalised with ``mean``/``std``, so they cover the range real preprocessed images cover."""
+    pixels = np.random.default_rng(seed).random((batch, *shape), dtype=np.float32)
+    mean_arr = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std_arr = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return np.ascontiguousarray((pixels - mean_arr) / std_arr, dtype=np.float32)
+
+
 class UnsupportedPixels(ValueError):
     """Pixels whose brightness has no standard meaning (32-bit integers, floats outside [0, 1])."""
 
@@ -74,13 +84,9 @@ class ImagePreprocess:
     def random_inputs(self, count: int, *, seed: int = 0) -> np.ndarray:
         """``count`` seeded random images as the model takes them: pixels uniform in [0, 1], normalised
         ((N, 3, H, W) float32), or uniform uint8 pixels (N, H, W, 3) when embedded."""
-        rng = np.random.default_rng(seed)
         if self.embedded:
-            return rng.integers(0, 256, (count, *self.crop, 3), dtype=np.uint8)
-        pixels = rng.random((count, 3, *self.crop), dtype=np.float32)
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
-        return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
+            return np.random.default_rng(seed).integers(0, 256, (count, *self.crop, 3), dtype=np.uint8)
+        return random_images(count, (len(self.mean), *self.crop), self.mean, self.std, seed=seed)
 
     def resized(self, image: Image.Image) -> np.ndarray:
         """(H, W, 3) uint8: the image resized and centre-cropped, before scaling (what an artifact with

@@ -166,10 +166,16 @@ def open_runner(path: Path, manifest: Manifest, precision: str, backend: str, op
     return runner
 
 
-def runs_here(artifact_format: str) -> Availability:
-    """Whether artifacts of ``artifact_format`` run here on their own backend (an engine: TensorRT with
-    cuda-python and a GPU), and why not: the one question export, build and verify ask."""
-    return BACKENDS[NATIVE[artifact_format]].variants[0].availability()
+def native_backend(precision: str) -> Backend:
+    """The backend that runs an artifact of ``precision`` when none is named: ONNX Runtime for ONNX, TensorRT
+    for an engine."""
+    return BACKENDS[NATIVE[artifact_format(precision)]]
+
+
+def runs_here(precision: str) -> Availability:
+    """Whether artifacts of ``precision`` run here on their own backend (an engine: TensorRT with cuda-python
+    and a GPU), and why not: the one question export, build and verify ask."""
+    return native_backend(precision).variants[0].availability()
 
 
 def backend_choices() -> tuple[str, ...]:

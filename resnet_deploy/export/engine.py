@@ -18,7 +18,7 @@ from typing import Any
 from ..artifacts import Manifest
 from ..precisions import ENGINE
 from ..backends import cuda
-from ..backends.registry import artifact_format, runs_here
+from ..backends.registry import runs_here
 from ..backends.tensorrt import version_tuple
 from ..errors import DeployError, DeployWarning, ExportError, within
 from ..fileio import atomic_path, atomic_write_bytes, locked
@@ -115,7 +115,7 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple], o
     ``shapes`` is :func:`profile_shapes`'s answer; ``built_from`` the artifact
     name recorded. Returns the engine record for the manifest. Needs tensorrt and a GPU.
     """
-    available = runs_here(artifact_format(ENGINE))
+    available = runs_here(ENGINE)
     if not available.available:
         raise DeployError(f"cannot build a TensorRT engine: {available.reason}")
     import tensorrt as trt

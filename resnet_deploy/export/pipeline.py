@@ -33,7 +33,7 @@ from ..artifacts import (
 )
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner, reference_model
-from ..backends.registry import BACKENDS, NATIVE, Backend, Variant, artifact_format, runs_here
+from ..backends.registry import Backend, Variant, native_backend, runs_here
 from ..data import ImagePreprocess, calibration_data
 from ..environment import package_version, tool_versions
 from ..errors import MAX_SEED, ArgumentError, DeployError, DeployWarning, ExportError, ParityError, within
@@ -141,7 +141,7 @@ def _gate_batches(profile: BatchProfile) -> list[int]:
 def _gate_variants(file_precision: str) -> list[tuple[Backend, Variant]]:
     """What a gate runs an artifact on: its format's own backend, first variant (ONNX Runtime on the CPU;
     TensorRT), so that the gate means the same on every machine that builds it."""
-    backend = BACKENDS[NATIVE[artifact_format(file_precision)]]
+    backend = native_backend(file_precision)
     return [(backend, backend.variants[0])]
 
 
@@ -165,7 +165,7 @@ def _parity_gate(job: Job, path: Path, file_precision: str, manifest: Manifest,
     rows = judge(results, plan.checks, reference=reference_name, judges=policy.judges_in(results.sets))
     failed = next((row for row in rows if row.judged and not row.passed), None)
     if failed is not None:
-        title = BACKENDS[NATIVE[artifact_format(file_precision)]].title
+        title = native_backend(file_precision).title
         raise ParityError(
             f"{file_precision} artifact: {title} disagrees with "
             f"{'PyTorch' if failed.reference == REFERENCE else failed.reference} ({failed.backend}) on "
@@ -266,7 +266,7 @@ def _plan(arch: str, o: ExportOptions) -> Job:
         raise ExportError("--max-drop measures top-1: it needs the classifier (not --features-only or --num-classes 0)")
     if o.eval_data is not None and (o.max_drop is None or not Path(o.eval_data).is_dir()):
         raise ExportError("--eval-data takes a folder of class folders, and goes with --max-drop")
-    job.trt = runs_here(artifact_format(ENGINE))
+    job.trt = runs_here(ENGINE)
     if o.engine and not job.trt.available:
         raise DeployError(f"--engine: cannot build a TensorRT engine here: {job.trt.reason}")
     if job.build_engine and o.build_options is not None:
@@ -426,7 +426,7 @@ def _gate_step(name: str) -> Step:
         for note in notes:
             log.note(note)
 
-    title = BACKENDS[NATIVE[artifact_format(name)]].title
+    title = native_backend(name).title
     return Step(lambda job: f"parity gate {name}: {title} vs PyTorch on {_gate_summary(job, name)}", run_gate,
                 lambda job: name in job.precisions)
 
@@ -610,7 +610,7 @@ def build(
     """
     from ..artifacts import manifest_for
 
-    trt = runs_here(artifact_format(ENGINE))
+    trt = runs_here(ENGINE)
     if not trt.available:
         raise DeployError(f"cannot build a TensorRT engine here: {trt.reason}")
     onnx_path = Path(onnx_path)

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..artifacts import Manifest
 from ..backends.options import LoadOptions
-from ..backends.registry import NATIVE, Backend, Variant, artifact_format, open_runner
+from ..backends.registry import Backend, Variant, native_backend, open_runner
 from ..errors import DeployWarning
 from ..precisions import PRECISIONS
 from .compare import Check
@@ -67,7 +67,7 @@ def plan_checks(artifact: Path, manifest: Manifest, precision: str, policy: Poli
             else:
                 plan.checks.append(Check(runner.name, policy.tolerance))
         if kernels:
-            as_written = _open(artifact, manifest, precision, NATIVE[artifact_format(precision)],
+            as_written = _open(artifact, manifest, precision, native_backend(precision).name,
                                LoadOptions(device="cpu", own={"as_written": True}))
             plan.runners.insert(0, as_written)
             checks, plan.notes = int8_checks(manifest.options(precision), policy.tolerance, as_written.name, kernels)

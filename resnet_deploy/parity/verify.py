@@ -207,7 +207,7 @@ def verify(
     if reference == "auto":
         reference = "torch" if importlib.util.find_spec("torch") is not None else "golden"
     if artifact.name.endswith(ENGINE_SUFFIX):
-        trt = runs_here(artifact_format(ENGINE))
+        trt = runs_here(ENGINE)
         if not trt.available:
             stem = artifact.name[: -len(ENGINE_SUFFIX)]
             raise DeployError(

@@ -109,6 +109,17 @@ def _tensor(name: str, dtype: str, dims: list[int], **extra: Any) -> dict[str, A
     return {"name": name, "data_type": Enum(dtype), **extra, "dims": dims}
 
 
+def _outputs(manifest: Manifest, labels: bool) -> list[dict[str, Any]]:
+    """The network's outputs; with ``labels``, ImageNet's class names on the logits (the classification extension)."""
+    return [_tensor(o.name, _DATATYPES[o.dtype], _dims(o.shape),
+                    **({"label_filename": LABELS_FILE} if labels and o.name == "logits" else {}))
+            for o in manifest.outputs]
+
+
+def _labels_text() -> str:
+    return "\n".join(imagenet_classes()) + "\n"
+
+
 def model_config(manifest: Manifest, backend: Backend, name: str, options: TritonOptions, *, labels: bool) -> str:
     """config.pbtxt for the artifact, in protobuf text format (Triton's ModelConfig)."""
     config: dict[str, Any] = {"name": name, backend.triton_key: backend.platform}
@@ -118,9 +129,7 @@ def model_config(manifest: Manifest, backend: Backend, name: str, options: Trito
     layout = "FORMAT_NHWC" if manifest.embedded_preprocess else "FORMAT_NCHW"
     config["input"] = [_tensor(manifest.input.name, _DATATYPES[manifest.input.dtype], _dims(manifest.input.shape),
                                format=Enum(layout))]
-    config["output"] = [_tensor(o.name, _DATATYPES[o.dtype], _dims(o.shape),
-                                **({"label_filename": LABELS_FILE} if labels and o.name == "logits" else {}))
-                        for o in manifest.outputs]
+    config["output"] = _outputs(manifest, labels)
     config["dynamic_batching"] = _batching(options)
     config["instance_group"] = _instances(options)
     if options.kind == "cpu" and backend.name in CPU_SETTINGS:
@@ -208,7 +217,7 @@ def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.Path
         shutil.copyfile(artifact, tmp)
     if labels:
         with atomic_open(model_dir / LABELS_FILE) as handle:
-            handle.write("\n".join(imagenet_classes()) + "\n")
+            handle.write(_labels_text())
     record["versions"][str(version)] = entry
     with atomic_open(model_dir / RECORD_FILE) as handle:
         json.dump(record, handle, indent=2)
@@ -327,12 +336,9 @@ def write_ensemble(repo: Path, name: str, manifest: Manifest, options: TritonOpt
         "dynamic_batching": _batching(options, preferred=False), "instance_group": _instances(options, "cpu"),
         "parameters": _string_parameters({"preprocess": json.dumps(manifest.preprocess)}),
     }
-    outputs = [_tensor(o.name, _DATATYPES[o.dtype], _dims(o.shape),
-                       **({"label_filename": LABELS_FILE} if labels and o.name == "logits" else {}))
-               for o in manifest.outputs]
     ensemble = {
         "name": ensemble_dir.name, "platform": "ensemble", "max_batch_size": options.max_batch, "input": image,
-        "output": outputs,
+        "output": _outputs(manifest, labels),
         "ensemble_scheduling": {"step": [
             {"model_name": preprocess_dir.name, "model_version": -1,
              "input_map": [{"key": IMAGE_INPUT, "value": IMAGE_INPUT}],
@@ -342,7 +348,7 @@ def write_ensemble(repo: Path, name: str, manifest: Manifest, options: TritonOpt
         ]},
     }
     for folder, config, files in ((preprocess_dir, preprocess, {"1/model.py": preprocess_model_source()}),
-                                  (ensemble_dir, ensemble, {LABELS_FILE: "\n".join(imagenet_classes()) + "\n"}
+                                  (ensemble_dir, ensemble, {LABELS_FILE: _labels_text()}
                                    if labels else {})):
         try:
             (folder / "1").mkdir(parents=True, exist_ok=True)  # an ensemble has an empty version folder too
