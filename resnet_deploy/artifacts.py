@@ -26,7 +26,7 @@ SCHEMA = "resnet-deploy/manifest"
 SCHEMA_VERSION = 1
 STEM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # artifact kind (a precision's ONNX, or the engine) -> file suffix after the stem
-ARTIFACT_SUFFIXES = {name: p.suffix for name, p in PRECISIONS.items()} | {ENGINE: ENGINE_SUFFIX}
+ARTIFACT_SUFFIXES = {name: p.suffix for name, p in PRECISIONS.items() if p.suffix} | {ENGINE: ENGINE_SUFFIX}
 MAX_BATCH = 4096  # the largest batch a profile may name
 MAX_SIDE = 4096  # input pixels per side (the crop and the resize before it)
 # PyTorch's outputs on the export's check inputs, for verifying where PyTorch is not installed

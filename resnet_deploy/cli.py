@@ -19,7 +19,7 @@ from .backends.options import cli_flags
 from .backends.registry import BACKENDS, backend_choices
 from .bench import DEFAULT_BATCH_SIZES, DEFAULT_WARMUP
 from .data import INTERPOLATIONS, PREPROCESS_PRESETS
-from .errors import DeployError, DeployWarning, within
+from .errors import DeployError, DeployWarning, ParityError, within
 from .export.engine import DEFAULT_WORKSPACE_GIB, HARDWARE_COMPAT, BuildOptions
 from .export.options import EXPORTERS, LAST_STRIDES, ExportOptions
 from .export.precision import CALIBRATION_METHODS, INT8_TARGETS
@@ -305,22 +305,32 @@ def export_command(arch: str, weights: str | None, num_classes: int | None, inpu
     if as_json:
         _print_json(result.to_dict())
     elif not quiet:
-        for entry in result.manifest.artifacts:
-            rows = [p for p in result.manifest.parity
-                    if p["artifact"] == entry.precision and p["judged"] and p["reference"] == REFERENCE]
-            worst = max(p["rel_to_scale"] for p in rows)
-            cosine = min(p["cosine"] for p in rows)
-            click.echo(
-                f"{entry.precision}: {result.paths[entry.precision]} ({entry.bytes / 1e6:.1f} MB), matches PyTorch on "
-                f"{rows[0]['backend']}: max |error| {worst:.1e} of output scale, cosine {cosine:.6f}",
-                err=True,
-            )
-            kernels = [p for p in result.manifest.parity if p["artifact"] == entry.precision and p["reference"] != REFERENCE]
-            if kernels:
-                click.echo(f"      {kernels[0]['backend']} kernels vs {kernels[0]['reference']}: cosine "
-                           f"{min(p['cosine'] for p in kernels):.6f} ({'judged' if kernels[0]['judged'] else 'reported'})",
-                           err=True)
+        manifest = result.manifest
+        for entry in manifest.artifacts:
+            _echo_gate(manifest, entry.precision, f"{result.paths[entry.precision]} ({entry.bytes / 1e6:.1f} MB)")
+        for name in manifest.precision_options:  # precisions without a file: where their gate ran, if it did
+            row = PRECISIONS.get(name)
+            if row is not None and row.runs_file:
+                computed = f"{result.paths[row.runs_file]} computed in {name}"
+                options = manifest.options(name)
+                if options.verified:
+                    _echo_gate(manifest, name, computed)
+                else:
+                    click.echo(f"{name}: {computed}: not verified here: {options.reason}", err=True)
         click.echo(f"manifest {result.manifest_path}; done in {result.seconds:.1f} s", err=True)
+
+
+def _echo_gate(manifest: Any, precision: str, what: str) -> None:
+    """One export summary line: how the ``precision`` gate's runner matched PyTorch (and its kernels' line)."""
+    rows = [p for p in manifest.parity if p["artifact"] == precision and p["judged"] and p["reference"] == REFERENCE]
+    click.echo(f"{precision}: {what}, matches PyTorch on {rows[0]['backend']}: max |error| "
+               f"{max(p['rel_to_scale'] for p in rows):.1e} of output scale, cosine {min(p['cosine'] for p in rows):.6f}",
+               err=True)
+    kernels = [p for p in manifest.parity if p["artifact"] == precision and p["reference"] != REFERENCE]
+    if kernels:
+        click.echo(f"      {kernels[0]['backend']} kernels vs {kernels[0]['reference']}: cosine "
+                   f"{min(p['cosine'] for p in kernels):.6f} ({'judged' if kernels[0]['judged'] else 'reported'})",
+                   err=True)
 
 
 @main.command("build")
@@ -480,6 +490,12 @@ def _own_options(flags: dict[str, bool]) -> dict[str, dict[str, bool]]:
     return own
 
 
+def _say_selection(runner: Any) -> None:
+    """How --backend auto chose the runner's configuration (tune's plan, or the file's own and a hint)."""
+    if runner.selection:
+        click.echo(runner.selection, err=True)
+
+
 def _int_list(text: str, option: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -506,11 +522,13 @@ def predict_command(artifact: str, images: tuple[str, ...], topk: int, labels: s
     from .runtime import load
 
     with load(artifact, backend=backend, device=device, threads=threads) as runner:
+        _say_selection(runner)
         manifest = runner.manifest
         predictions = predict(runner, images, ImagePreprocess.from_manifest(manifest.preprocess), topk=topk,
                               names=class_names(manifest.num_classes, labels))
     if as_json:
-        _print_json({"artifact": artifact, "backend": runner.name, "predictions": [p.to_dict() for p in predictions]})
+        _print_json({"artifact": runner.artifact, "backend": runner.name, "precision": runner.precision,
+                     "selection": runner.selection, "predictions": [p.to_dict() for p in predictions]})
         return
     rows = [[p.image if rank == 0 else "", str(rank + 1), c["label"], f"{c['probability']:.4f}"]
             for p in predictions for rank, c in enumerate(p.top)]
@@ -548,6 +566,9 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
     with contextlib.ExitStack() as stack:
         runners = load_runners(stack, artifacts, chosen, device=device, threads=threads,
                                own=_own_options(backend_flags))
+        if not quiet:
+            for _, runner in runners:
+                _say_selection(runner)
         results = bench(runners, sizes, iterations=iters, duration=duration, warmup=warmup,
                         progress=None if quiet else stderr_progress)
         if not quiet:
@@ -570,6 +591,82 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
                      f"{r.images_per_s:.1f}", f"{r.ratio:.2f}x"])
     click.echo(_table(rows, ["runner", "batch", "iters", "min ms", "mean ms", "p50 ms", "p90 ms", "p99 ms",
                              "device p50", "images/s", "vs first"], right=set(range(1, 11))))
+
+
+@main.command("tune")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(file_okay=False),
+              help="Labelled images (one folder per class): top-1 drop is judged on them (default: the calibration "
+                   "hold-out's changed classes, where the export has one).")
+@click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest top-1 drop allowed, in points.")
+@click.option("--batch-sizes", help="Comma-separated batch sizes to time (default 1,8 within the profile).")
+@click.option("--latency/--throughput", "latency", default=True, show_default=True,
+              help="Pick by p50 at the smallest batch, or by the best images/s.")
+@click.option("--budget-s", type=float, default=300.0, show_default=True, help="Seconds the whole run should take.")
+@click.option("--threads", "thread_counts", help="Comma-separated CPU thread counts to try (default: physical "
+                                                  "cores, and logical ones where more).")
+@click.option("--reference", type=click.Choice(REFERENCES), default="auto", show_default=True,
+              help="What candidates are verified against (as verify's --reference).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--no-write", is_flag=True, help="Do not write STEM.deploy.json.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw latency vs accuracy (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def tune_command(artifact: str, data: str | None, max_drop: float, batch_sizes: str | None, latency: bool,
+                 budget_s: float, thread_counts: str | None, reference: str, seed: int, no_write: bool,
+                 plot_path: str | None, as_json: bool, quiet: bool) -> None:
+    """Try every file x backend x setting of ARTIFACT's export that runs here, verify each, time them side by
+    side, and write the fastest that passed to STEM.deploy.json (what --backend auto runs)."""
+    from .bench import stderr_progress
+    from .tune import plot, tune
+
+    _output_file("--plot", plot_path)
+    report = tune(artifact, data=data, max_drop=max_drop,
+                  batch_sizes=_int_list(batch_sizes, "--batch-sizes") if batch_sizes else None,
+                  objective="latency" if latency else "throughput", budget_s=budget_s,
+                  threads=_int_list(thread_counts, "--threads") if thread_counts else None, reference=reference,
+                  seed=seed, write=not no_write, progress=None if quiet else stderr_progress)
+    if not quiet:
+        click.echo("", err=True)
+    if plot_path:
+        plot(report, plot_path)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        click.echo(_tune_table(report))
+    if report.choice is None:
+        raise ParityError(f"nothing to deploy: {report.why}")
+
+
+def _tune_table(report: Any) -> str:
+    sizes = report.batch_sizes
+    rows = []
+    for rank, c in enumerate(report.candidates, 1):
+        timings = [c.timings.get(b) for b in sizes]
+        ratio = next((t["vs_baseline"] for t in timings if t and "vs_baseline" in t), None)
+        drop = c.accuracy.get("top1_drop")
+        result = ("CHOSEN" if c is report.choice else "pass") if c.passed else (
+            f"REJECTED: {c.reason}" if c.passed is False else c.reason or "not tried")
+        rows.append([str(rank), c.config.label, c.config.precision,
+                     *[f"{t['p50_ms']:.2f}" if t else "-" for t in timings],
+                     *[f"{t['images_per_s']:.1f}" if t else "-" for t in timings],
+                     f"{ratio:.2f}x" if ratio is not None else "-",
+                     f"{c.accuracy['min_cosine']:.6f}" if c.accuracy else "-",
+                     f"{drop:.2f}" if drop is not None else "-", result])
+    headers = ["#", "configuration", "computes", *[f"p50 ms b{b}" for b in sizes], *[f"img/s b{b}" for b in sizes],
+               "vs ORT fp32", "cosine", "top-1 drop", "result"]
+    lines = [f"{report.artifact}: {report.objective}, verified against {report.reference} on "
+             + ", ".join(f"{k}={v}" for k, v in report.inputs.items()) + f"; max top-1 drop {report.max_drop} points",
+             "", _table(rows, headers, right=set(range(3, len(headers) - 1)))]
+    lines += [f"not available here: {s['variant']} for {', '.join(s['files'])}: {s['reason']}" for s in report.skipped]
+    lines += [f"note: {note}" for note in report.notes]
+    if report.choice is not None:
+        lines.append(f"chosen: {report.choice.config.label}: {report.why}")
+    if report.plan_file:
+        lines.append(f"wrote {report.plan_file}: `--backend auto` runs it on this kind of CPU "
+                     f"({' '.join(report.cpu.get('isa', []))})")
+    lines.append(f"took {report.seconds:.1f} s")
+    return "\n".join(lines)
 
 
 INT8_ISA_WORDS = {
@@ -596,7 +693,8 @@ def doctor_command(as_json: bool) -> None:
         f"cpu          {cpu['model']}, {cpu['physical_cores']} physical / {cpu['logical_cores']} logical cores, "
         f"{' '.join(cpu['isa']) or 'no AVX2'}",
         f"int8 kernels {INT8_ISA_WORDS[cpu['int8_isa']]}",
-        "bf16         " + ("native: OpenVINO's bf16 inference precision runs here (bench --openvino-bf16)"
+        "bf16         " + ("native: the bf16 precision runs here (OpenVINO on the fp32 file: export --bf16, "
+                           "--openvino-bf16, tune)"
                            if cpu["bf16"] == "native" else cpu["bf16"]),
         f"torch        {torch_info['version'] or 'not installed'}, "
         + (f"CUDA {torch_info['cuda_build']}: {', '.join(torch_info['gpus'])}" if torch_info["cuda"]
@@ -642,6 +740,16 @@ def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: 
     """Write ARTIFACT into a Triton Inference Server model repository, destroying nothing there."""
     from .serving.triton import ENSEMBLE_SUFFIX, PREPROCESS_SUFFIX, TritonOptions, write_model_repository
 
+    if backend == "auto":  # tune's choice for this export on this kind of CPU, else the file's own
+        from pathlib import Path
+
+        from .artifacts import manifest_for
+        from .runtime import tuned_configuration
+
+        chosen, selection = tuned_configuration(Path(artifact), *manifest_for(artifact))
+        click.echo(selection, err=True)
+        if chosen is not None:
+            artifact, backend = str(Path(artifact).parent / chosen.artifact), chosen.backend
     options = TritonOptions(model_name=model_name, max_batch=max_batch,
                             preferred=tuple(_int_list(preferred, "--preferred")) if preferred else (),
                             queue_delay_us=queue_delay_us, instances=instances, kind=kind, version=model_version,
@@ -685,12 +793,13 @@ def serve_command(artifact: str, model_name: str | None, host: str, port: int, m
     within("--port", port, 1, 65535)
     _check_listen(host, port)
     runner = load(artifact, backend=backend, device=device, threads=threads)
+    _say_selection(runner)
     high = runner.batch_range[1] if runner.batch_range else 32
     limits = ServeLimits(max_batch=min(high, 32) if max_batch is None else max_batch, max_delay_ms=max_delay_ms,
                          queue_size=queue_size, workers=workers, max_request_mb=max_request_mb)
     app = create_app(runner, model_name=model_name or split_artifact_name(artifact)[0], limits=limits)
     runner.warmup()
-    click.echo(f"serving {artifact} ({runner.name}) on http://{host}:{port}/v2", err=True)
+    click.echo(f"serving {runner.artifact} ({runner.name}, {runner.precision}) on http://{host}:{port}/v2", err=True)
     server = http_server(app, host, port)
     server.run()
     if not server.started:

@@ -2,11 +2,16 @@
 options and CLI flags, the parity tolerances and judging rules, layer-wise localisation and the
 engine build read.
 
-A precision is how an ONNX graph computes; a TensorRT engine is another artifact
+A precision is how an ONNX graph computes: most have a file of their own
+(a float16 graph, a Q/DQ graph); bf16 is the fp32 file computed in bf16 by a
+runtime that offers it (OpenVINO on CPUs with native bf16), so its row names
+the file it runs instead of a suffix. A TensorRT engine is another artifact
 format, built from one of these graphs and judged as its source. Adding a
-precision (FP8, INT4 weight-only) is a row here and its converter step in
-:data:`resnet_deploy.export.pipeline.CONVERTERS`; its flag, gate, manifest
-record, tolerances and verify follow from the row.
+precision with a file (FP8, INT4 weight-only) is a row here and its converter
+step in :data:`resnet_deploy.export.pipeline.CONVERTERS`; one without a file
+is a row and the registry variant that computes it
+(:func:`resnet_deploy.backends.registry.precision_variant`). Its flag, gate,
+manifest record, tolerances and verify follow from the row.
 """
 
 from __future__ import annotations
@@ -68,9 +73,26 @@ class Int8Options:
 
 
 @dataclass(frozen=True)
+class Bf16Options:
+    """Where a bf16 gate ran: the manifest's ``precision_options["bf16"]``. bf16 has no file: the fp32 file
+    computed in bf16 passed (or was not checked, and why) on the CPU this names."""
+
+    verified: bool = False
+    reason: str | None = None  # why it was not verified at export (no native bf16 there)
+    cpu: dict[str, Any] = field(default_factory=dict)  # environment.cpu_description() of the machine that judged it
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Bf16Options:
+        return cls(**{name: record[name] for name in cls.__dataclass_fields__ if name in record})
+
+
+@dataclass(frozen=True)
 class Precision:
     name: str
-    suffix: str  # the artifact's file name after the stem
+    suffix: str | None  # the artifact's file name after the stem; None: it runs ``runs_file``'s file
     tolerance: dict[str, float]  # parity.tolerances.Tolerance fields: the artifact against float32 PyTorch
     layer_tolerance: float  # largest error of a block's output, as a fraction of its scale (--layerwise)
     engine_rank: int | None  # as an engine's source: lower is preferred; None: TensorRT does not take it
@@ -88,7 +110,13 @@ class Precision:
     calibrated: bool = False  # made with calibration data (activation ranges), held out in part to judge it
     # why this CPU's optimised kernels do not compute an artifact of it exactly (given its options), if ever
     cpu_kernel_problem: Callable[[Any], str | None] | None = None
+    runs_file: str | None = None  # without a file of its own: the precision whose file a runtime computes in it
     summary: str = ""
+
+    @property
+    def file_precision(self) -> str:
+        """The precision whose file an artifact of this one is: its own, or ``runs_file``'s."""
+        return self.runs_file or self.name
 
     def read_options(self, precision_options: dict[str, Any]) -> Any:
         """Its typed options from a manifest's ``precision_options`` (None where it has none)."""
@@ -101,6 +129,14 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("fp16", ".fp16.onnx", {"min_cosine": 0.9999, "min_top1": 0.99}, 5e-3, engine_rank=1,
               options=Fp16Options, flag_help="Also write STEM.fp16.onnx (float16 graph, float32 I/O).",
               summary="float16 graph, float32 I/O; InstanceNorm and Softmax kept in float32"),
+    # measured: OpenVINO bf16 against PyTorch, cosine >= 0.99995 on random-init resnet50 and the trained digits
+    # model (one class changed in 448 test images); its error, ~4e-3 of the output scale, is near random
+    # weights' logit margins, so top-1 is judged on trained weights only
+    Precision("bf16", None, {"min_cosine": 0.999, "min_top1": 0.95}, 2e-2, engine_rank=None,
+              options=Bf16Options, flag_help="Also verify the fp32 file computed in bf16 (OpenVINO, on CPUs with "
+                                             "native bf16: AVX512_BF16, AMX) and record the result.",
+              top1_on_random_weights=False, runs_file="fp32",
+              summary="the fp32 file computed in bf16 (OpenVINO's inference precision) on CPUs with native bf16"),
     Precision("int8", ".int8.onnx", {"min_cosine": 0.99, "min_top1": 0.95}, 1e-1, engine_rank=0,
               options=Int8Options, flag_help="Also write STEM.int8.onnx (QDQ, per-channel weights).",
               engine_refusal=lambda options: None if options.target == "trt" else (
@@ -114,6 +150,11 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
 FP32 = "fp32"  # the precision every export makes, and the one the others are converted from
 ENGINE = "engine"  # the artifact kind of a TensorRT engine (built from a precision's ONNX)
 ENGINE_SUFFIX = ".engine"
+
+
+def file_precisions() -> list[str]:
+    """The precisions with a file of their own, in the table's order (fp32 first)."""
+    return [name for name, row in PRECISIONS.items() if row.suffix is not None]
 
 
 def engine_source(precision_options: dict[str, dict[str, Any]], available: set[str]) -> str:

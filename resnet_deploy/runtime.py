@@ -7,19 +7,38 @@
 The backend follows the file (``.engine`` -> TensorRT, ``.onnx`` -> ONNX Runtime)
 unless chosen (``openvino`` runs ONNX too); ``torch`` runs the float32 PyTorch
 model the artifact was exported from (rebuilt from the manifest), the reference
-and the baseline. The backends are rows of :mod:`resnet_deploy.backends.registry`.
+and the baseline. ``auto`` is the configuration `tune` chose for the export
+(``STEM.deploy.json``) where it was measured on this kind of CPU, else the
+file's own. The backends are rows of :mod:`resnet_deploy.backends.registry`.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .artifacts import manifest_for
+from .artifacts import Manifest, manifest_for
 from .backends.base import Runner
 from .backends.options import LoadOptions
-from .backends.registry import open_runner
+from .backends.registry import artifact_format, backend_for, open_runner
+from .deployplan import TUNE_HINT, Configuration, plan_path, read_plan
+
+
+def tuned_configuration(path: Path, manifest: Manifest, precision: str) -> tuple[Configuration | None, str]:
+    """What ``--backend auto`` runs ``path`` with, and why: `tune`'s choice for its export where it applies
+    here, else None (the file's own backend), with the reason and a hint to run `tune`."""
+    own = backend_for("auto", artifact_format(precision), path.name)
+    default = f"auto: {own.title}, the file's own runtime"
+    plan = read_plan(path.parent, manifest.stem)
+    if plan is None:
+        return None, f"{default} ({TUNE_HINT.format(artifact=path)})"
+    problem = plan.problem_here(manifest)
+    if problem is not None:
+        return None, f"{default}: {plan_path('', manifest.stem)} not used: {problem}; {TUNE_HINT.format(artifact=path)}"
+    return plan.choice, (f"auto: {plan.summary()}, chosen by `tune` on {plan.measured.get('date')} on this kind of "
+                         f"CPU ({plan.why})")
 
 
 def load(
@@ -36,13 +55,16 @@ def load(
     Args:
         artifact: an artifact file (``STEM.onnx``, ``STEM.fp16.onnx``, ``STEM.int8.onnx``, ``STEM.engine``).
         backend: a backend of :func:`~resnet_deploy.backends.registry.backend_choices`; ``"auto"``: the
-            file's own (ONNX Runtime, TensorRT).
+            configuration `tune` chose for this export on this kind of CPU (``STEM.deploy.json``: possibly
+            another file of the export, another backend, its threads), else the file's own (ONNX Runtime,
+            TensorRT); the runner's ``selection`` says which and why. A device or own options given
+            keep auto to the file's own backend.
         device: ``cpu``, ``cuda`` or ``cuda:N``; None: the GPU where the backend can use one here.
-        threads: CPU threads of ONNX Runtime, OpenVINO or torch (default: physical cores).
+        threads: CPU threads of ONNX Runtime, OpenVINO or torch (default: physical cores, or tune's).
         graph_cache: keep ONNX Runtime's optimised graph (OpenVINO's compiled blob) beside the artifact.
         **own: the backend's own options, the fields of its row's options type in
             :mod:`resnet_deploy.backends.options` (``cuda_graphs`` for trt; ``channels_last``, ``compile``,
-            ``half`` for torch; ``tensorrt_provider``, ``as_written`` for ort).
+            ``half`` for torch; ``tensorrt_provider``, ``as_written`` for ort; ``bf16`` for openvino).
 
     Returns:
         A :class:`~resnet_deploy.backends.base.Runner`; use it as a context manager to release it.
@@ -54,4 +76,14 @@ def load(
     path = Path(artifact)
     manifest, precision = manifest_for(path)
     options = LoadOptions(device=device, threads=threads, graph_cache=graph_cache, own=own)
-    return open_runner(path, manifest, precision, backend, options)
+    selection = None
+    if backend == "auto" and not own and device is None:
+        chosen, selection = tuned_configuration(path, manifest, precision)
+        if chosen is not None:
+            path = path.parent / chosen.artifact
+            manifest, precision = manifest_for(path)
+            backend = chosen.backend
+            options = replace(options, device=chosen.device, threads=threads or chosen.threads, own=chosen.own)
+    runner = open_runner(path, manifest, precision, backend, options)
+    runner.selection = selection
+    return runner

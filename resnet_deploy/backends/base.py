@@ -43,6 +43,7 @@ class Runner:
     artifact: str | None = None  # the file it runs, when loaded by runtime.load
     manifest: Manifest | None = None  # that file's manifest, when loaded by runtime.load
     precision: str = FP32
+    selection: str | None = None  # how --backend auto chose this configuration, when it did
 
     @property
     def input_name(self) -> str:
@@ -128,6 +129,7 @@ class Runner:
             "artifact": self.artifact,
             "precision": self.precision,
             "device": self.device,
+            "selection": self.selection,
             "inputs": [vars(t) for t in self.inputs],
             "outputs": [vars(t) for t in self.outputs],
             "batch_range": list(self.batch_range) if self.batch_range else None,

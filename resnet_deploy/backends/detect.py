@@ -70,3 +70,11 @@ def openvino() -> Availability:
     if "CPU" not in ov.Core().available_devices:
         return Availability(False, f"openvino {ov.__version__} has no CPU plugin on this machine")
     return Availability(True)
+
+
+def openvino_bf16() -> Availability:
+    """OpenVINO on a CPU with native bf16 (emulated bf16 would be slower than f32, and is not offered)."""
+    from ..environment import bf16_problem
+
+    problem = bf16_problem()
+    return Availability(False, problem) if problem else openvino()

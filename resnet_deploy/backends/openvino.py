@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from ..artifacts import Manifest, TensorSpec
+from ..artifacts import Manifest, TensorSpec, artifact_filename
 from ..environment import bf16_problem
 from ..errors import DeployError, first_line
+from ..precisions import PRECISIONS
 from .base import Runner
 from .options import LoadOptions
 
@@ -80,6 +81,9 @@ class OpenVINORunner(Runner):
 def load(path: Path, manifest: Manifest, precision: str, device: tuple[str, int],
          options: LoadOptions) -> OpenVINORunner:
     """The registry's loader: the ONNX artifact on this machine's CPU."""
+    if options.own.bf16 and precision != PRECISIONS["bf16"].runs_file:
+        raise DeployError(f"--openvino-bf16 computes the fp32 file in bf16; {path.name} is the {precision} file: "
+                          f"give {artifact_filename(manifest.stem, PRECISIONS['bf16'].runs_file)}")
     problem = bf16_problem() if options.own.bf16 else None
     if problem:
         raise DeployError(f"--openvino-bf16: {problem}")

@@ -51,6 +51,7 @@ class Variant:
     options: LoadOptions
     availability: Callable[[], Availability]
     int8_as_written: bool = True  # its INT8 kernels execute the Q/DQ graph as written (not a graph of its own)
+    precision: str | None = None  # the precision it computes a file in, where not the file's own (bf16)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class Backend:
     on_cpu: Callable[[Any], bool] = field(default=lambda _own: True)  # whether it runs on the CPU, given its options
     cpu_int8_kernels: bool = False  # on the CPU, x86 INT8 kernels: exact only with VNNI or 7-bit weights (parity.int8)
     triton_key: str = "platform"  # how a Triton config names it: `platform: "tensorrt_plan"` or `backend: "openvino"`
+    # the precision it computes a file of ``precision`` in, given its own options (OpenVINO's bf16 hint)
+    computes: Callable[[Any, str], str] = field(default=lambda _own, precision: precision)
 
     def load(self, path: Path, manifest: Manifest, precision: str, device: tuple[str, int],
              options: LoadOptions) -> Runner:
@@ -121,8 +124,11 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         # OpenVINO turns Q/DQ pairs into FakeQuantize and fuses its own INT8 graph: on the trained digits
         # model, cosine 0.9985 against the graph as written, 0.9990 against PyTorch (ONNX Runtime: 0.9997)
         Variant("openvino-cpu", _CPU, detect.openvino, int8_as_written=False),
-    ), "OpenVINO", "OpenVINO on x86 and ARM CPUs: the same ONNX, fp32 and Q/DQ INT8", options=OpenVINOOptions,
-        cpu_int8_kernels=True, triton_key="backend"),
+        Variant("openvino-cpu-bf16", replace(_CPU, own=OpenVINOOptions(bf16=True)), detect.openvino_bf16,
+                int8_as_written=False, precision="bf16"),
+    ), "OpenVINO", "OpenVINO on x86 and ARM CPUs: the same ONNX, fp32 and Q/DQ INT8; the fp32 file in bf16 where "
+       "the CPU has native bf16", options=OpenVINOOptions, cpu_int8_kernels=True, triton_key="backend",
+        computes=lambda own, precision: "bf16" if own.bf16 else precision),
     Backend("torch", "model", ".pytorch:load", "pytorch", (
         Variant("torch-cpu", _CPU, detect.torch_cpu),
         Variant("torch-cuda", _CUDA, detect.torch_cuda),
@@ -162,7 +168,7 @@ def open_runner(path: Path, manifest: Manifest, precision: str, backend: str, op
     if runner.batch_range is None:
         runner.batch_range = (manifest.batch.min, manifest.batch.max)
     if chosen.runs != "model":  # the torch backend runs the float32 model (or its own float16), whatever the file
-        runner.precision = precision
+        runner.precision = chosen.computes(own, precision)
     return runner
 
 
@@ -172,10 +178,21 @@ def native_backend(precision: str) -> Backend:
     return BACKENDS[NATIVE[artifact_format(precision)]]
 
 
+def precision_variant(precision: str) -> tuple[Backend, Variant]:
+    """What runs an artifact of ``precision`` as the export's gate does: its file's own backend, first variant
+    (ONNX Runtime on the CPU; TensorRT), or, for a precision without a file (bf16), the variant that
+    computes its file in it."""
+    if PRECISIONS.get(precision) is not None and PRECISIONS[precision].runs_file:
+        return next((backend, variant) for backend, variant in variants() if variant.precision == precision)
+    backend = native_backend(precision)
+    return backend, backend.variants[0]
+
+
 def runs_here(precision: str) -> Availability:
-    """Whether artifacts of ``precision`` run here on their own backend (an engine: TensorRT with cuda-python
-    and a GPU), and why not: the one question export, build and verify ask."""
-    return native_backend(precision).variants[0].availability()
+    """Whether artifacts of ``precision`` run here as the gate runs them (an engine: TensorRT with cuda-python
+    and a GPU; bf16: OpenVINO on a CPU with native bf16), and why not: the one question export, build and
+    verify ask."""
+    return precision_variant(precision)[1].availability()
 
 
 def backend_choices() -> tuple[str, ...]:

@@ -33,9 +33,9 @@ from ..artifacts import (
 )
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner, reference_model
-from ..backends.registry import Backend, Variant, native_backend, runs_here
+from ..backends.registry import precision_variant, runs_here
 from ..data import ImagePreprocess, calibration_data
-from ..environment import package_version, tool_versions
+from ..environment import cpu_description, package_version, tool_versions
 from ..errors import MAX_SEED, ArgumentError, DeployError, DeployWarning, ExportError, ParityError, within
 from ..fileio import Staging, sha256_file, sweep_temporaries
 from ..models import EmbeddedPreprocess, create_model, get_spec
@@ -48,7 +48,17 @@ from ..parity.inputs import InputSet, default_sets, random_batches, sets_summary
 from ..parity.metrics import compare_arrays
 from ..parity.results import RunResults, run
 from ..parity.tolerances import Policy
-from ..precisions import ENGINE, ENGINE_SUFFIX, FP32, PRECISIONS, Fp16Options, Int8Options, engine_refusal, engine_source
+from ..precisions import (
+    ENGINE,
+    ENGINE_SUFFIX,
+    FP32,
+    PRECISIONS,
+    Fp16Options,
+    Int8Options,
+    engine_refusal,
+    engine_source,
+    file_precisions,
+)
 from ..progress import StepLog
 from . import engine as trt_engine
 from . import graph, mixed, precision
@@ -138,25 +148,30 @@ def _gate_batches(profile: BatchProfile) -> list[int]:
     return sorted({1, second})
 
 
-def _gate_variants(file_precision: str) -> list[tuple[Backend, Variant]]:
-    """What a gate runs an artifact on: its format's own backend, first variant (ONNX Runtime on the CPU;
-    TensorRT), so that the gate means the same on every machine that builds it."""
-    backend = native_backend(file_precision)
-    return [(backend, backend.variants[0])]
+def _gate_runs(file_precision: str, judged_as: str) -> str:
+    """The precision a gate runs: the file's own (on its format's first backend variant, ONNX Runtime on the CPU
+    or TensorRT, so a gate means the same on every machine), or, where ``judged_as`` has no file of its own
+    (bf16), that precision, on the variant that computes the file in it."""
+    row = PRECISIONS.get(judged_as)
+    return judged_as if row is not None and row.runs_file else file_precision
 
 
 def _parity_gate(job: Job, path: Path, file_precision: str, manifest: Manifest,
                  judged_as: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """The artifact ``path`` against PyTorch on the gates' inputs: run, then judged by the policy of
-    ``judged_as`` (default: ``file_precision``; an engine is judged as its source).
+    ``judged_as`` (default: ``file_precision``; an engine is judged as its source; the fp32 file as bf16
+    where OpenVINO computes it in bf16).
 
     Returns the manifest's parity rows and notes; raises ParityError on the first judged row beyond the
     tolerance. INT8 ONNX is judged on the graph run as written, its CPU kernels against that (see
     :mod:`resnet_deploy.parity.int8`).
     """
-    policy = Policy.make(judged_as or file_precision, random_init=job.random_init)
+    judged_as = judged_as or file_precision
+    policy = Policy.make(judged_as, random_init=job.random_init)
     reference = _reference(job)
-    plan = plan_checks(path, manifest, file_precision, policy, _gate_variants(file_precision))
+    runs = _gate_runs(file_precision, judged_as)
+    backend, variant = precision_variant(runs)
+    plan = plan_checks(path, manifest, file_precision, policy, [(backend, variant)])
     try:
         results = run(plan.runners, [], into=reference.copy())
     finally:
@@ -165,13 +180,12 @@ def _parity_gate(job: Job, path: Path, file_precision: str, manifest: Manifest,
     rows = judge(results, plan.checks, reference=reference_name, judges=policy.judges_in(results.sets))
     failed = next((row for row in rows if row.judged and not row.passed), None)
     if failed is not None:
-        title = native_backend(file_precision).title
         raise ParityError(
-            f"{file_precision} artifact: {title} disagrees with "
+            f"{runs} artifact: {backend.title} disagrees with "
             f"{'PyTorch' if failed.reference == REFERENCE else failed.reference} ({failed.backend}) on "
             f"{failed.output!r} at batch {failed.batch} of {failed.inputs} images: " + "; ".join(failed.failures)
         )
-    records = [{"artifact": file_precision, "backend": row.backend, "reference": row.reference, "inputs": row.inputs,
+    records = [{"artifact": runs, "backend": row.backend, "reference": row.reference, "inputs": row.inputs,
                 "judged": row.judged, "batch": row.batch, "output": row.output, **row.figures} for row in rows]
     return records, policy.notes + plan.notes
 
@@ -412,23 +426,40 @@ def _blame_graph_passes(job: Job) -> str:
 
 
 def _gate_step(name: str) -> Step:
-    """The parity gate of the ``name`` precision's ONNX: its runtime against PyTorch."""
+    """The parity gate of the ``name`` precision: its runtime against PyTorch, on its ONNX (or, for a precision
+    without a file, on the file a runtime computes in it, where this machine can; the manifest records where)."""
+    row = PRECISIONS[name]
+
     def run_gate(job: Job, log: StepLog) -> None:
+        here = runs_here(name)
+        if row.runs_file and not here.available:
+            log.note(f"{name} not verified here: {here.reason}; verify {artifact_filename(job.stem, row.runs_file)} "
+                     f"on a machine that has it")
+            job.precision_options[name] = row.options(verified=False, reason=here.reason).to_record()
+            return
         try:
-            rows, notes = _parity_gate(job, job.artifacts[name], name, _manifest(job))
+            rows, notes = _parity_gate(job, job.artifacts[row.file_precision], row.file_precision, _manifest(job),
+                                       judged_as=name)
         except ParityError as exc:
             if name == FP32:
                 raise ParityError(f"{exc}{_blame_graph_passes(job)}") from None
             raise
         if name == FP32:
             job.raw = None  # the exported graph is no longer needed
+        if row.runs_file:
+            job.precision_options[name] = row.options(verified=True, cpu=cpu_description()).to_record()
         job.parity += rows
         for note in notes:
             log.note(note)
 
-    title = native_backend(name).title
-    return Step(lambda job: f"parity gate {name}: {title} vs PyTorch on {_gate_summary(job, name)}", run_gate,
-                lambda job: name in job.precisions)
+    def title(job: Job) -> str:
+        backend, variant = precision_variant(name)
+        if row.runs_file and not runs_here(name).available:
+            return f"parity gate {name}: not here ({variant.name} cannot run)"
+        computed = f" computing {row.runs_file} in {name}" if row.runs_file else ""
+        return f"parity gate {name}: {backend.title}{computed} vs PyTorch on {_gate_summary(job, name)}"
+
+    return Step(title, run_gate, lambda job: name in job.precisions)
 
 
 def _manifest(job: Job) -> Manifest:
@@ -493,7 +524,7 @@ CONVERTERS: dict[str, tuple[Callable[[Job], str], Callable[[Job, StepLog], None]
     "fp16": (lambda job: "convert to FP16 (float32 I/O; InstanceNorm and Softmax kept in float32)", _fp16),
     "int8": (_int8_title, _int8),
 }
-assert set(CONVERTERS) == set(PRECISIONS) - {FP32}, "every precision but fp32 needs its converter"
+assert set(CONVERTERS) == set(file_precisions()) - {FP32}, "every precision with a file but fp32 needs its converter"
 
 
 def _converter_step(name: str) -> Step:

@@ -64,13 +64,19 @@ def plan_checks(artifact: Path, manifest: Manifest, precision: str, policy: Poli
             plan.runners.append(runner)
             if row is not None and row.runs_as_written and backend.cpu_int8_kernels and runner.device == "cpu":
                 kernels.append((runner.name, variant.int8_as_written))
+            elif variant.precision is not None and variant.precision != policy.precision:
+                computed = policy.of(variant.precision)  # the file computed in another precision: judged as it
+                plan.checks.append(Check(runner.name, computed.tolerance, policy=computed))
+                plan.notes += [f"{runner.name} computes the file in {variant.precision}: judged at {variant.precision}'s "
+                               f"tolerance", *computed.notes]
             else:
                 plan.checks.append(Check(runner.name, policy.tolerance))
         if kernels:
             as_written = _open(artifact, manifest, precision, native_backend(precision).name,
                                LoadOptions(device="cpu", own={"as_written": True}))
             plan.runners.insert(0, as_written)
-            checks, plan.notes = int8_checks(manifest.options(precision), policy.tolerance, as_written.name, kernels)
+            checks, notes = int8_checks(manifest.options(precision), policy.tolerance, as_written.name, kernels)
             plan.checks = checks + plan.checks
+            plan.notes = notes + plan.notes
         failed.pop_all()
     return plan

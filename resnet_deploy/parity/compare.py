@@ -17,7 +17,7 @@ import numpy as np
 
 from .metrics import compare_arrays
 from .results import RunResults
-from .tolerances import Tolerance
+from .tolerances import Policy, Tolerance
 
 REFERENCE = "torch"  # how rows name the float32 PyTorch reference
 
@@ -41,6 +41,7 @@ class Check:
     tolerance: Tolerance
     against: str | None = None  # None: the reference; else the name of another runner in the results
     judged: bool = True  # False: its rows are reported, not judged
+    policy: Policy | None = None  # which input sets judge it, where not the artifact's rule (another precision's)
 
 
 def compare_outputs(backend: str, expected: dict[str, np.ndarray], got: dict[str, np.ndarray], tolerance: Tolerance,
@@ -64,16 +65,19 @@ def judge(results: RunResults, checks: list[Check], *, reference: str, reference
         checks: what to compare.
         reference: the runner a check without ``against`` is compared with; rows name it ``reference_label``.
         judges: whether an input set (by label) judges: the precision's rule
-            (:meth:`~resnet_deploy.parity.tolerances.Policy.judges`); a row is judged when its check is too.
+            (:meth:`~resnet_deploy.parity.tolerances.Policy.judges`), or the check's own policy's; a row is
+            judged when its check is too.
 
     Returns:
         One row per check, batch and output.
     """
     rows = []
+    labels = {s.label for s in results.sets}
     for check in checks:
         against = check.against or reference
+        judged_on = (lambda label: check.policy.judges(label, labels)) if check.policy else judges
         for (label, _), want, got in zip(results.batches, results.outputs[against], results.outputs[check.runner]):
             rows += compare_outputs(check.runner, want, got, check.tolerance,
                                     reference=reference_label if against == reference else against,
-                                    judged=check.judged and judges(label), inputs=label)
+                                    judged=check.judged and judged_on(label), inputs=label)
     return rows

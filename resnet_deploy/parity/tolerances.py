@@ -43,8 +43,8 @@ class Tolerance:
 
 
 RANDOM_INIT_NOTE = (
-    "top-1 agreement not judged for int8 on random-init weights: their logits are near-tied (top-1/top-2 margin "
-    "a few hundredths of the logit spread), so int8's expected error flips them; cosine still is"
+    "top-1 agreement not judged for {precision} on random-init weights: their logits are near-tied (top-1/top-2 "
+    "margin a few hundredths of the logit spread), so {precision}'s expected error flips them; cosine still is"
 )
 
 DEFAULT_TOLERANCES = {name: Tolerance(**p.tolerance) for name, p in PRECISIONS.items()}
@@ -60,11 +60,11 @@ def tolerance_for(precision: str, *, random_init: bool) -> tuple[Tolerance, str 
     """The default tolerance of ``precision`` for an artifact, and a note when a criterion is set aside.
 
     fp32 and fp16 errors are far below a random model's logit margins, so
-    their top-1 criterion holds even on random weights; int8's is not.
+    their top-1 criterion holds even on random weights; bf16's and int8's are not.
     """
     tolerance = DEFAULT_TOLERANCES[precision]
     if random_init and not PRECISIONS[precision].top1_on_random_weights:
-        return replace(tolerance, min_top1=None), RANDOM_INIT_NOTE
+        return replace(tolerance, min_top1=None), RANDOM_INIT_NOTE.format(precision=precision)
     return tolerance, None
 
 
@@ -81,6 +81,7 @@ class Policy:
     precision: str
     tolerance: Tolerance
     notes: list[str] = field(default_factory=list)
+    random_init: bool = False
 
     @classmethod
     def make(cls, precision: str, *, random_init: bool, overrides: dict[str, Any] | None = None) -> Policy:
@@ -94,7 +95,12 @@ class Policy:
             within(option, value, low, high)
         if "min_top1" in overrides:
             note = None
-        return cls(precision, replace(tolerance, **overrides), [note] if note else [])
+        return cls(precision, replace(tolerance, **overrides), [note] if note else [], random_init)
+
+    def of(self, precision: str) -> Policy:
+        """Another precision's default policy for the same weights: a runner of the file that computes in
+        ``precision`` (OpenVINO's bf16 on the fp32 file) is judged by it, not by the user's overrides."""
+        return self if precision == self.precision else Policy.make(precision, random_init=self.random_init)
 
     def judges(self, label: str, labels: set[str]) -> bool:
         """Whether the input set ``label`` (among ``labels``) judges the artifact: every set does, except

@@ -24,13 +24,13 @@ from ..backends.registry import FORMAT_WORDS, Backend, Variant, artifact_format,
 from ..data import ImagePreprocess, batched, labelled_images, list_images, load_images, load_npy_batch
 from ..errors import MAX_SEED, ArtifactError, DeployError, within
 from ..fileio import atomic_open
-from ..precisions import ENGINE, ENGINE_SUFFIX, FP32
+from ..precisions import ENGINE, ENGINE_SUFFIX, FP32, PRECISIONS
 from .checks import plan_checks
 from .compare import REFERENCE, ResultRow, judge
 from .golden import NAME as GOLDEN
 from .golden import read_golden
 from .inputs import InputSet, calibration_holdout, default_sets, random_batches, sets_summary
-from .results import run
+from .results import RunResults, run
 from .tolerances import Policy
 
 REFERENCE_VARIANT = "torch-cpu"  # the reference itself: every other runner is compared with it
@@ -83,7 +83,7 @@ class VerifyInputs:
         return [batch for inputs in self.sets for batch in inputs.batches]
 
 
-def _inputs(
+def gather_inputs(
     manifest: Manifest,
     policy: Policy,
     *,
@@ -151,6 +151,9 @@ def _usable(artifact: Path, file_precision: str, *, with_torch: bool) -> tuple[
             reason = state.reason or f"it runs {FORMAT_WORDS[backend.runs]}: verify that file instead"
         elif backend.runs == "model" and not with_torch:
             reason = "--reference golden: the PyTorch model is not rebuilt"
+        elif variant.precision is not None and PRECISIONS[variant.precision].runs_file != file_precision:
+            runs = PRECISIONS[variant.precision].runs_file
+            reason = state.reason or f"it computes the {runs} file in {variant.precision}: verify that file instead"
         else:
             reason = state.reason
         if reason:
@@ -161,6 +164,49 @@ def _usable(artifact: Path, file_precision: str, *, with_torch: bool) -> tuple[
 
 
 REFERENCES = ("auto", "torch", "golden")
+
+
+@dataclass
+class ReferenceRun:
+    """The inputs and the float32 reference's outputs on them, which every runner is judged against."""
+
+    given: VerifyInputs
+    results: RunResults  # the reference's outputs, to which the judged runners' are added
+    name: str  # the reference's runner name in the results
+    label: str  # how rows name it: torch, or golden
+    described: str  # in a report's header
+    model: Any = None  # the PyTorch model (torch reference), for --layerwise
+
+
+def resolve_reference(reference: str) -> str:
+    """``auto`` -> torch where PyTorch is installed, else golden; a one-line error for an unknown one."""
+    if reference not in REFERENCES:
+        raise DeployError(f"unknown --reference {reference!r}: choose from {', '.join(REFERENCES)}")
+    if reference == "auto":
+        return "torch" if importlib.util.find_spec("torch") is not None else "golden"
+    return reference
+
+
+def reference_run(manifest: Manifest, policy: Policy, folder: Path, *, reference: str, batch_sizes: list[int] | None,
+                  seed: int, npy: str | None = None, images: str | None = None, data: str | None = None,
+                  layerwise: bool = False) -> ReferenceRun:
+    """The reference's outputs: the PyTorch model rebuilt from the manifest on the given (or default)
+    inputs, or the golden outputs stored at export on their own inputs (``reference`` torch or golden)."""
+    if reference == "golden":
+        if any(x is not None for x in (npy, images, data)) or batch_sizes or layerwise:
+            raise DeployError("--reference golden checks the golden file's own inputs: it takes none of --inputs, "
+                              "--images, --data, --batch-sizes and --layerwise, which need PyTorch")
+        results = read_golden(manifest, folder)
+        given = VerifyInputs(results.sets, {"kind": sets_summary(results.sets, policy.judges_in(results.sets)),
+                                            "golden": manifest.golden["file"]})
+        return ReferenceRun(given, results, next(iter(results.outputs)), GOLDEN,
+                            f"golden outputs of PyTorch float32 ({manifest.golden['file']})")
+    from ..backends.pytorch import TorchRunner, reference_model
+
+    given = gather_inputs(manifest, policy, batch_sizes=batch_sizes, seed=seed, npy=npy, images=images, data=data)
+    model = reference_model(manifest)
+    runner = TorchRunner(model, [o.name for o in manifest.outputs], input_spec=manifest.input)
+    return ReferenceRun(given, run([runner], given.sets), runner.name, REFERENCE, f"{runner.name} float32", model)
 
 
 def verify(
@@ -202,10 +248,7 @@ def verify(
     """
     artifact = Path(artifact)
     within("--seed", seed, 0, MAX_SEED)
-    if reference not in REFERENCES:
-        raise DeployError(f"unknown --reference {reference!r}: choose from {', '.join(REFERENCES)}")
-    if reference == "auto":
-        reference = "torch" if importlib.util.find_spec("torch") is not None else "golden"
+    reference = resolve_reference(reference)
     if artifact.name.endswith(ENGINE_SUFFIX):
         trt = runs_here(ENGINE)
         if not trt.available:
@@ -222,24 +265,9 @@ def verify(
             raise DeployError(f"--layerwise compares ONNX graphs: verify {record['built_from']} with it")
         precision = split_artifact_name(record["built_from"])[1]  # judged as the ONNX it was built from
     policy = Policy.make(precision, random_init=manifest.random_init, overrides=tolerance_overrides)
-    if reference == "golden":
-        if any(x is not None for x in (inputs, images, data)) or batch_sizes or layerwise:
-            raise DeployError("--reference golden checks the golden file's own inputs: it takes none of --inputs, "
-                              "--images, --data, --batch-sizes and --layerwise, which need PyTorch")
-        results = read_golden(manifest, artifact.parent)
-        given = VerifyInputs(results.sets, {"kind": sets_summary(results.sets, policy.judges_in(results.sets)),
-                                            "golden": manifest.golden["file"]})
-        reference_name, label = next(iter(results.outputs)), GOLDEN
-        described = f"golden outputs of PyTorch float32 ({manifest.golden['file']})"
-    else:
-        from ..backends.pytorch import TorchRunner, reference_model
-
-        given = _inputs(manifest, policy, batch_sizes=batch_sizes, seed=seed, npy=inputs, images=images, data=data)
-        model = reference_model(manifest)
-        reference_runner = TorchRunner(model, [o.name for o in manifest.outputs], input_spec=manifest.input)
-        results = run([reference_runner], given.sets)
-        reference_name, label = reference_runner.name, REFERENCE
-        described = f"{reference_runner.name} float32"
+    ran = reference_run(manifest, policy, artifact.parent, reference=reference, batch_sizes=batch_sizes, seed=seed,
+                        npy=inputs, images=images, data=data, layerwise=layerwise)
+    given, results, reference_name, label, described = ran.given, ran.results, ran.name, ran.label, ran.described
 
     report = Report(
         artifact=str(artifact), precision=precision, arch=manifest.arch, reference=described,
@@ -268,5 +296,5 @@ def verify(
     if layerwise:
         from .layerwise import localize
 
-        report.layerwise = localize(onnx.load(str(artifact)), model, given.batches[0], precision=precision)
+        report.layerwise = localize(onnx.load(str(artifact)), ran.model, given.batches[0], precision=precision)
     return report

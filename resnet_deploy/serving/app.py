@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -76,6 +77,10 @@ class _Endpoints:
                     "outputs": [tensor_meta(t) for t in self.runner.outputs]}
         if self.runner.manifest is not None:  # how a client turns an image into the input tensor
             metadata["parameters"] = {"preprocess": self.runner.manifest.preprocess}
+        if self.runner.backend is not None:  # what runs it, and how --backend auto chose it
+            metadata.setdefault("parameters", {})["configuration"] = {
+                "artifact": Path(self.runner.artifact).name, "backend": self.runner.backend, "runner": self.runner.name,
+                "precision": self.runner.precision, "selection": self.runner.selection}
         return JSONResponse(metadata)
 
     async def model_ready(self, request: Request) -> Response:

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from resnet_deploy.artifacts import read_manifest
+from resnet_deploy.environment import bf16_problem
 from tests.conftest import train_digits
 
 GOALS = {"fp16": 0.001, "int8": 0.01}  # largest top-1 drop against fp32, as a fraction
@@ -60,7 +61,7 @@ def test_fp16_and_int8_keep_fp32_accuracy_on_held_out_digits(cli, digits, tmp_pa
     common = ["--arch", "resnet18_cifar", "--weights", str(out / record["checkpoint"]), "--input-size", str(size),
               *DECLARED, "--calib-data", str(out / "data" / "train"), "-q"]
     for target in ("trt", "cpu"):
-        extra = ["--fp16"] if target == "trt" else []
+        extra = ["--fp16", "--bf16"] if target == "trt" else []
         result = cli("export", *common, *extra, "--int8", "--int8-target", target, "--out", str(tmp_path / target))
         assert result.exit_code == 0, result.stderr
         assert "does not look normalised" not in result.stderr
@@ -69,6 +70,10 @@ def test_fp16_and_int8_keep_fp32_accuracy_on_held_out_digits(cli, digits, tmp_pa
         # the gate judged every reduced precision on calibration images the ranges never saw
         assert manifest.precision_options["int8"]["calibration"]["holdout"] == 64
         assert {p["inputs"] for p in manifest.parity if p["judged"] and p["artifact"] != "fp32"} == {"holdout"}
+        if target == "trt" and bf16_problem() is None:  # the fp32 file computed in bf16 passed its gate, top-1 too
+            bf16 = [p for p in manifest.parity if p["artifact"] == "bf16" and p["judged"]]
+            assert bf16 and all(p["cosine"] >= 0.999 and p["top1_agreement"] >= 0.95 for p in bf16), bf16
+            assert manifest.precision_options["bf16"]["verified"] is True
 
     images, labels = held_out(out / "data" / "test", size)
     folder = tmp_path

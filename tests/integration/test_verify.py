@@ -13,6 +13,7 @@ from resnet_deploy import export
 from resnet_deploy.artifacts import ArtifactEntry, read_manifest, write_manifest
 from resnet_deploy.backends import detect, registry
 from resnet_deploy.backends.detect import openvino as openvino_available
+from resnet_deploy.backends.detect import openvino_bf16
 from resnet_deploy.backends import pytorch as pytorch_backend
 from resnet_deploy.models import create_model, save_checkpoint
 from resnet_deploy.export.graph import find_points
@@ -185,7 +186,9 @@ def test_verify_on_images_and_labelled_data(cli, exported, tmp_path):
     report = json.loads(result.stdout)
     assert report["inputs"] == {"kind": "labelled images", "folder": str(data), "images": 12, "classes": 3}
     accuracy = report["accuracy"]
-    assert set(accuracy) == {"torch-cpu", "onnxruntime-cpu"} | ({"openvino-cpu"} if openvino_available().available else set())
+    openvino = {"openvino-cpu"} if openvino_available().available else set()
+    openvino |= {"openvino-cpu-bf16"} if openvino_bf16().available else set()  # the fp32 file computed in bf16
+    assert set(accuracy) == {"torch-cpu", "onnxruntime-cpu"} | openvino
     # an fp32 artifact that passed parity classifies exactly like its reference
     assert all(figures == accuracy["torch-cpu"] for figures in accuracy.values())
     assert 0 <= accuracy["torch-cpu"]["top1"] <= accuracy["torch-cpu"]["top5"] <= 1

@@ -1,0 +1,189 @@
+"""tune on a real export (resnet18 at 64 px: fp32, fp16, int8), the plan it writes, what --backend auto then
+runs (serve's metadata says which, and its outputs are within the chosen precision's tolerance), and the bf16
+precision's export gate where the CPU has native bf16 and where it does not."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from resnet_deploy import deployplan, environment, export, runtime
+from resnet_deploy.artifacts import read_manifest
+from resnet_deploy.backends.pytorch import reference_model
+from resnet_deploy.data import random_images
+from resnet_deploy.deployplan import read_plan
+from resnet_deploy.parity.metrics import compare_arrays
+from resnet_deploy.parity.tolerances import Policy
+from resnet_deploy.tune import TIE, configurations
+
+httpclient = pytest.importorskip("tritonclient.http")
+
+NATIVE_BF16 = environment.bf16_problem() is None
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """An fp32 + fp16 + int8 (cpu target) export of resnet18 at 64 px, tuned by the CLI: (folder, report)."""
+    from click.testing import CliRunner
+
+    from resnet_deploy.cli import main
+
+    folder = tmp_path_factory.mktemp("tuned")
+    export("resnet18", input_size=64, batch="1:4:8", fp16=True, int8=True, int8_target="cpu", calib_data="random",
+           calib_size=16, out=folder, quiet=True)
+    result = CliRunner().invoke(main, ["tune", str(folder / "resnet18.onnx"), "--batch-sizes", "1,4", "--budget-s",
+                                       "20", "--plot", str(folder / "tune.png"), "--json"],
+                                 catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert "verify 1/" in result.stderr and "timing " in result.stderr  # progress while it runs
+    return folder, json.loads(result.stdout)
+
+
+def test_tune_verifies_times_and_picks_the_fastest_within_a_tie(tuned):
+    folder, report = tuned
+    candidates = report["candidates"]
+    assert {c["config"]["artifact"] for c in candidates} == {"resnet18.onnx", "resnet18.fp16.onnx", "resnet18.int8.onnx"}
+    assert {c["config"]["backend"] for c in candidates} >= {"ort", "openvino"}
+    assert all(c["passed"] is not None and c["timings"] for c in candidates)  # every one verified and timed
+    choice = report["choice"]
+    assert choice["passed"] is True and choice["config"] == candidates[0]["config"]  # ranked first
+    p50 = {c["label"]: c["timings"]["1"]["p50_ms"] for c in candidates if c["passed"]}
+    assert p50[choice["label"]] <= min(p50.values()) * (1 + TIE) + 1e-9
+    baseline = next(c for c in candidates if c["label"] == "resnet18.onnx [ort, 2 threads]"
+                    or (c["config"]["backend"], c["config"]["precision"]) == ("ort", "fp32"))
+    assert baseline["timings"]["1"]["vs_baseline"] == pytest.approx(1.0)
+    bf16 = [c for c in candidates if c["config"]["precision"] == "bf16"]
+    if NATIVE_BF16:  # the fp32 file computed in bf16, verified at bf16's tolerance
+        assert bf16 and all(c["passed"] and c["accuracy"]["min_cosine"] >= 0.999 for c in bf16)
+    else:
+        assert not bf16 and any(s["variant"] == "openvino-cpu-bf16" for s in report["skipped"])
+    plan = read_plan(folder, "resnet18")
+    assert plan.choice.to_dict() == choice["config"] and report["plan_file"] == str(folder / "resnet18.deploy.json")
+    assert plan.measured["cpu"]["isa"] == environment.cpu_description()["isa"]
+    assert (folder / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # --plot: latency vs accuracy
+
+
+def test_without_native_bf16_tune_offers_none_and_says_why(tuned, monkeypatch):
+    folder, _ = tuned
+    monkeypatch.setattr(environment, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2 EPYC's flags
+    found, skipped = configurations(read_manifest(folder / "resnet18.json"), threads=[2])
+    assert "bf16" not in {c.precision for c in found} and {c.precision for c in found} == {"fp32", "fp16", "int8"}
+    reason = next(s for s in skipped if s["variant"] == "openvino-cpu-bf16")
+    assert reason["files"] == ["resnet18.onnx (bf16)"]
+    assert reason["reason"].startswith("this CPU has no native bf16 (avx512_bf16, amx_bf16)")
+
+
+def test_auto_runs_the_plan_on_this_kind_of_cpu_only(tuned, monkeypatch):
+    folder, report = tuned
+    with runtime.load(folder / "resnet18.fp16.onnx") as runner:  # any file of the export: the plan's choice
+        assert runner.artifact == str(folder / report["choice"]["config"]["artifact"])
+        assert runner.backend == report["choice"]["config"]["backend"] and "chosen by `tune`" in runner.selection
+    with runtime.load(folder / "resnet18.onnx", backend="ort") as runner:  # a backend named: no plan
+        assert runner.selection is None and runner.artifact == str(folder / "resnet18.onnx")
+    other = {**environment.cpu_description(), "isa": ["avx2", "fma"]}
+    monkeypatch.setattr(deployplan, "cpu_description", lambda: other)
+    with runtime.load(folder / "resnet18.onnx") as runner:
+        assert runner.name == "onnxruntime-cpu" and runner.artifact == str(folder / "resnet18.onnx")
+        assert "resnet18.deploy.json not used: it was measured on another kind of CPU" in runner.selection
+        assert "run `resnet-deploy tune" in runner.selection
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_auto_serves_the_chosen_configuration_within_its_tolerance(tuned):
+    folder, report = tuned
+    config = report["choice"]["config"]
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "resnet_deploy.cli", "serve", str(folder / "resnet18.onnx"),
+                                "--port", str(port), "--backend", "auto"], stderr=subprocess.PIPE, text=True)
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            try:
+                if client.is_model_ready("resnet18"):
+                    break
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            assert time.monotonic() < deadline, "serve did not become ready"
+            time.sleep(0.2)
+        served = client.get_model_metadata("resnet18")["parameters"]["configuration"]
+        batch = random_images(4, (3, 64, 64), MEAN, STD, seed=3)
+        tensor = httpclient.InferInput("input", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)
+        logits = client.infer("resnet18", [tensor]).as_numpy("logits")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert served["artifact"] == config["artifact"] and served["backend"] == config["backend"]
+    assert served["precision"] == config["precision"] and "chosen by `tune`" in served["selection"]
+    assert "auto: " in process.stderr.read()
+    manifest = read_manifest(folder / "resnet18.json")
+    import torch
+
+    with torch.no_grad():
+        want = reference_model(manifest)(torch.from_numpy(batch)).numpy()
+    policy = Policy.make(config["precision"], random_init=True)
+    assert policy.tolerance.failures(compare_arrays(want, logits)) == []
+    assert not np.array_equal(want, logits) or config["precision"] == "fp32"
+
+
+def test_export_bf16_gate_is_recorded_where_it_ran_and_why_not_elsewhere(tmp_path, monkeypatch, cli):
+    if NATIVE_BF16:
+        done = export("resnet18", input_size=64, batch="1:2:4", bf16=True, out=tmp_path / "native", quiet=True)
+        record = done.manifest.precision_options["bf16"]
+        assert record["verified"] is True and record["cpu"]["bf16"] == "native"
+        rows = [p for p in done.manifest.parity if p["artifact"] == "bf16"]
+        assert rows and {p["backend"] for p in rows} == {"openvino-cpu-bf16"} and all(p["judged"] for p in rows)
+        assert min(p["cosine"] for p in rows) >= 0.999 and max(p["rel_to_scale"] for p in rows) > 1e-4  # bf16, not f32
+        assert [a.precision for a in done.manifest.artifacts] == ["fp32"]  # no file of its own
+    monkeypatch.setattr(environment, "cpu_flags", lambda: {"avx2", "fma"})
+    result = cli("export", "--arch", "resnet18", "--input-size", "64", "--batch", "1:2:4", "--bf16",
+                 "--out", str(tmp_path / "avx2"))
+    assert result.exit_code == 0, result.stderr
+    assert "bf16 not verified here: this CPU has no native bf16" in result.stderr
+    assert "bf16: " in result.stderr and "computed in bf16: not verified here" in result.stderr
+    manifest = read_manifest(tmp_path / "avx2" / "resnet18.json")
+    assert manifest.precision_options["bf16"]["verified"] is False
+    assert not [p for p in manifest.parity if p["artifact"] == "bf16"]
+
+
+@pytest.mark.slow
+def test_top1_drop_is_judged_on_labelled_data_and_on_the_holdout(digits, tmp_path):
+    """A trained model: with --data the drop is against the float32 reference's accuracy on it; without, the
+    share of the calibration hold-out whose class changed. Over --max-drop is a rejection naming the drop."""
+    from resnet_deploy.tune import tune
+
+    out, record = digits
+    export("resnet18_cifar", weights=out / record["checkpoint"], input_size=record["settings"]["size"],
+           preprocess={"mean": (0.5,) * 3, "std": (0.5,) * 3}, int8=True, int8_target="cpu",
+           calib_data=out / "data" / "train", batch="1:8:32", out=tmp_path, quiet=True)
+    artifact = tmp_path / "resnet18_cifar.onnx"
+    labelled = tune(artifact, data=str(out / "data" / "test"), max_drop=0.0, budget_s=15, batch_sizes=[1],
+                    write=False)
+    assert labelled.inputs["kind"] == "labelled images" and labelled.inputs["images"] == 450
+    for candidate in labelled.candidates:
+        drop = candidate.accuracy["top1_drop"]
+        assert drop == pytest.approx(100 * (candidate.accuracy["top1_reference"] - candidate.accuracy["top1"]))
+        assert candidate.accuracy["top1_reference"] == pytest.approx(record["test_top1_torch"])
+        if drop > 0:
+            assert candidate.passed is False and candidate.reason == f"top-1 drop {drop:.2f} points > 0.0"
+    fp32 = next(c for c in labelled.candidates if c.config.label == "resnet18_cifar.onnx [ort, 2 threads]"
+                or (c.config.backend, c.config.precision) == ("ort", "fp32"))
+    assert fp32.passed and fp32.accuracy["top1_drop"] == 0.0
+    holdout = tune(artifact, max_drop=100.0, budget_s=15, batch_sizes=[1], write=False)
+    assert "holdout" in holdout.inputs["kind"]
+    assert all(c.accuracy["top1_drop"] is not None and c.passed for c in holdout.candidates)
