@@ -224,8 +224,8 @@ def _interleaved(runners: Sequence[tuple[str, Runner]], batch: dict[str, np.ndar
         return {label: (host[label], timers[label].samples if timers[label] is not None else None) for label in host}
 
 
-def plot(results: Sequence[BenchResult], path: str) -> None:
-    """Latency (p50) and throughput against batch size, one line per runner; needs matplotlib."""
+def pyplot() -> Any:
+    """matplotlib's pyplot drawing to files (Agg), or a one-line error naming the extra that installs it."""
     try:
         import matplotlib
 
@@ -233,8 +233,21 @@ def plot(results: Sequence[BenchResult], path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise DeployError("--plot needs matplotlib: pip install 'resnet-deploy[plot]'") from None
+    return plt
+
+
+def save_png(figure: Any, path: str) -> None:
+    """The figure written atomically as a PNG, then closed."""
     from .fileio import atomic_path
 
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    pyplot().close(figure)
+
+
+def plot(results: Sequence[BenchResult], path: str) -> None:
+    """Latency (p50) and throughput against batch size, one line per runner; needs matplotlib."""
+    plt = pyplot()
     figure, (latency, throughput) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label in dict.fromkeys(r.label for r in results):
         rows = sorted((r for r in results if r.label == label), key=lambda r: r.batch)
@@ -248,9 +261,7 @@ def plot(results: Sequence[BenchResult], path: str) -> None:
         axis.grid(True, alpha=0.3)
     latency.legend(fontsize=8)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def stderr_progress(message: str) -> None:

@@ -3,7 +3,8 @@ timed side by side, and the fastest written to ``STEM.deploy.json`` for ``--back
 
 A configuration is a file of the export (fp32, fp16, int8; the fp32 file computed in bf16 where a runtime
 offers it), a backend variant that runs it here (ONNX Runtime, OpenVINO; their GPU variants where there is
-one) and a thread count. Each is verified before it can be chosen: its precision's tolerances against the
+one), the backend's settings worth trying (OpenVINO's latency or throughput hint: one stream, or several
+with a batch split across them) and a thread count. Each is verified before it can be chosen: its precision's tolerances against the
 float32 reference (PyTorch, or the golden outputs without it), and its top-1 drop within ``max_drop``
 points, on labelled ``data`` or, without labels, as the share of the calibration hold-out whose class
 changed. Then every configuration that ran is timed by :func:`resnet_deploy.bench.bench`, interleaved, so
@@ -20,7 +21,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import numpy as np
 from .artifacts import Manifest, manifest_for
 from .backends.options import LoadOptions
 from .backends.registry import BACKENDS, Backend, Variant, artifact_format
-from .bench import bench
+from .bench import bench, pyplot, save_png
 from .deployplan import Configuration, DeployPlan
 from .environment import cpu_description, physical_cores, tool_versions
 from .errors import MAX_SEED, DeployError, within
@@ -156,9 +157,11 @@ def configurations(manifest: Manifest, *, threads: Sequence[int]) -> tuple[list[
                     skipped.setdefault(variant.name, {"variant": variant.name, "files": [], "reason": state.reason})
                     skipped[variant.name]["files"].append(f"{entry.file} ({computes})")
                     continue
-                device, own = variant.options.device or "cpu", _own_given(variant)
-                for count in (threads if device == "cpu" else (None,)):
-                    found.append(Configuration(entry.file, computes, backend.name, own, count, device))
+                device = variant.options.device or "cpu"
+                for setting in backend.tunables:
+                    own = {**_own_given(variant), **setting}
+                    for count in (threads if device == "cpu" else (None,)):
+                        found.append(Configuration(entry.file, computes, backend.name, own, count, device))
     return found, list(skipped.values())
 
 
@@ -168,10 +171,13 @@ def _own_given(variant: Variant) -> dict[str, Any]:
 
 
 def _variant(config: Configuration) -> tuple[Backend, Variant]:
-    """The registry's variant a configuration runs (how it is judged: its INT8 kernels, its precision)."""
+    """The registry's variant a configuration runs (how it is judged: its INT8 kernels, its precision), with
+    the configuration's settings."""
     backend = BACKENDS[config.backend]
-    return backend, next(v for v in backend.variants
-                         if (v.options.device or "cpu") == config.device and _own_given(v) == config.own)
+    tuned = {key for setting in backend.tunables for key in setting}
+    base = {key: on for key, on in config.own.items() if key not in tuned}
+    variant = next(v for v in backend.variants if (v.options.device or "cpu") == config.device and _own_given(v) == base)
+    return backend, replace(variant, options=replace(variant.options, own=backend.options(**config.own)))
 
 
 @dataclass
@@ -372,15 +378,7 @@ def _plan(report: TuneReport, manifest: Manifest, chosen: Candidate) -> DeployPl
 
 def plot(report: TuneReport, path: str) -> None:
     """Latency against accuracy, one point per configuration timed: passing, rejected, the choice."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise DeployError("--plot needs matplotlib: pip install 'resnet-deploy[plot]'") from None
-    from .fileio import atomic_path
-
+    plt = pyplot()
     drop = any(c.accuracy.get("top1_drop") is not None for c in report.candidates)
     figure, axis = plt.subplots(figsize=(9, 5))
     for number, candidate in enumerate(report.candidates, 1):
@@ -401,7 +399,5 @@ def plot(report: TuneReport, path: str) -> None:
     axis.set_title("tune: latency vs accuracy (* chosen, x rejected)")
     axis.grid(True, alpha=0.3)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+    save_png(figure, path)
 

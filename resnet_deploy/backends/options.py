@@ -37,6 +37,8 @@ class OrtOptions:
 class OpenVINOOptions:
     bf16: bool = flag("--openvino-bf16", "openvino backend: bf16 inference precision, on CPUs with native bf16 "
                                          "(AVX512_BF16, AMX); the default pins f32, the precision verified.")
+    throughput: bool = flag("--openvino-throughput", "openvino backend: the THROUGHPUT hint: OpenVINO's streams, "
+                                                     "each batch split across them and run in parallel.")
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,8 @@ class Backend:
     triton_key: str = "platform"  # how a Triton config names it: `platform: "tensorrt_plan"` or `backend: "openvino"`
     # the precision it computes a file of ``precision`` in, given its own options (OpenVINO's bf16 hint)
     computes: Callable[[Any, str], str] = field(default=lambda _own, precision: precision)
+    # settings `tune` tries on each of its variants, as own options (OpenVINO's latency and throughput hints)
+    tunables: tuple[dict[str, bool], ...] = ({},)
 
     def load(self, path: Path, manifest: Manifest, precision: str, device: tuple[str, int],
              options: LoadOptions) -> Runner:
@@ -128,7 +130,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
                 int8_as_written=False, precision="bf16"),
     ), "OpenVINO", "OpenVINO on x86 and ARM CPUs: the same ONNX, fp32 and Q/DQ INT8; the fp32 file in bf16 where "
        "the CPU has native bf16", options=OpenVINOOptions, cpu_int8_kernels=True, triton_key="backend",
-        computes=lambda own, precision: "bf16" if own.bf16 else precision),
+        computes=lambda own, precision: "bf16" if own.bf16 else precision, tunables=({}, {"throughput": True})),
     Backend("torch", "model", ".pytorch:load", "pytorch", (
         Variant("torch-cpu", _CPU, detect.torch_cpu),
         Variant("torch-cuda", _CUDA, detect.torch_cuda),

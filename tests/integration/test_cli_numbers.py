@@ -42,6 +42,7 @@ def _base_args(name: str, small_export, tmp_path) -> list[str]:
         "bench": [artifact, "--batch-sizes", "1", "--iters", "2", "--warmup", "0"],
         "triton": [artifact, "--repo", str(tmp_path / "repo")],
         "serve": [artifact],
+        "tune": [artifact, "--batch-sizes", "1", "--budget-s", "5", "--no-write"],
     }[name]
 
 
@@ -49,7 +50,7 @@ COMMANDS = sorted(name for name, command in main.commands.items() if _numeric_op
 
 
 def test_the_walk_finds_the_numeric_options():
-    assert {"export", "verify", "bench", "triton", "serve", "predict"} <= set(COMMANDS)
+    assert {"export", "verify", "bench", "triton", "serve", "predict", "tune"} <= set(COMMANDS)
     assert "--max-request-mb" in {o.opts[0] for o in _numeric_options(main.commands["serve"])}
 
 

@@ -147,3 +147,22 @@ def test_bf16_inference_where_the_cpu_has_it_natively(small_export, monkeypatch)
     monkeypatch.setattr(environment, "cpu_flags", lambda: {"avx2", "fma"})
     with pytest.raises(DeployError, match=r"--openvino-bf16: this CPU has no native bf16 \(avx512_bf16, amx_bf16\)"):
         runtime.load(small_export.onnx_path, backend="openvino", bf16=True)
+    with pytest.raises(DeployError, match=r"--openvino-bf16 computes the fp32 file in bf16; resnet18.fp16.onnx is "
+                                          r"the fp16 file: give resnet18.onnx"):
+        runtime.load(small_export.paths["fp16"], backend="openvino", bf16=True)
+
+
+def test_the_throughput_hint_splits_a_batch_across_streams_and_computes_the_same(small_export):
+    """--openvino-throughput: OpenVINO's streams, a batch split across its requests and joined in order;
+    every image's outputs are the latency hint's, up to float32 reordering."""
+    from resnet_deploy.parity.metrics import compare_arrays
+
+    batch = random_images(5, (3, 64, 64), MEAN, STD, seed=9)  # not a multiple of the streams
+    with runtime.load(small_export.onnx_path, backend="openvino") as latency, \
+            runtime.load(small_export.onnx_path, backend="openvino", throughput=True) as throughput:
+        assert throughput.name == "openvino-cpu-throughput" and throughput.describe()["streams"] >= 1
+        for size in (1, 5):
+            figures = compare_arrays(latency(batch[:size])["logits"], throughput(batch[:size])["logits"])
+            assert figures.rel_to_scale < 1e-4 and figures.top1_agreement == 1.0
+        per_image = [throughput(batch[i:i + 1])["logits"] for i in range(5)]
+        assert compare_arrays(np.concatenate(per_image), throughput(batch)["logits"]).rel_to_scale < 1e-4  # in order

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from resnet_deploy.deployplan import read_plan
 from resnet_deploy.parity.metrics import compare_arrays
 from resnet_deploy.parity.tolerances import Policy
 from resnet_deploy.tune import TIE, configurations
+from tests.conftest import wait_until_ready
 
 httpclient = pytest.importorskip("tritonclient.http")
 
@@ -109,17 +109,8 @@ def test_serve_auto_serves_the_chosen_configuration_within_its_tolerance(tuned):
     process = subprocess.Popen([sys.executable, "-m", "resnet_deploy.cli", "serve", str(folder / "resnet18.onnx"),
                                 "--port", str(port), "--backend", "auto"], stderr=subprocess.PIPE, text=True)
     try:
+        wait_until_ready(f"http://127.0.0.1:{port}/v2/health/ready", process, 60, lambda: process.stderr.read())
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stderr.read()
-            try:
-                if client.is_model_ready("resnet18"):
-                    break
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.2)
         served = client.get_model_metadata("resnet18")["parameters"]["configuration"]
         batch = random_images(4, (3, 64, 64), MEAN, STD, seed=3)
         tensor = httpclient.InferInput("input", list(batch.shape), "FP32")
