@@ -215,7 +215,7 @@ def _verify(candidate: Candidate, path: Path, manifest: Manifest, ran: Any, labe
     finally:
         plan.close()
     candidate.runner = plan.runners[-1].name
-    rows = [row for row in judge(results, plan.checks, reference=ran.name, judges=policy.judges_in(results.sets))]
+    rows = judge(results, plan.checks, reference=ran.name, judges=policy.judges_in(results.sets))
     judged = [row for row in rows if row.judged] or rows
     candidate.accuracy = {"min_cosine": min(r.figures["cosine"] for r in judged),
                           "max_rel_to_scale": max(r.figures["rel_to_scale"] for r in judged), "top1_drop": None}
