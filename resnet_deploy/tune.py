@@ -149,9 +149,9 @@ def configurations(manifest: Manifest, *, threads: Sequence[int]) -> tuple[list[
             if backend.runs != kind:  # the PyTorch model is the reference, not a deployment
                 continue
             for variant in backend.variants:
-                computes = variant.precision or entry.precision
-                if variant.precision is not None and PRECISIONS[variant.precision].runs_file != entry.precision:
+                if not variant.runs_file_of(entry.precision):
                     continue
+                computes = variant.precision or entry.precision
                 state = variant.availability()
                 if not state.available:
                     skipped.setdefault(variant.name, {"variant": variant.name, "files": [], "reason": state.reason})

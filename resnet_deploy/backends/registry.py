@@ -53,6 +53,11 @@ class Variant:
     int8_as_written: bool = True  # its INT8 kernels execute the Q/DQ graph as written (not a graph of its own)
     precision: str | None = None  # the precision it computes a file in, where not the file's own (bf16)
 
+    def runs_file_of(self, file_precision: str) -> bool:
+        """Whether it runs a file of ``file_precision``: any, unless it computes another precision from one
+        precision's file (bf16 from the fp32 file)."""
+        return self.precision is None or PRECISIONS[self.precision].runs_file == file_precision
+
 
 @dataclass(frozen=True)
 class Backend:

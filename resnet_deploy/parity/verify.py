@@ -151,7 +151,7 @@ def _usable(artifact: Path, file_precision: str, *, with_torch: bool) -> tuple[
             reason = state.reason or f"it runs {FORMAT_WORDS[backend.runs]}: verify that file instead"
         elif backend.runs == "model" and not with_torch:
             reason = "--reference golden: the PyTorch model is not rebuilt"
-        elif variant.precision is not None and PRECISIONS[variant.precision].runs_file != file_precision:
+        elif not variant.runs_file_of(file_precision):
             runs = PRECISIONS[variant.precision].runs_file
             reason = state.reason or f"it computes the {runs} file in {variant.precision}: verify that file instead"
         else:
