@@ -12,10 +12,11 @@ stream), so bench never touches a runner's stream or imports its library.
 
 from __future__ import annotations
 
-import sys
-import time
 import contextlib
 import os
+import sys
+import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from .artifacts import split_artifact_name
 from .backends.base import Runner
 from .backends.registry import BACKENDS, artifact_format, backend_for
 from .data import random_images
-from .errors import DeployError, within
+from .errors import DeployError, DeployWarning, within
 from .runtime import load
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
@@ -93,7 +94,7 @@ def load_runners(stack: contextlib.ExitStack, artifacts: Sequence[str | os.PathL
     if unused:
         raise DeployError(f"options of the {', '.join(unused)} backend given, but this run does not use it: "
                           f"add --backend {unused[0]}")
-    runners, seen = [], set()
+    runners, seen, running = [], set(), set()
     for index, artifact in enumerate(artifacts):
         stem = split_artifact_name(artifact)[0]
         for backend in backends:
@@ -103,11 +104,28 @@ def load_runners(stack: contextlib.ExitStack, artifacts: Sequence[str | os.PathL
             if key in seen:
                 continue
             seen.add(key)
-            runner = stack.enter_context(load(artifact, backend=backend, device=device, threads=threads,
-                                              **own.get(row.name, {})))
-            source = f"{stem} (PyTorch)" if model else Path(artifact).name
-            runners.append((f"{source} [{runner.name}]", runner))
+            runner = load(artifact, backend=backend, device=device, threads=threads, **own.get(row.name, {}))
+            what, label = _label(runner, artifact, stem, model)
+            if what in running:  # auto chose, for another file, what already runs
+                runner.close()
+                warnings.warn(f"{Path(artifact).name}: --backend auto runs {what}, already timed; name a backend "
+                              f"(e.g. --backend {row.name}) to time {Path(artifact).name} itself", DeployWarning,
+                              stacklevel=2)
+                continue
+            running.add(what)
+            runners.append((label, stack.enter_context(runner)))
     return runners
+
+
+def _label(runner: Runner, given: str | os.PathLike[str], stem: str, model: bool) -> tuple[str, str]:
+    """(what runs: the file the runner runs and the runner, a row's name): --backend auto may run another file
+    of the export than the one given, and the row's name then says for which."""
+    if model:
+        return (f"{stem} (PyTorch) [{runner.name}]",) * 2
+    ran = Path(runner.artifact).name if runner.artifact else Path(given).name
+    threads = getattr(runner, "threads", None)
+    what = f"{ran} [{runner.name}" + (f", {threads} threads" if runner.selection and threads else "") + "]"
+    return what, what + (f" (auto, for {Path(given).name})" if ran != Path(given).name else "")
 
 
 def _input_for(runner: Runner, batch_size: int, seed: int) -> np.ndarray:

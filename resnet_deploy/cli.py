@@ -603,6 +603,8 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
 @click.option("--latency/--throughput", "latency", default=True, show_default=True,
               help="Pick by p50 at the smallest batch, or by the best images/s.")
 @click.option("--budget-s", type=float, default=300.0, show_default=True, help="Seconds the whole run should take.")
+@click.option("--duration", type=float, help="Seconds of timed calls per configuration and batch size (default: "
+                                             "what --budget-s leaves after verification, 0.3 to 3).")
 @click.option("--threads", "thread_counts", help="Comma-separated CPU thread counts to try (default: physical "
                                                   "cores, and logical ones where more).")
 @click.option("--reference", type=click.Choice(REFERENCES), default="auto", show_default=True,
@@ -613,7 +615,8 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def tune_command(artifact: str, data: str | None, max_drop: float, batch_sizes: str | None, latency: bool,
-                 budget_s: float, thread_counts: str | None, reference: str, seed: int, no_write: bool,
+                 budget_s: float, duration: float | None, thread_counts: str | None, reference: str, seed: int,
+                 no_write: bool,
                  plot_path: str | None, as_json: bool, quiet: bool) -> None:
     """Try every file x backend x setting of ARTIFACT's export that runs here, verify each, time them side by
     side, and write the fastest that passed to STEM.deploy.json (what --backend auto runs)."""
@@ -623,7 +626,7 @@ def tune_command(artifact: str, data: str | None, max_drop: float, batch_sizes: 
     _output_file("--plot", plot_path)
     report = tune(artifact, data=data, max_drop=max_drop,
                   batch_sizes=_int_list(batch_sizes, "--batch-sizes") if batch_sizes else None,
-                  objective="latency" if latency else "throughput", budget_s=budget_s,
+                  objective="latency" if latency else "throughput", budget_s=budget_s, duration=duration,
                   threads=_int_list(thread_counts, "--threads") if thread_counts else None, reference=reference,
                   seed=seed, write=not no_write, progress=None if quiet else stderr_progress)
     if not quiet:
@@ -699,6 +702,7 @@ def doctor_command(as_json: bool) -> None:
         f"torch        {torch_info['version'] or 'not installed'}, "
         + (f"CUDA {torch_info['cuda_build']}: {', '.join(torch_info['gpus'])}" if torch_info["cuda"]
            else torch_info["reason"]),
+        *_torch_build_lines(torch_info["build"]),
         f"onnxruntime  {report['onnxruntime']['version']}, providers: {', '.join(report['onnxruntime']['providers'])}",
     ]
     for name in ("onnx", "onnxsim", "onnxscript", "openvino", "matplotlib"):
@@ -713,6 +717,15 @@ def doctor_command(as_json: bool) -> None:
     for name, state in report["backends"].items():
         lines.append(f"  {name:<21} {'yes' if state['usable'] else 'no: ' + state['reason']}")
     click.echo("\n".join(lines))
+
+
+def _torch_build_lines(build: dict | None) -> list[str]:
+    """doctor's lines on the PyTorch build: which, and where it does not fit the machine, what replaces it."""
+    if build is None:
+        return []
+    fits = "fits this machine" if build["fits"] else build["problem"]
+    return [f"torch build  {build['build']}: {fits}"] + ([f"             replace it: {build['fix']}"]
+                                                         if build["fix"] else [])
 
 
 @main.command("triton")
@@ -740,25 +753,18 @@ def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: 
     """Write ARTIFACT into a Triton Inference Server model repository, destroying nothing there."""
     from .serving.triton import ENSEMBLE_SUFFIX, PREPROCESS_SUFFIX, TritonOptions, write_model_repository
 
-    if backend == "auto":  # tune's choice for this export on this kind of CPU, else the file's own
-        from pathlib import Path
-
-        from .artifacts import manifest_for
-        from .runtime import tuned_configuration
-
-        chosen, selection = tuned_configuration(Path(artifact), *manifest_for(artifact))
-        click.echo(selection, err=True)
-        if chosen is not None:
-            artifact, backend = str(Path(artifact).parent / chosen.artifact), chosen.backend
     options = TritonOptions(model_name=model_name, max_batch=max_batch,
                             preferred=tuple(_int_list(preferred, "--preferred")) if preferred else (),
                             queue_delay_us=queue_delay_us, instances=instances, kind=kind, version=model_version,
                             backend=backend, ensemble=ensemble)
-    folder, version = write_model_repository(artifact, repo, options, force=force)
-    click.echo(f"wrote {folder}/config.pbtxt and {folder}/{version}/")
+    written = write_model_repository(artifact, repo, options, force=force)
+    if written.selection:
+        click.echo(written.selection, err=True)
+    click.echo(f"wrote {written.folder}/config.pbtxt and {written.folder}/{written.version}/")
+    click.echo(f"  {written.artifact.name} on Triton's {written.backend} backend, computing {written.computes}")
     if ensemble:
         for suffix in (PREPROCESS_SUFFIX, ENSEMBLE_SUFFIX):
-            click.echo(f"wrote {folder}{suffix}/config.pbtxt and {folder}{suffix}/1/")
+            click.echo(f"wrote {written.folder}{suffix}/config.pbtxt and {written.folder}{suffix}/1/")
 
 
 @main.command("serve")

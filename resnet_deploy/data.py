@@ -25,7 +25,7 @@ from PIL import Image
 
 from .errors import DeployError, DeployWarning, first_line
 from .fileio import sha256_file
-from .imageprep import ImagePreprocess, UnsupportedPixels, to_rgb
+from .imageprep import IMAGE_SUFFIXES, ImagePreprocess, UnsupportedPixels, open_image, to_rgb
 from .imageprep import random_images as random_images  # the public name here too: defined once, in imageprep
 
 T = TypeVar("T")
@@ -84,9 +84,6 @@ def imagenet_classes() -> list[str]:
     return resources.files(__package__).joinpath(IMAGENET_CLASSES_FILE).read_text().splitlines()
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
-
-
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
@@ -97,7 +94,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     not clipped, which made them white or black."""
     path = _image_path(path)
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.load()
             return to_rgb(image)
     except UnsupportedPixels as exc:
@@ -123,7 +120,7 @@ def _load_preprocessed(path: Path, preprocess: ImagePreprocess) -> np.ndarray:
     """One image decoded and preprocessed; a large one only while no other large one is (parallel
     decodes of large images multiplied the memory peak)."""
     try:
-        with Image.open(_image_path(path)) as header:  # reads the size, not the pixels
+        with open_image(_image_path(path)) as header:  # reads the size, not the pixels
             large = header.width * header.height > LARGE_IMAGE_PIXELS
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DeployError(f"cannot read {path} as an image: {first_line(exc)}") from None

@@ -10,6 +10,7 @@ target without PyTorch read it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,6 +79,12 @@ class DeployPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeployPlan:
+        """The plan in ``data``, every field checked (a hand-edited or damaged plan must not reach a runner).
+
+        Raises:
+            ValueError: the field that is missing or of the wrong kind.
+        """
+        _check_plan(data)
         fields = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
         fields["choice"] = Configuration.from_dict(data["choice"])
         return cls(**fields)
@@ -108,6 +115,44 @@ class DeployPlan:
         return None
 
 
+def _field(record: Any, name: str, kinds: type | tuple[type, ...], where: str = "") -> Any:
+    """``record[name]``, which must be of ``kinds`` (bool is no number here); else ValueError naming it."""
+    if not isinstance(record, dict) or name not in record:
+        raise ValueError(f"no {where}{name}")
+    value, allowed = record[name], kinds if isinstance(kinds, tuple) else (kinds,)
+    if (isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed)
+            or isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"{where}{name} is {value!r}")
+    return value
+
+
+def _check_plan(data: Any) -> None:
+    """Every field :class:`DeployPlan` and ``--backend auto`` use, of the kind they use it as."""
+    for name in ("stem", "sha256", "objective", "why"):
+        _field(data, name, str)
+    choice = _field(data, "choice", dict)
+    for name in ("artifact", "precision", "backend", "device"):
+        _field(choice, name, str, "choice.")
+    own = _field(choice, "own", dict, "choice.")
+    for key in own:
+        _field(own, key, bool, "choice.own.")
+    threads = choice.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"choice.threads is {threads!r}")
+    if _field(data, "batch", int) < 1:
+        raise ValueError(f"batch is {data['batch']!r}")
+    figures = _field(data, "figures", dict)
+    _field(figures, "p50_ms", (int, float), "figures.")
+    if figures.get("vs_baseline") is not None:
+        _field(figures, "vs_baseline", (int, float), "figures.")
+    measured = _field(data, "measured", dict)
+    cpu = _field(measured, "cpu", dict, "measured.")
+    if not isinstance(cpu.get("isa", []), list):
+        raise ValueError(f"measured.cpu.isa is {cpu['isa']!r}")
+    if "candidates" in data:
+        _field(data, "candidates", list)
+
+
 def read_plan(folder: str | os.PathLike[str], stem: str) -> DeployPlan | None:
     """The export's plan, None where there is none; a one-line error for one that cannot be read."""
     path = plan_path(folder, stem)
@@ -115,6 +160,8 @@ def read_plan(folder: str | os.PathLike[str], stem: str) -> DeployPlan | None:
         return None
     try:
         data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}, not {FORMAT!r}")
         return DeployPlan.from_dict(data)

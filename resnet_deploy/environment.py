@@ -1,11 +1,14 @@
-"""What this machine has: tool versions, the CPU and what its INT8 kernels do."""
+"""What this machine has: tool versions, the CPU and what its INT8 kernels do, the PyTorch build and whether
+it fits the machine."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import platform
+import re
 
 
 _TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "openvino", "tensorrt")
@@ -118,3 +121,73 @@ def cpu_description() -> dict[str, object]:
     return {"model": fields.get("model name") or platform.processor() or platform.machine(),
             "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
             "isa": [f for f in wanted if f in flags], "int8_isa": int8_isa(), "bf16": bf16_problem() or "native"}
+
+
+# PyTorch's own index of CPU-only builds: pip's default `torch` on Linux x86-64 is a CUDA build of several GB
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+# what a CUDA build of torch brings beside itself: the CUDA libraries' distributions
+_CUDA_DISTRIBUTION_PREFIXES = ("nvidia-", "cuda-")
+_CUDA_DISTRIBUTIONS = ("triton",)  # the GPU kernel compiler, not Triton Inference Server's tritonclient
+
+
+def nvidia_driver_present() -> bool:
+    """An NVIDIA kernel driver is loaded (a discrete GPU's /proc entry or device node, or a Jetson's Tegra
+    release file): the machine has an NVIDIA GPU, whatever Python packages are installed."""
+    return any(os.path.exists(path) for path in ("/proc/driver/nvidia/version", "/dev/nvidiactl",
+                                                 "/etc/nv_tegra_release"))
+
+
+def _torch_cuda_version() -> str | None:
+    """The CUDA version the installed torch was built for (None: a CPU build), read from its version.py
+    without importing torch (a CUDA build takes seconds to import)."""
+    spec = importlib.util.find_spec("torch")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            text = open(os.path.join(folder, "version.py")).read()
+        except OSError:
+            continue
+        found = re.search(r"^cuda\b[^=]*=\s*(?:'([^']*)'|\"([^\"]*)\"|None)", text, re.MULTILINE)
+        return (found.group(1) or found.group(2)) if found else None
+    return None
+
+
+def _cuda_parts() -> tuple[list[str], int]:
+    """The installed CUDA libraries' distributions (nvidia-*, cuda-*, triton) and the bytes they and torch's
+    own CUDA kernels take."""
+    names, size = [], 0
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower()
+        files = dist.files or []
+        if name.startswith(_CUDA_DISTRIBUTION_PREFIXES) or name in _CUDA_DISTRIBUTIONS:
+            names.append(name)
+            size += sum(f.size or 0 for f in files)
+        elif name == "torch":
+            size += sum(f.size or 0 for f in files if "cuda" in f.name and ".so" in f.name)
+    return sorted(set(names)), size
+
+
+def torch_build() -> dict[str, object] | None:
+    """Which PyTorch build is installed and whether it fits this machine; None without torch.
+
+    Returns:
+        ``version``, ``build`` ("cpu" or "cuda X.Y"), ``gpu`` (an NVIDIA driver is loaded), ``fits``, and
+        where it does not fit: ``problem``, ``cuda_bytes`` (what the CUDA parts take) and ``fix`` (the
+        commands that replace it).
+    """
+    version = package_version("torch")
+    if version is None:
+        return None
+    cuda, gpu = _torch_cuda_version(), nvidia_driver_present()
+    report: dict[str, object] = {"version": version, "build": f"cuda {cuda}" if cuda else "cpu", "gpu": gpu,
+                                 "fits": bool(cuda) == gpu, "problem": None, "fix": None}
+    if cuda and not gpu:
+        names, size = _cuda_parts()
+        release = version.split("+")[0]
+        report.update(cuda_bytes=size, problem=(
+            f"a CUDA {cuda} build on a machine with no NVIDIA GPU: its CUDA libraries take "
+            f"{size / 2**30:.1f} GiB here, unused"),
+            fix=f"pip uninstall -y torch {' '.join(names)} && pip install torch=={release} --index-url {CPU_TORCH_INDEX}")
+    elif gpu and not cuda:
+        report["problem"] = ("a CPU build on a machine with an NVIDIA GPU: the PyTorch reference runs on the CPU "
+                             "and torch-cuda is unavailable (pip's default torch is a CUDA build)")
+    return report

@@ -64,9 +64,11 @@ def within(option: str, value: N, low: N | None = None, high: N | None = None, w
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (or its type name), for one-line errors."""
-    lines = str(exc).strip().splitlines()
-    return lines[0][:limit] if lines else type(exc).__name__
+    """The first line of an exception's message (or its type name), for one-line errors; OpenVINO's
+    "Exception from src/...cpp:N:" lines, which say where in its source and not what, are skipped."""
+    lines = [line for line in str(exc).strip().splitlines()
+             if line.strip() and not (line.startswith("Exception from ") and line.rstrip().endswith(":"))]
+    return lines[0].strip()[:limit] if lines else type(exc).__name__
 
 
 class DeployWarning(UserWarning):

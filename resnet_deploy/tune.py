@@ -92,12 +92,12 @@ def _closeness_to_fp32(candidate: Candidate) -> int:
 
 
 def rank(candidates: Sequence[Candidate], objective: str) -> list[Candidate]:
-    """Passing candidates by the objective's figure, then the rejected ones (timed first), then the untried."""
+    """Passing candidates by the objective's figure, then the rejected ones, then those without a figure."""
     sign = 1 if objective == "latency" else -1
 
     def key(c: Candidate) -> tuple[int, float]:
         figure = c.figure(objective)
-        group = 0 if c.passed else 1 if c.passed is False and figure else 2
+        group = 0 if c.passed and figure else 1 if c.passed is False and figure else 2  # untimed: last
         return group, sign * figure[0] if figure else 0.0
 
     return sorted(candidates, key=key)
@@ -111,10 +111,7 @@ def choose(candidates: Sequence[Candidate], objective: str) -> tuple[Candidate |
         raise DeployError(f"unknown objective {objective!r}: choose from {', '.join(OBJECTIVES)}")
     passing = [c for c in candidates if c.passed and c.figure(objective)]
     if not passing:
-        tried = [c for c in candidates if c.passed is False]
-        reasons = "; ".join(f"{c.config.label}: {c.reason}" for c in tried[:3])
-        return None, ("no configuration passed verification" + (f" ({reasons})" if reasons else "")
-                      if tried else "no configuration could be verified here")
+        return None, _why_none(candidates)
     faster = _faster(objective)
     best = passing[0]
     for candidate in passing[1:]:
@@ -128,13 +125,30 @@ def choose(candidates: Sequence[Candidate], objective: str) -> tuple[Candidate |
     if chosen is best:
         why = f"the fastest configuration that passed verification ({value:.2f} {unit})"
     else:
-        why = (f"within {TIE:.0%} of the fastest that passed ({best.config.label}, {value:.2f} {unit}) and "
-               f"computes closer to fp32 ({chosen.config.precision} against {best.config.precision})")
+        why = f"within {TIE:.0%} of the fastest that passed ({best.config.label}, {value:.2f} {unit}) and " + (
+            f"computes closer to fp32 ({chosen.config.precision} against {best.config.precision})"
+            if chosen.config.precision != best.config.precision else
+            f"uses fewer threads ({chosen.config.threads} against {best.config.threads})"
+            if (chosen.config.threads or 0) < (best.config.threads or 0) else "was listed first")
     faster_rejected = [c for c in candidates if c.passed is False and c.figure(objective)
                        and faster(c.figure(objective)[0], chosen.figure(objective)[0])]
     if faster_rejected:
         why += f"; {len(faster_rejected)} faster one(s) failed verification"
     return chosen, why
+
+
+def _why_none(candidates: Sequence[Candidate]) -> str:
+    """Why no configuration can be chosen: the rejected ones' reasons, else how many were not tried or did not
+    load (the budget running out is not a verdict on the configurations)."""
+    rejected = [c for c in candidates if c.passed is False]
+    if rejected:
+        reasons = "; ".join(f"{c.config.label}: {c.reason}" for c in rejected[:3])
+        return f"no configuration passed verification ({reasons})"
+    untried = [c for c in candidates if c.reason and c.reason.startswith("not tried")]
+    unloaded = [c for c in candidates if c.reason and c.reason.startswith("did not load")]
+    parts = ([f"{len(untried)} not tried (--budget-s ran out before they were verified: give more)"] if untried
+             else []) + ([f"{len(unloaded)} did not load ({unloaded[0].reason})"] if unloaded else [])
+    return "no configuration was verified: " + ("; ".join(parts) or "none could be verified here")
 
 
 def configurations(manifest: Manifest, *, threads: Sequence[int]) -> tuple[list[Configuration], list[dict[str, Any]]]:
@@ -248,6 +262,7 @@ def tune(
     batch_sizes: list[int] | None = None,
     objective: str = "latency",
     budget_s: float = DEFAULT_BUDGET_S,
+    duration: float | None = None,
     threads: list[int] | None = None,
     reference: str = "auto",
     seed: int = 0,
@@ -262,7 +277,10 @@ def tune(
         max_drop: the largest top-1 drop allowed, in points (on ``data``, else the hold-out's changed classes).
         batch_sizes: timed batch sizes within the profile (default 1 and 8, within it).
         objective: ``latency`` (p50 at the smallest batch) or ``throughput`` (best images/s).
-        budget_s: seconds the whole run should take: the timing per case is what is left after verifying.
+        budget_s: seconds the whole run should take: verification stops at half of it (the rest reported as not
+            tried), and the timing per case is what is left after verifying.
+        duration: seconds of timed calls per configuration and batch size (default: from what ``budget_s``
+            leaves, :data:`MIN_CASE_S` to :data:`MAX_CASE_S`).
         threads: CPU thread counts to try (default: the physical cores, and the logical ones where more).
         reference: as :func:`resnet_deploy.verify` takes it (auto: PyTorch where installed, else golden).
         seed: seed of the random inputs.
@@ -283,13 +301,15 @@ def tune(
         raise DeployError(f"unknown objective {objective!r}: choose from {', '.join(OBJECTIVES)}")
     within("--max-drop", max_drop, 0.0, 100.0, "top-1 points")
     within("--budget-s", budget_s, 1.0, 86400.0, "seconds")
+    if duration is not None:
+        within("--duration", duration, 0.05, 3600.0, "seconds")
     within("--seed", seed, 0, MAX_SEED)
     profile = manifest.batch
     sizes = batch_sizes or sorted({max(profile.min, 1), min(profile.max, 8)})
     outside = [b for b in sizes if not profile.min <= b <= profile.max]
     if outside:
         raise DeployError(f"batch sizes {outside} are outside the export's profile {profile}")
-    counts = threads or sorted({physical_cores(), os.cpu_count() or 1})
+    counts = sorted(set(threads or {physical_cores(), os.cpu_count() or 1}))  # a count named twice is one
     for count in counts:
         LoadOptions(threads=count)  # the bound check of --threads
     found, skipped = configurations(manifest, threads=counts)
@@ -324,7 +344,7 @@ def tune(
         except DeployError as exc:
             candidate.reason = f"did not load: {exc}"
         verified[key] = candidate
-    _time(candidates, path.parent, sizes, budget_s - (time.perf_counter() - start), say)
+    _time(candidates, path.parent, sizes, budget_s - (time.perf_counter() - start), say, duration)
     chosen, why = choose(candidates, objective)
     report = TuneReport(artifact=str(path), objective=objective, batch_sizes=sizes, max_drop=max_drop,
                         inputs=ran.given.description, reference=ran.described, candidates=rank(candidates, objective),
@@ -342,12 +362,13 @@ def tune(
 
 
 def _time(candidates: list[Candidate], folder: Path, sizes: list[int], seconds_left: float,
-          say: Callable[[str], None]) -> None:
-    """Every verified candidate timed side by side (interleaved), each case for what the budget leaves."""
+          say: Callable[[str], None], duration: float | None = None) -> None:
+    """Every verified candidate timed side by side (interleaved), each case for ``duration`` seconds or what the
+    budget leaves."""
     timed = [c for c in candidates if c.passed is not None]
     if not timed:
         return
-    per_case = min(MAX_CASE_S, max(MIN_CASE_S, 0.6 * seconds_left / (len(timed) * len(sizes))))
+    per_case = duration or min(MAX_CASE_S, max(MIN_CASE_S, 0.6 * seconds_left / (len(timed) * len(sizes))))
     with contextlib.ExitStack() as stack:
         runners = []
         for candidate in timed:

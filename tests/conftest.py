@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -124,6 +125,39 @@ def pip(*args: str, python: str = sys.executable) -> None:
         if any(sign in done.stderr + done.stdout for sign in UNREACHABLE):
             pytest.skip(f"the package registry cannot be reached: {done.stderr.strip().splitlines()[-1]}")
         pytest.fail(f"pip {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving_in_thread(app, **server_options):
+    """The ASGI ``app`` served on a free loopback port in a thread of this process (serve's own HTTP server,
+    its header deadline included); yields "127.0.0.1:PORT" and stops the server after."""
+    import threading
+    import time
+
+    from resnet_deploy.serving.connections import http_server
+
+    port = free_port()
+    instance = http_server(app, "127.0.0.1", port, **server_options)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
 
 
 def wait_until_ready(url: str, process: subprocess.Popen, seconds: float, why_not) -> None:

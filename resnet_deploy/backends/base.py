@@ -4,10 +4,15 @@ A runner takes a float32 NCHW numpy batch and returns ``{output name: array}``.
 It says what it takes and gives (``inputs``, ``outputs``, ``batch_range``),
 is warmed up explicitly (first calls pay for allocation, autotuning, graph
 capture), and is a context manager that releases its session or engine.
+
+Every runner is safe across threads: one whose ``run`` can be called by several threads
+at once says ``concurrent = True``; the others are called one at a time (a lock in
+``__call__``), and say so, so a server does not start workers that would only queue.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,6 +36,9 @@ class DeviceTimer(Protocol):
         """Release the events."""
 
 
+_LOCK_MADE = threading.Lock()  # makes each serial runner's lock once
+
+
 class Runner:
     """Base of the torch, ONNX Runtime and TensorRT runners."""
 
@@ -44,6 +52,9 @@ class Runner:
     manifest: Manifest | None = None  # that file's manifest, when loaded by runtime.load
     precision: str = FP32
     selection: str | None = None  # how --backend auto chose this configuration, when it did
+    concurrent: bool = True  # run() may be called by several threads at once; else __call__ serialises calls
+    serial_reason: str = ""  # why not, when not
+    _serial: threading.Lock | None = None
 
     @property
     def input_name(self) -> str:
@@ -54,7 +65,18 @@ class Runner:
         return [o.name for o in self.outputs]
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return self.run(self.check_input(batch))
+        batch = self.check_input(batch)
+        if self.concurrent:
+            return self.run(batch)
+        with self._call_lock():
+            return self.run(batch)
+
+    def _call_lock(self) -> threading.Lock:
+        if self._serial is None:
+            with _LOCK_MADE:
+                if self._serial is None:
+                    self._serial = threading.Lock()
+        return self._serial
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run a batch already checked by :meth:`check_input`."""
@@ -133,6 +155,7 @@ class Runner:
             "inputs": [vars(t) for t in self.inputs],
             "outputs": [vars(t) for t in self.outputs],
             "batch_range": list(self.batch_range) if self.batch_range else None,
+            "concurrent": self.concurrent, **({} if self.concurrent else {"serial_reason": self.serial_reason}),
         }
 
     def close(self) -> None:

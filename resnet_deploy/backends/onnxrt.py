@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import platform
+import shutil
 import warnings
 from pathlib import Path
 
@@ -99,16 +101,31 @@ def _session_with_cache(model: Path, providers: list, options: ort.SessionOption
         cache.parent.mkdir(exist_ok=True)
         with atomic_path(cache) as tmp:
             options.optimized_model_filepath = str(tmp)
-            session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
+            try:
+                session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
+            except Exception as exc:  # noqa: BLE001 - saving the graph failed (ENOSPC reads as INVALID_PROTOBUF)
+                raise _save_failure(cache.parent, model, exc) from None
             digest = sha256_file(tmp)
         atomic_write_bytes(_cache_record(cache), digest.encode())
         for stale in cache.parent.glob(f"{model.name}.*"):  # older exports of the same file, their records
             if stale not in (cache, _cache_record(cache)):
                 stale.unlink(missing_ok=True)
         return session, state
-    except OSError:
+    except OSError as exc:  # a read-only folder or a full disk: the model itself may load fine without the cache
         options.optimized_model_filepath = ""
-        return ort.InferenceSession(str(model), sess_options=options, providers=providers), "unwritable"
+        session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
+        warnings.warn(f"{model.name}: the optimised graph cannot be cached in {cache.parent.name}/ "
+                      f"({exc.strerror or exc}); running without the cache", DeployWarning, stacklevel=4)
+        return session, "unwritable"
+
+
+def _save_failure(folder: Path, model: Path, exc: Exception) -> OSError:
+    """Why ONNX Runtime could not save the optimised graph in ``folder``: a full disk (its own message says
+    INVALID_PROTOBUF, as if the model were damaged), else what it said."""
+    free = shutil.disk_usage(folder).free
+    if free < model.stat().st_size:
+        return OSError(errno.ENOSPC, f"no space left on the device: {free // 2**20} MiB free")
+    return OSError(first_line(exc))
 
 
 class OnnxRuntimeRunner(Runner):

@@ -11,6 +11,8 @@ the cache, the compiled blob is kept in ``.ov-cache/`` beside the artifact
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import openvino as ov
 
 from ..artifacts import Manifest, TensorSpec, artifact_filename
 from ..environment import bf16_problem
-from ..errors import DeployError, first_line
+from ..errors import DeployError, DeployWarning, first_line
 from ..precisions import PRECISIONS
 from .base import Runner
 from .options import LoadOptions
@@ -37,34 +39,51 @@ def _spec(port: Any, known: set[str]) -> TensorSpec:
     return TensorSpec(name, shape, port.get_element_type().to_dtype().name)
 
 
+def _compile(model: Path, config: dict[str, Any], cache_dir: str | os.PathLike[str] | None) -> tuple[Any, str | None]:
+    """The model compiled for the CPU, and the cache folder used: a cache that cannot be made or written (a
+    read-only model volume, a full disk) is not used, with a warning, as ONNX Runtime's graph cache is not."""
+    if cache_dir is not None:
+        core = ov.Core()
+        try:
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+            return core.compile_model(str(model), "CPU", config), str(cache_dir)
+        except RuntimeError as exc:
+            warnings.warn(f"{model.name}: OpenVINO's model cache in {Path(cache_dir).name}/ is not used "
+                          f"({first_line(exc)}); compiling without it", DeployWarning, stacklevel=4)
+    try:
+        return ov.Core().compile_model(str(model), "CPU", config), None
+    except RuntimeError as exc:
+        raise DeployError(f"OpenVINO cannot compile {model.name}: {first_line(exc)}") from None
+
+
 class OpenVINORunner(Runner):
     """Runs an ONNX model on OpenVINO's CPU plugin: f32 inference precision (``bf16``: bf16, where the CPU has
-    it natively); the latency hint and one infer request, or (``throughput``) the throughput hint and a queue
-    of OpenVINO's optimal number of requests, a batch split across them. ``tensor_names``: the ONNX graph's
-    input and output names, which name the runner's tensors."""
+    it natively); the latency hint, or (``throughput``) the throughput hint and a queue of OpenVINO's optimal
+    number of requests, a batch split across them. ``tensor_names``: the ONNX graph's input and output names,
+    which name the runner's tensors.
+
+    Safe across threads: an ``InferRequest`` is not (one shared by threads mixes answers), so each call takes
+    an idle request of its own from a pool (made on demand), and the throughput queue serves one call at a
+    time. Inputs are copied into OpenVINO's tensors, never shared: a request reused later cannot write into
+    (or read from) memory the caller still owns."""
 
     def __init__(self, model: str | os.PathLike[str], *, threads: int | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, tensor_names: Sequence[str] = ("input", "logits"),
                  batch_range: tuple[int, int] | None = None, bf16: bool = False, throughput: bool = False) -> None:
-        core = ov.Core()
-        if cache_dir is not None:
-            core.set_property({"CACHE_DIR": str(cache_dir)})
         config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY",
                                   "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        try:
-            self.compiled = core.compile_model(str(model), "CPU", config)
-        except RuntimeError as exc:
-            raise DeployError(f"OpenVINO cannot compile {Path(model).name}: {first_line(exc)}") from None
-        self.request = self.compiled.create_infer_request()
+        self.compiled, cache_dir = _compile(Path(model), config, cache_dir)
+        self._idle = [self.compiled.create_infer_request()]
+        self._pool_lock, self._queue_lock = threading.Lock(), threading.Lock()
         self.streams = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if throughput else 1
         self.queue = ov.AsyncInferQueue(self.compiled, self.streams) if self.streams > 1 else None
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self.name = "openvino-cpu" + ("-bf16" if bf16 else "") + ("-throughput" if throughput else "")
         self.device = "cpu"
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
-        self.cache_dir = str(cache_dir) if cache_dir is not None else None
+        self.cache_dir = cache_dir
         known = set(tensor_names)
         self.inputs = [_spec(port, known) for port in self.compiled.inputs]
         self.outputs = [_spec(port, known) for port in self.compiled.outputs]
@@ -72,8 +91,22 @@ class OpenVINORunner(Runner):
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self.queue is None or len(batch) == 1:
-            results = self.request.infer({0: batch}, share_inputs=True, share_outputs=False)
-            return {spec.name: np.asarray(results[port]) for spec, port in zip(self.outputs, self.compiled.outputs)}
+            return self._run_on_own_request(batch)
+        with self._queue_lock:  # one queue, one callback: a call at a time uses every stream
+            return self._run_split(batch)
+
+    def _run_on_own_request(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        with self._pool_lock:
+            request = self._idle.pop() if self._idle else self.compiled.create_infer_request()
+        try:
+            results = request.infer({0: batch}, share_inputs=False, share_outputs=False)
+            return {spec.name: np.array(results[port]) for spec, port in zip(self.outputs, self.compiled.outputs)}
+        finally:
+            with self._pool_lock:
+                self._idle.append(request)
+
+    def _run_split(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The batch split across the queue's requests, joined in order."""
         parts = np.array_split(batch, min(self.streams, len(batch)))
         answers: list[Any] = [None] * len(parts)
 
@@ -82,7 +115,7 @@ class OpenVINORunner(Runner):
 
         self.queue.set_callback(keep)
         for index, part in enumerate(parts):
-            self.queue.start_async({0: part}, userdata=index)
+            self.queue.start_async({0: part}, userdata=index, share_inputs=False)
         self.queue.wait_all()
         return {spec.name: np.concatenate([answer[i] for answer in answers])
                 for i, spec in enumerate(self.outputs)}
@@ -92,7 +125,7 @@ class OpenVINORunner(Runner):
                 "inference_precision": self.inference_precision, "model_cache": self.cache_dir}
 
     def close(self) -> None:
-        self.request = self.compiled = self.queue = None
+        self._idle, self.compiled, self.queue = [], None, None
 
 
 def load(path: Path, manifest: Manifest, precision: str, device: tuple[str, int],

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..environment import cpu_description, package_version
+from ..environment import cpu_description, package_version, torch_build
 from ..errors import DeployError, DeployWarning
 from ..precisions import ENGINE, PRECISIONS
 from . import detect
@@ -241,7 +241,7 @@ def doctor() -> dict[str, object]:
                        "cuda_build": torch.version.cuda if torch else None,
                        "cuda": cuda.available, "reason": cuda.reason or None,
                        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-                       if cuda.available else []}
+                       if cuda.available else [], "build": torch_build()}
     for name in ("onnx", "onnxsim", "onnxscript", "openvino", "matplotlib"):
         report[name] = {"version": package_version(name)}
     import onnxruntime as ort

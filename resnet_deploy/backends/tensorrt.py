@@ -175,7 +175,12 @@ class TensorRTRunner(Runner):
     the state of the context it was captured on, so each shape gets its own context; where capture
     fails, that shape runs without a graph (with a warning), as trtexec does.
     ``host_code_allowed``: a version-compatible engine carries the lean runtime it runs on.
+
+    Calls run one at a time: the context(s), the stream and the buffers of a shape are the runner's own.
     """
+
+    concurrent = False
+    serial_reason = "one stream and one set of buffers per input shape: calls run one at a time"
 
     def __init__(self, engine_path: str | os.PathLike[str], *, dla_core: int | None = None,
                  cuda_graphs: bool = False, host_code_allowed: bool = False) -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -103,20 +104,39 @@ class _Endpoints:
                 chunk = await asyncio.wait_for(chunks.__anext__(), timeout)
             except StopAsyncIteration:
                 return body
+            except ClientDisconnect:  # nobody to answer: the request ends here, its place in the queue freed
+                raise RequestError("the client disconnected before sending the whole body") from None
             except asyncio.TimeoutError:
                 raise RequestError(f"the request body stalled for {timeout:g} s", 408) from None
             body += chunk
             if len(body) > limit:
                 raise RequestError(f"request is over the {limit}-byte limit", 413)
 
+    async def discard_body(self, request: Request) -> None:
+        """Read and drop what is left of a refused request's body (up to the size limit, within the stall
+        timeout), after its answer has been sent."""
+        received, limit = 0, self.limits.max_request_bytes
+        with contextlib.suppress(Exception):
+            chunks = request.stream().__aiter__()
+            while received <= limit:
+                received += len(await asyncio.wait_for(chunks.__anext__(), self.limits.read_timeout_s))
+
     async def infer(self, request: Request) -> Response:
         self.check_model(request)
-        body = await self.read_body(request)
-        # parsed and answered off the event loop: a large JSON body takes seconds, and health checks wait
-        batch, parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(BINARY_HEADER),
-                                                self.runner, self.limits.max_batch)
-        del body
-        outputs, batch_size = await self.batcher.submit(batch)
+        try:  # before the body is read: an overloaded server refuses in microseconds, not after parsing it
+            admission = self.batcher.admit()
+        except RequestError as exc:  # the body is then read and dropped, so the client reads the 503, not a reset
+            return JSONResponse({"error": str(exc)}, status_code=exc.status, headers={"connection": "close"},
+                                background=BackgroundTask(self.discard_body, request))
+        try:
+            body = await self.read_body(request)
+            # parsed and answered off the event loop: a large JSON body takes seconds, and health checks wait
+            batch, parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(BINARY_HEADER),
+                                                    self.runner, self.limits.max_batch)
+            del body
+            outputs, batch_size = await self.batcher.submit(batch, admission)
+        finally:
+            admission.leave()
         content, headers = await run_in_threadpool(build_infer_response, parsed, outputs,
                                                    model_name=self.model_name, batch_size=batch_size)
         return Response(content, headers=headers)
@@ -131,7 +151,7 @@ class _Endpoints:
             f'resnet_deploy_rejected_total{{reason="overload"}} {s.rejected_overload}',
             f'resnet_deploy_rejected_total{{reason="failed"}} {s.failed}',
             "# TYPE resnet_deploy_largest_batch gauge", f"resnet_deploy_largest_batch {s.largest_batch}",
-            "# TYPE resnet_deploy_queue_depth gauge", f"resnet_deploy_queue_depth {len(self.batcher.pending)}",
+            "# TYPE resnet_deploy_queue_depth gauge", f"resnet_deploy_queue_depth {self.batcher.waiting}",
         ]
         return PlainTextResponse("\n".join(lines) + "\n")
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
+from typing_extensions import TypeAliasType
 
 __all__ = ["InferRequest", "ValidationError", "describe_error"]
 
@@ -45,6 +46,19 @@ class InferRequest(_Open):
     parameters: RequestParameters | None = None
     inputs: list[InputTensor]
     outputs: list[RequestedOutput] | None = None
+
+
+_Integers = TypeAliasType("_Integers", "list[StrictInt | _Integers]")  # JSON integers, nested as a tensor's data
+_INTEGERS = TypeAdapter(_Integers)
+
+
+def check_integers(data: list[Any]) -> bool:
+    """Whether ``data`` holds JSON integers alone, at any nesting (no strings, booleans or fractions)."""
+    try:
+        _INTEGERS.validate_python(data)
+    except ValidationError:
+        return False
+    return True
 
 
 def describe_error(error: ValidationError) -> str:

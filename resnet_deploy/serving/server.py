@@ -52,10 +52,25 @@ class RequestError(Exception):
         self.status = status
 
 
+class Admission:
+    """A request's place in the queue, from its arrival (before its body is read) until a worker takes it
+    into a batch, or it fails first: what ``--queue`` bounds."""
+
+    def __init__(self, batcher: DynamicBatcher) -> None:
+        self._batcher, self._holding = batcher, True
+
+    def leave(self) -> None:
+        """Give the place back (once: a worker taking the request, or the request failing before)."""
+        if self._holding:
+            self._holding = False
+            self._batcher.waiting -= 1
+
+
 @dataclass
 class _Pending:
     batch: np.ndarray
     future: asyncio.Future
+    admission: Admission
 
 
 @dataclass
@@ -66,18 +81,21 @@ class BatchStats:
     rejected_overload: int = 0
     failed: int = 0
     largest_batch: int = 0
+    deepest_queue: int = 0  # the most requests ever waiting at once (never over the queue bound)
     batch_sizes: collections.Counter = field(default_factory=collections.Counter)
 
 
 class DynamicBatcher:
     """Queues requests and runs them together: a batch closes when it would exceed ``max_batch``
     images, ``max_delay`` seconds after its first request arrived, or before a request whose images
-    are of another size."""
+    are of another size. At most ``queue_size`` requests wait at once (from admission, before their
+    bodies are read, until a worker takes them): one more is refused (503) at once."""
 
     def __init__(self, runner: Runner, *, max_batch: int, max_delay: float, queue_size: int, workers: int = 1) -> None:
         self.runner, self.max_batch, self.max_delay = runner, max_batch, max_delay
         self.queue_size, self.workers = queue_size, workers
         self.pending: collections.deque[_Pending] = collections.deque()
+        self.waiting = 0  # admitted and not yet taken into a batch
         self.stats = BatchStats()
         self._tasks: list[asyncio.Task] = []
         self._executor: ThreadPoolExecutor | None = None
@@ -98,15 +116,24 @@ class DynamicBatcher:
         if self._executor:
             self._executor.shutdown(wait=True)
 
-    async def submit(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
-        """The runner's outputs for ``batch`` and the size of the batch it ran in."""
-        if len(self.pending) >= self.queue_size:
+    def admit(self) -> Admission:
+        """A place in the queue for a request that has just arrived, or a 503 at once where ``queue_size``
+        requests are waiting. No await between the check and the count: the bound holds exactly."""
+        if self.waiting >= self.queue_size:
             self.stats.rejected_overload += 1
-            raise RequestError(f"server overloaded: {len(self.pending)} requests already queued", 503)
+            raise RequestError(f"server overloaded: {self.waiting} requests already waiting", 503)
+        self.waiting += 1
+        self.stats.deepest_queue = max(self.stats.deepest_queue, self.waiting)
+        return Admission(self)
+
+    async def submit(self, batch: np.ndarray, admission: Admission | None = None) -> tuple[dict[str, np.ndarray], int]:
+        """The runner's outputs for ``batch`` and the size of the batch it ran in (admitted here unless the
+        request was admitted on arrival)."""
+        admission = admission or self.admit()
         self.stats.requests += 1
-        item = _Pending(batch, asyncio.get_running_loop().create_future())
+        item = _Pending(batch, asyncio.get_running_loop().create_future(), admission)
+        self.pending.append(item)
         async with self._condition:
-            self.pending.append(item)
             self._condition.notify()
         return await item.future
 
@@ -114,7 +141,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         async with self._condition:
             await self._condition.wait_for(lambda: self.pending)
-            items = [self.pending.popleft()]
+            items = [self._pop()]
         count, deadline = len(items[0].batch), loop.time() + self.max_delay
         while count < self.max_batch:
             async with self._condition:
@@ -130,10 +157,15 @@ class DynamicBatcher:
                 following = self.pending[0].batch
                 if count + len(following) > self.max_batch or following.shape[1:] != items[0].batch.shape[1:]:
                     break  # full, or an image of another size (a --dynamic-hw model): the next batch's
-                item = self.pending.popleft()
+                item = self._pop()
             items.append(item)
             count += len(item.batch)
         return items
+
+    def _pop(self) -> _Pending:
+        item = self.pending.popleft()
+        item.admission.leave()
+        return item
 
     async def _work(self) -> None:
         """Take a batch, run it, answer its requests; forever. Whatever goes wrong with one batch is that
@@ -222,20 +254,35 @@ def parse_infer_request(body: bytes | bytearray, header_length: str | None, runn
     else:
         if tensor.data is None:
             raise RequestError(f"input {runner.input_name!r} has neither \"data\" nor binary data")
-        try:
-            with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused below
-                array = np.asarray(tensor.data, dtype=np.float32)
-        except (TypeError, ValueError, RecursionError):
-            raise RequestError(f"input {runner.input_name!r} \"data\" is not a list of numbers") from None
+        array = _json_values(tensor.data, dtype, runner.input_name)
         if array.size != count:
             raise RequestError(f"input {runner.input_name!r} has {array.size} values; shape {shape} needs {count}")
-        if dtype == np.uint8 and not (np.isfinite(array).all() and (array == np.rint(array)).all()
-                                      and array.min() >= 0 and array.max() <= 255):
-            raise RequestError(f"input {runner.input_name!r} holds values that are not pixels (integers 0 to 255)")
         array, tensor.data = array.reshape(shape).astype(dtype), None
     if not np.isfinite(array).all():  # NaN in, NaN out, and a JSON answer no client can parse
         raise RequestError(f"input {runner.input_name!r} holds NaN or infinite values (or values beyond float32)")
     return np.ascontiguousarray(array, dtype=dtype), request
+
+
+def _json_values(data: list[Any], dtype: np.dtype, name: str) -> np.ndarray:
+    """A JSON tensor's values as float32, refused unless they are numbers of the datatype: JSON numbers for
+    FP32 (not strings, not booleans); for UINT8 pixels, integers 0 to 255 as JSON writes integers ("7", true
+    and 255.0000001 are not pixels)."""
+    if dtype == np.uint8:
+        from .protocol import check_integers
+
+        if not check_integers(data):
+            raise RequestError(f"input {name!r} holds values that are not pixels (JSON integers 0 to 255)")
+    try:
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused by the caller
+            raw = np.asarray(data)
+            array = raw.astype(np.float32) if raw.dtype.kind in "iuf" else None
+    except (TypeError, ValueError, RecursionError, OverflowError):
+        array = None
+    if array is None:
+        raise RequestError(f"input {name!r} \"data\" is not a list of numbers")
+    if dtype == np.uint8 and array.size and (array.min() < 0 or array.max() > 255):
+        raise RequestError(f"input {name!r} holds values that are not pixels (JSON integers 0 to 255)")
+    return array
 
 
 def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], *, model_name: str,
@@ -290,6 +337,9 @@ class ServeLimits:
         within("--max-delay-ms", self.max_delay_ms, 0, MAX_DELAY_MS)
         within("--queue", self.queue_size, 1, MAX_QUEUE)
         within("--workers", self.workers, 1, MAX_WORKERS, "runner calls in flight at once")
+        if self.workers > 1 and not runner.concurrent:
+            raise DeployError(f"--workers {self.workers}: {runner.name} cannot take calls at once "
+                              f"({runner.serial_reason}): give --workers 1")
         within("--max-request-mb", self.max_request_mb, 0.001, MAX_REQUEST_MB)
 
     @property

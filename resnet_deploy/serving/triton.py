@@ -24,10 +24,11 @@ from typing import Any
 from ..artifacts import Manifest, check_stem, manifest_for
 from ..backends import detect
 from ..backends.registry import BACKENDS, Backend, artifact_format, backend_for
-from ..environment import physical_cores
 from ..data import imagenet_classes
+from ..environment import physical_cores
 from ..errors import DeployError, within
-from ..fileio import atomic_open, atomic_path, sha256_file
+from ..fileio import atomic_open, atomic_path, locked, sha256_file
+from ..precisions import PRECISIONS
 
 MODEL_FILES = {"onnx": "model.onnx", "engine": "model.plan"}  # artifact format -> Triton's default model file
 LABELS_FILE = "imagenet_labels.txt"
@@ -47,8 +48,23 @@ class TritonOptions:
     instances: int = 1
     kind: str = "auto"  # one of KINDS
     version: int | None = None  # None: the version holding this artifact, else the next free one
-    backend: str = "auto"  # the registry's backend whose Triton backend serves it; auto: the file's own
+    backend: str = "auto"  # the registry's backend whose Triton backend serves it; auto: tune's plan, else the file's own
     ensemble: bool = False  # also NAME_preprocess (encoded images in) and NAME_ensemble chaining it to NAME
+    threads: int | None = None  # CPU threads of the backend (default: the physical cores shared by the instances)
+    throughput: bool = False  # OpenVINO's throughput hint (its streams) instead of one stream per instance
+
+
+@dataclass(frozen=True)
+class ModelWritten:
+    """What ``write_model_repository`` wrote: the model's folder, the version, the file and backend it serves,
+    what that backend computes there, and how ``--backend auto`` chose them (None: not asked)."""
+
+    folder: Path
+    version: int
+    artifact: Path
+    backend: str
+    computes: str
+    selection: str | None = None
 
 
 def _dims(shape: list) -> list[int]:
@@ -133,25 +149,54 @@ def model_config(manifest: Manifest, backend: Backend, name: str, options: Trito
     config["dynamic_batching"] = _batching(options)
     config["instance_group"] = _instances(options)
     if options.kind == "cpu" and backend.name in CPU_SETTINGS:
-        config.update(CPU_SETTINGS[backend.name](options.instances))
+        config.update(CPU_SETTINGS[backend.name](options))
     return to_pbtxt(config) + "\n"
 
 
-def _onnxruntime_cpu_settings(instances: int) -> dict[str, Any]:
+def _threads_per_instance(options: TritonOptions) -> int:
+    """The threads given (a plan's) or the physical cores, shared by the instances."""
+    return max(1, (options.threads or physical_cores()) // options.instances)
+
+
+def _onnxruntime_cpu_settings(options: TritonOptions) -> dict[str, Any]:
     """What decides ONNX Runtime's CPU speed under Triton: intra-op threads (the physical cores shared by
     the instances, as `runtime.load` uses them; left unset, every instance takes all of them and they
     contend), one inter-op thread, and every graph optimisation (level 0 in the onnxruntime backend)."""
-    threads = max(1, physical_cores() // instances)
+    threads = _threads_per_instance(options)
     return {"parameters": _string_parameters({"intra_op_thread_count": str(threads), "inter_op_thread_count": "1"}),
             "optimization": {"graph": {"level": 0}}}
 
 
-def _openvino_cpu_settings(instances: int) -> dict[str, Any]:
-    """OpenVINO's under Triton: the physical cores shared by the instances, one stream each (Triton's
-    instances are the parallelism), the latency hint."""
-    threads = max(1, physical_cores() // instances)
-    return {"parameters": _string_parameters({"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": "1",
-                                              "PERFORMANCE_HINT": "LATENCY"})}
+def _openvino_cpu_settings(options: TritonOptions) -> dict[str, Any]:
+    """OpenVINO's under Triton: the threads shared by the instances; one stream each and the latency hint
+    (Triton's instances are the parallelism), or the throughput hint with OpenVINO's own streams."""
+    parameters = {"INFERENCE_NUM_THREADS": str(_threads_per_instance(options))}
+    parameters.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "AUTO"} if options.throughput
+                      else {"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"})
+    return {"parameters": _string_parameters(parameters)}
+
+
+def triton_computes(manifest: Manifest, precision: str, backend: Backend) -> str:
+    """What Triton's backend computes for a file of ``precision``, refused where that was not verified.
+
+    Triton's OpenVINO backend has no key to pin f32 inference (its one precision key, HINT_BF16, asks for
+    bf16), so on a CPU with native bf16 OpenVINO computes the float parts of any file in bf16, which the
+    toolkit's own runner avoids by pinning f32. That is served only for the fp32 file whose bf16 run passed
+    the export's bf16 gate (``export --bf16`` on such a CPU).
+
+    Raises:
+        DeployError: the OpenVINO backend on a file whose bf16 computation was not verified.
+    """
+    if backend.name != "openvino":
+        return precision
+    fp32_file = PRECISIONS["bf16"].runs_file
+    if precision == fp32_file and (manifest.precision_options.get("bf16") or {}).get("verified"):
+        return f"{fp32_file}, and bf16 on CPUs with native bf16 (verified by export --bf16)"
+    how = ("export --bf16 on a CPU with native bf16 verifies it" if precision == fp32_file else
+           f"give the {fp32_file} file with a verified bf16 (export --bf16)")
+    raise DeployError(f"Triton's OpenVINO backend cannot pin f32 inference (its one precision key is HINT_BF16): on "
+                      f"CPUs with native bf16 it computes this {precision} file in bf16, which this export has not "
+                      f"verified; {how}, or use --backend ort (computes the file as written)")
 
 
 # backend -> the config fields that decide its speed on Triton's CPU instances
@@ -183,22 +228,76 @@ def _check(options: TritonOptions, manifest: Manifest, backend: Backend) -> Trit
     return replace(options, max_batch=max_batch, preferred=tuple(sorted(set(options.preferred))), kind=kind)
 
 
+def _auto(artifact: Path, options: TritonOptions) -> tuple[Path, TritonOptions, str]:
+    """``--backend auto``: tune's choice for the export on this kind of CPU (its file, backend, threads and
+    hint), else the file's own backend; a choice whose computation Triton's backend would change (OpenVINO
+    on a bf16 CPU) is served by ONNX Runtime instead, which computes that file as it was verified."""
+    from ..runtime import tuned_configuration
+
+    chosen, selection = tuned_configuration(artifact, *manifest_for(artifact))
+    if chosen is None:
+        return artifact, replace(options, backend=backend_for("auto", artifact_format(
+            manifest_for(artifact)[1]), artifact.name).name), selection
+    path = artifact.parent / chosen.artifact
+    manifest, precision = manifest_for(path)
+    if chosen.own.get("bf16"):
+        precision = PRECISIONS["bf16"].runs_file
+    try:
+        triton_computes(manifest, precision, BACKENDS[chosen.backend])
+    except DeployError as exc:
+        return path, replace(options, backend="ort", threads=options.threads or chosen.threads), (
+            f"{selection}; served by ONNX Runtime, not OpenVINO: {exc}")
+    return path, replace(options, backend=chosen.backend, threads=options.threads or chosen.threads,
+                         throughput=options.throughput or bool(chosen.own.get("throughput"))), selection
+
+
 def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.PathLike[str],
-                           options: TritonOptions = TritonOptions(), *, force: bool = False) -> tuple[Path, int]:
-    """Add ``artifact`` to the repository ``repo`` as a version of its model; returns the model's folder
-    and the version written. ``force`` replaces a model of another export (or one not written here)."""
-    artifact = Path(artifact)
+                           options: TritonOptions = TritonOptions(), *, force: bool = False) -> ModelWritten:
+    """Add ``artifact`` to the repository ``repo`` as a version of its model.
+
+    Args:
+        artifact: an artifact file (its manifest beside it).
+        repo: the model repository folder (created or updated).
+        options: the model's name, batching, instances, backend (``auto``: tune's plan for the export on this
+            kind of CPU, which may name another file of the export), CPU settings.
+        force: replace a model of another export (or one not written here).
+
+    Returns:
+        The :class:`ModelWritten`: folder, version, the file and backend served, what it computes, and how
+        ``auto`` chose.
+
+    Raises:
+        DeployError: bad options, a backend that cannot serve the file as verified, or a model there that
+            this write would destroy.
+    """
+    artifact, selection = Path(artifact), None
+    if options.backend == "auto":
+        artifact, options, selection = _auto(artifact, options)
     manifest, precision = manifest_for(artifact)
     kind = artifact_format(precision)
     backend, filename = backend_for(options.backend, kind, artifact.name), MODEL_FILES[kind]
     if backend.runs not in MODEL_FILES:
         raise DeployError(f"Triton serves artifacts, not the {backend.title} model: use --backend "
                           f"{' or '.join(b.name for b in BACKENDS.values() if b.runs == kind)}")
+    computes = triton_computes(manifest, precision, backend)
     options = _check(options, manifest, backend)
     name = check_stem(options.model_name or manifest.stem)
     model_dir = Path(repo) / name
     entry = {"artifact": artifact.name, "sha256": sha256_file(artifact), "model": _model(manifest),
-             "interface": _interface(manifest, backend.platform)}
+             "interface": _interface(manifest, backend.platform), "computes": computes}
+    try:
+        Path(repo).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeployError(f"cannot create {repo}: {exc.strerror}") from None
+    with locked(Path(repo) / f".{name}.resnet_deploy"):  # two writers of a model: one record, a version each
+        version = _write_model(artifact, model_dir, entry, manifest, backend, options, force)
+    return ModelWritten(model_dir, version, artifact, backend.name, computes, selection)
+
+
+def _write_model(artifact: Path, model_dir: Path, entry: dict[str, Any], manifest: Manifest, backend: Backend,
+                 options: TritonOptions, force: bool) -> int:
+    """The version folder, the label file, the record and the config (last), under the model's lock."""
+    name, filename = model_dir.name, MODEL_FILES[backend.runs]
     record = _read_record(model_dir)
     replaced = _replaced_model(model_dir, record, entry)
     if replaced is not None:
@@ -224,8 +323,8 @@ def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.Path
     with atomic_open(model_dir / "config.pbtxt") as handle:  # last: Triton never sees a config without its model
         handle.write(model_config(manifest, backend, name, options, labels=labels))
     if options.ensemble:
-        write_ensemble(Path(repo), name, manifest, options, labels=labels, force=force)
-    return model_dir, version
+        write_ensemble(model_dir.parent, name, manifest, options, labels=labels, force=force)
+    return version
 
 
 def _model(manifest: Manifest) -> dict[str, Any]:

@@ -11,9 +11,8 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402  (Triton's python backend provides it)
-from PIL import Image  # noqa: E402
 
-from ..imageprep import ImagePreprocess, UnsupportedPixels, to_rgb  # noqa: E402  (dropped: defined above)
+from ..imageprep import ImagePreprocess, UnsupportedPixels, open_image, to_rgb  # noqa: E402  (dropped: defined above)
 
 
 class TritonPythonModel:
@@ -29,7 +28,7 @@ class TritonPythonModel:
 
     def decode(self, data, index):
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with open_image(io.BytesIO(data)) as image:
                 image.load()
                 rgb = to_rgb(image)
         except UnsupportedPixels as exc:
@@ -46,6 +45,10 @@ class TritonPythonModel:
                 batch = np.stack([self.decode(bytes(item), index) for index, item in enumerate(items)])
             except ValueError as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                continue
+            except MemoryError:  # this request's images alone: the other requests of the batch go on
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"the request's {len(items)} image(s) do not fit in the server's memory")))
                 continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)]))
         return responses

@@ -40,7 +40,7 @@ def test_openvino_runs_the_artifacts_like_onnx_runtime(small_export):
             np.testing.assert_array_equal(first, got)  # outputs are copies, not views the next call overwrites
             with pytest.raises(DeployError, match="outside the artifact's profile"):
                 runner(random_images(9, (3, 64, 64), MEAN, STD))
-        assert runner.request is None
+        assert runner.compiled is None
     assert any((small_export.onnx_path.parent / CACHE_DIR).iterdir())  # the compiled blob, kept for next time
 
 

@@ -17,6 +17,7 @@ pytest.importorskip("uvicorn", reason="serving needs the serve extra (uvicorn, s
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is a test dependency")
 from google.protobuf import text_format  # noqa: E402  (installed with tritonclient)
 from tritonclient.grpc import model_config_pb2  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 
 from resnet_deploy import runtime  # noqa: E402
@@ -28,7 +29,7 @@ from resnet_deploy.serving.app import create_app  # noqa: E402
 from resnet_deploy.serving.server import ServeLimits  # noqa: E402
 from resnet_deploy.errors import DeployError  # noqa: E402
 from resnet_deploy.serving.triton import TritonOptions, write_model_repository  # noqa: E402
-from tests.conftest import assert_one_line_error  # noqa: E402
+from tests.conftest import assert_one_line_error, free_port, serving_in_thread  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -78,10 +79,67 @@ def test_triton_repository_config_parses_with_tritons_model_config(cli, exported
     assert not [p for p in repo.rglob(".tmp-*")]
 
 
+def _with_bf16_verified(export_folder, tmp_path):
+    """A copy of the export whose manifest records a passed bf16 gate (what `export --bf16` writes on a CPU with
+    native bf16; this test's subject is the Triton writer, on any CPU)."""
+    import shutil
+
+    from resnet_deploy.artifacts import read_manifest, write_manifest
+
+    folder = tmp_path / "bf16-verified"
+    shutil.copytree(export_folder, folder)
+    manifest = read_manifest(folder / "resnet18.json")
+    manifest.precision_options["bf16"] = {"verified": True, "reason": None, "cpu": {"bf16": "native"}}
+    write_manifest(manifest, folder)
+    return folder
+
+
+def test_triton_openvino_serves_only_what_was_verified_in_bf16(cli, exported, tmp_path):
+    """Triton's OpenVINO backend cannot pin f32: on a bf16 CPU it computes any float part in bf16. A file whose
+    bf16 computation the export did not verify is refused, naming why and what to do; the fp32 file with a
+    passed bf16 gate is written, and says what it computes."""
+    repo = tmp_path / "repo"
+    for path in (exported.onnx_path, exported.paths["fp16"]):
+        assert_one_line_error(cli("triton", str(path), "--repo", str(repo), "--backend", "openvino"), 2,
+                              "Triton's OpenVINO backend cannot pin f32 inference (its one precision key is HINT_BF16)")
+    assert not (repo / "resnet18" / "config.pbtxt").exists()
+    verified = _with_bf16_verified(exported.onnx_path.parent, tmp_path)
+    result = cli("triton", str(verified / "resnet18.onnx"), "--repo", str(repo), "--backend", "openvino")
+    assert result.exit_code == 0, result.stderr
+    assert "computing fp32, and bf16 on CPUs with native bf16 (verified by export --bf16)" in result.stdout
+    record = json.loads((repo / "resnet18" / "resnet_deploy.json").read_text())
+    assert record["versions"]["1"]["computes"].startswith("fp32, and bf16 on CPUs with native bf16")
+
+
+def test_two_triton_writes_into_one_model_at_once_keep_both_versions(exported, tmp_path):
+    """Two `triton` processes writing other files under one model name at the same moment: the model's lock
+    makes them take turns, so each version holds the file its record names and neither is lost."""
+    import subprocess
+    import sys
+
+    from resnet_deploy.fileio import sha256_file
+
+    for trial in range(3):
+        repo = tmp_path / f"repo{trial}"
+        files = [exported.onnx_path, exported.paths["fp16"]]
+        processes = [subprocess.Popen([sys.executable, "-m", "resnet_deploy.cli", "triton", str(path), "--repo",
+                                       str(repo), "--model-name", "shared"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for path in files]
+        for process in processes:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+        record = json.loads((repo / "shared" / "resnet_deploy.json").read_text())
+        assert sorted(record["versions"]) == ["1", "2"], record
+        for version, entry in record["versions"].items():
+            assert sha256_file(repo / "shared" / version / "model.onnx") == entry["sha256"]
+        assert {entry["artifact"] for entry in record["versions"].values()} == {p.name for p in files}
+
+
 def test_triton_openvino_and_ensemble_configs_parse_with_tritons_model_config(cli, exported, tmp_path):
     repo = tmp_path / "repo"
-    result = cli("triton", str(exported.onnx_path), "--repo", str(repo), "--backend", "openvino", "--instances", "2",
-                 "--ensemble")
+    verified = _with_bf16_verified(exported.onnx_path.parent, tmp_path)
+    result = cli("triton", str(verified / "resnet18.onnx"), "--repo", str(repo), "--backend", "openvino",
+                 "--instances", "2", "--ensemble")
     assert result.exit_code == 0, result.stderr
     openvino = _config(repo / "resnet18" / "config.pbtxt")
     assert openvino.backend == "openvino" and not openvino.platform and openvino.default_model_filename == "model.onnx"
@@ -97,7 +155,7 @@ def test_triton_openvino_and_ensemble_configs_parse_with_tritons_model_config(cl
     assert ensemble.platform == "ensemble" and [s.model_name for s in steps] == ["resnet18_preprocess", "resnet18"]
     assert dict(steps[0].output_map) == {"input": "preprocessed"} and dict(steps[1].input_map) == {"input": "preprocessed"}
     assert ensemble.output[0].label_filename == "imagenet_labels.txt" and (repo / "resnet18_ensemble" / "1").is_dir()
-    assert_one_line_error(cli("triton", str(exported.onnx_path), "--repo", str(repo), "--backend", "openvino",
+    assert_one_line_error(cli("triton", str(verified / "resnet18.onnx"), "--repo", str(repo), "--backend", "openvino",
                               "--kind", "gpu"), 2, "runs on CPU instances only")
     with pytest.raises(DeployError, match="Triton serves artifacts, not the PyTorch model: use --backend ort or openvino"):
         write_model_repository(exported.onnx_path, repo, TritonOptions(backend="torch"))
@@ -115,9 +173,9 @@ def test_triton_never_destroys(cli, exported, tmp_path):
     def triton(*args):
         return cli("triton", *args, "--repo", str(repo), "--kind", "cpu")
 
-    assert triton(fp32).stdout.strip().endswith("/resnet18/1/")
-    assert triton(fp32).stdout.strip().endswith("/resnet18/1/")  # the same artifact: its own version again
-    assert triton(fp16).stdout.strip().endswith("/resnet18/2/")  # a new artifact of the model: a new version
+    assert triton(fp32).stdout.splitlines()[0].endswith("/resnet18/1/")
+    assert triton(fp32).stdout.splitlines()[0].endswith("/resnet18/1/")  # the same artifact: its own version again
+    assert triton(fp16).stdout.splitlines()[0].endswith("/resnet18/2/")  # a new artifact of the model: a new version
     assert_one_line_error(triton(fp32, "--version", "2"), 2, "version 2 of resnet18 holds resnet18.fp16.onnx "
                                                                "(another artifact)")
     assert (model / "2" / "model.onnx").read_bytes() == exported.paths["fp16"].read_bytes()
@@ -163,11 +221,6 @@ def test_triton_bad_options(cli, exported, tmp_path, args, message):
     assert not (tmp_path / "r" / "resnet18" / "config.pbtxt").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 STALL_S = 1.0  # the test server's read timeout
 
@@ -178,7 +231,7 @@ def server(exported):
     runner = runtime.load(exported.onnx_path)
     app = create_app(runner, model_name="resnet18",
                      limits=ServeLimits(max_batch=8, max_delay_ms=100, queue_size=64, read_timeout_s=STALL_S))
-    port = _free_port()
+    port = free_port()
     instance = http_server(app, "127.0.0.1", port, header_timeout_s=STALL_S)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -420,7 +473,7 @@ def test_serve_command_starts_on_loopback_and_answers(exported):
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "resnet_deploy.cli", "serve", str(exported.onnx_path),
                                 "--port", str(port), "--max-batch", "4"], stderr=subprocess.PIPE, text=True)
     try:
@@ -471,3 +524,83 @@ def test_serve_bad_options_are_one_line_errors(cli, exported):
                           ("--max-request-mb", "inf")):
         assert_one_line_error(cli("serve", str(exported.onnx_path), option, value),
                               contains=f"{option} {value}")
+
+
+class _SlowRunner(Runner):
+    """A runner of 224 px images that takes 40 ms a batch and answers each image's mean: requests of ~600 KB
+    whose answers say whose they are."""
+
+    name, batch_range = "slow", (1, 4)
+
+    def __init__(self) -> None:
+        from resnet_deploy.artifacts import TensorSpec
+
+        self.inputs = [TensorSpec("input", ["batch", 3, 224, 224], "float32")]
+        self.outputs = [TensorSpec("logits", ["batch", 1], "float32")]
+
+    def run(self, batch):
+        time.sleep(0.04)
+        return {"logits": batch.mean(axis=(1, 2, 3))[:, None].astype(np.float32)}
+
+
+def test_the_queue_bound_holds_exactly_under_200_clients_and_readiness_answers(tmp_path):
+    """--queue 4 --max-batch 4 under 200 concurrent clients sending 600 KB requests: never more than 4 wait at
+    once (the bound was checked before an await, so dozens passed it together), every answer is a 200 with the
+    client's own result or a 503, and readiness keeps answering while it lasts."""
+    app = create_app(_SlowRunner(), model_name="slow", limits=ServeLimits(max_batch=4, max_delay_ms=2, queue_size=4))
+    with serving_in_thread(app) as url:
+        ready_ms, done = [], threading.Event()
+
+        def probe() -> None:
+            while not done.is_set():
+                start = time.perf_counter()
+                with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=30) as answer:
+                    assert answer.status == 200
+                ready_ms.append(1e3 * (time.perf_counter() - start))
+                time.sleep(0.05)
+
+        def ask(n: int):
+            client = httpclient.InferenceServerClient(url, network_timeout=120)
+            batch = np.full((1, 3, 224, 224), n, np.float32)
+            try:
+                got = client.infer("slow", _inputs(batch)).as_numpy("logits")
+            except InferenceServerException as exc:
+                return exc.status()
+            finally:
+                client.close()  # in its own thread: gevent's hub is per thread
+            return "200" if float(got[0, 0]) == n else f"request {n} got {float(got[0, 0])}"
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        with ThreadPoolExecutor(200) as pool:
+            answers = list(pool.map(ask, range(200)))
+        done.set()
+        prober.join(timeout=60)
+    stats = app.state.batcher.stats
+    assert set(answers) <= {"200", "503"}, [a for a in answers if a not in ("200", "503")][:5]
+    assert answers.count("200") >= 4 and answers.count("503") > 0
+    assert stats.deepest_queue == 4 and stats.rejected_overload == answers.count("503")
+    assert ready_ms and max(ready_ms) < 1000, f"readiness took up to {max(ready_ms):.0f} ms under load"
+
+
+def test_an_overloaded_server_answers_503_before_the_body_is_read():
+    """With the one place in the queue held by a request whose body stalls, the next request gets its 503 from
+    its headers alone: it has sent none of the 600 KB its Content-Length announces."""
+    app = create_app(_SlowRunner(), model_name="slow", limits=ServeLimits(max_batch=4, queue_size=1,
+                                                                          read_timeout_s=20))
+    head = (b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 602112\r\n\r\n")
+    with serving_in_thread(app) as url:
+        host, port = url.split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as holder:
+            holder.sendall(head + b"{")  # admitted, its body stalls: the queue is full
+            time.sleep(0.3)
+            with socket.create_connection((host, int(port)), timeout=10) as refused:
+                refused.sendall(head)  # no body at all
+                answer = b""
+                while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < 57:
+                    chunk = refused.recv(4096)
+                    assert chunk, answer
+                    answer += chunk
+                answer = answer.decode()
+    assert answer.startswith("HTTP/1.1 503") and "server overloaded: 1 requests already waiting" in answer

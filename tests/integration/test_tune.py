@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from resnet_deploy.deployplan import read_plan
 from resnet_deploy.parity.metrics import compare_arrays
 from resnet_deploy.parity.tolerances import Policy
 from resnet_deploy.tune import TIE, configurations
-from tests.conftest import wait_until_ready
+from tests.conftest import free_port, wait_until_ready
 
 httpclient = pytest.importorskip("tritonclient.http")
 
@@ -29,7 +30,9 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """An fp32 + fp16 + int8 (cpu target) export of resnet18 at 64 px, tuned by the CLI: (folder, report)."""
+    """An fp32 + fp16 + int8 (cpu target) export of resnet18 at 64 px, tuned by the CLI: (folder, report). The
+    budget cannot run out (what is asserted must not depend on how many candidates fit in a time); --duration
+    keeps the timing short."""
     from click.testing import CliRunner
 
     from resnet_deploy.cli import main
@@ -38,7 +41,7 @@ def tuned(tmp_path_factory):
     export("resnet18", input_size=64, batch="1:4:8", fp16=True, int8=True, int8_target="cpu", calib_data="random",
            calib_size=16, out=folder, quiet=True)
     result = CliRunner().invoke(main, ["tune", str(folder / "resnet18.onnx"), "--batch-sizes", "1,4", "--budget-s",
-                                       "20", "--plot", str(folder / "tune.png"), "--json"],
+                                       "86400", "--duration", "0.3", "--plot", str(folder / "tune.png"), "--json"],
                                  catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     assert "verify 1/" in result.stderr and "timing " in result.stderr  # progress while it runs
@@ -69,6 +72,22 @@ def test_tune_verifies_times_and_picks_the_fastest_within_a_tie(tuned):
     assert (folder / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # --plot: latency vs accuracy
 
 
+def test_a_budget_that_runs_out_reports_the_rest_as_not_tried(tuned):
+    """--budget-s bounds the run: verification stops at half of it; what was not verified is reported as not
+    tried, never timed, never chosen, and never called a failure."""
+    from resnet_deploy.tune import tune
+
+    folder, _ = tuned
+    report = tune(folder / "resnet18.onnx", budget_s=1.0, duration=0.05, batch_sizes=[1], write=False)
+    untried = [c for c in report.candidates if c.passed is None]
+    assert all(c.reason.startswith("not tried: half of --budget-s") and not c.timings for c in untried)
+    assert all(c.timings for c in report.candidates if c.passed is not None)
+    if report.choice is None:
+        assert report.why.startswith("no configuration was verified: ") and "not tried" in report.why
+    else:
+        assert report.choice.passed and report.choice not in untried
+
+
 def test_without_native_bf16_tune_offers_none_and_says_why(tuned, monkeypatch):
     folder, _ = tuned
     monkeypatch.setattr(environment, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2 EPYC's flags
@@ -94,18 +113,52 @@ def test_auto_runs_the_plan_on_this_kind_of_cpu_only(tuned, monkeypatch):
         assert "run `resnet-deploy tune" in runner.selection
 
 
-def _free_port() -> int:
-    import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def test_bench_auto_labels_each_row_with_the_file_that_ran(tuned, cli):
+    """bench's default --backend auto runs the plan's file for any file of the export: the row says which file
+    ran (and for which it was asked), the same configuration is timed once, and naming a backend times each
+    file itself."""
+    folder, report = tuned
+    chosen = report["choice"]["config"]["artifact"]
+    files = [str(folder / "resnet18.onnx"), str(folder / "resnet18.fp16.onnx")]
+    result = cli("bench", *files, "--batch-sizes", "1", "--iters", "3", "--warmup", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    done = json.loads(result.stdout)
+    assert [r["label"].split(" [")[0] for r in done["results"]] == [chosen]
+    assert [Path(d["artifact"]).name for d in done["runners"]] == [chosen]
+    assert "already timed; name a backend (e.g. --backend ort) to time resnet18.fp16.onnx itself" in result.stderr
+    named = json.loads(cli("bench", *files, "--backend", "ort", "--batch-sizes", "1", "--iters", "3", "--warmup", "1",
+                           "--json").stdout)
+    assert [r["label"] for r in named["results"]] == ["resnet18.onnx [onnxruntime-cpu]",
+                                                      "resnet18.fp16.onnx [onnxruntime-cpu]"]
+
+
+def test_triton_auto_writes_the_plans_file_and_settings_or_says_why_not(tuned, cli, tmp_path):
+    """triton --backend auto (the library's write_model_repository, the CLI only prints): the plan's file and its
+    threads; a plan on OpenVINO is served by ONNX Runtime, saying why (Triton's OpenVINO backend cannot pin f32,
+    and this export's bf16 computation of that file was not verified)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    folder, report = tuned
+    config = report["choice"]["config"]
+    repo = tmp_path / "repo"
+    result = cli("triton", str(folder / "resnet18.fp16.onnx"), "--repo", str(repo), "--kind", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert "chosen by `tune`" in result.stderr
+    entry = json.loads((repo / "resnet18" / "resnet_deploy.json").read_text())["versions"]["1"]
+    assert entry["artifact"] == config["artifact"]
+    written = text_format.Parse((repo / "resnet18" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert written.platform == "onnxruntime_onnx"  # ONNX Runtime either way: chosen, or in OpenVINO's place
+    assert written.parameters["intra_op_thread_count"].string_value == str(config["threads"])
+    if config["backend"] == "openvino":
+        assert "served by ONNX Runtime, not OpenVINO: Triton's OpenVINO backend cannot pin f32" in result.stderr
 
 
 def test_serve_auto_serves_the_chosen_configuration_within_its_tolerance(tuned):
     folder, report = tuned
     config = report["choice"]["config"]
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "resnet_deploy.cli", "serve", str(folder / "resnet18.onnx"),
                                 "--port", str(port), "--backend", "auto"], stderr=subprocess.PIPE, text=True)
     try:
@@ -163,7 +216,7 @@ def test_top1_drop_is_judged_on_labelled_data_and_on_the_holdout(digits, tmp_pat
            preprocess={"mean": (0.5,) * 3, "std": (0.5,) * 3}, int8=True, int8_target="cpu",
            calib_data=out / "data" / "train", batch="1:8:32", out=tmp_path, quiet=True)
     artifact = tmp_path / "resnet18_cifar.onnx"
-    labelled = tune(artifact, data=str(out / "data" / "test"), max_drop=0.0, budget_s=15, batch_sizes=[1],
+    labelled = tune(artifact, data=str(out / "data" / "test"), max_drop=0.0, budget_s=86400, duration=0.2, batch_sizes=[1],
                     write=False)
     assert labelled.inputs["kind"] == "labelled images" and labelled.inputs["images"] == 450
     for candidate in labelled.candidates:
@@ -175,6 +228,6 @@ def test_top1_drop_is_judged_on_labelled_data_and_on_the_holdout(digits, tmp_pat
     fp32 = next(c for c in labelled.candidates if c.config.label == "resnet18_cifar.onnx [ort, 2 threads]"
                 or (c.config.backend, c.config.precision) == ("ort", "fp32"))
     assert fp32.passed and fp32.accuracy["top1_drop"] == 0.0
-    holdout = tune(artifact, max_drop=100.0, budget_s=15, batch_sizes=[1], write=False)
+    holdout = tune(artifact, max_drop=100.0, budget_s=86400, duration=0.2, batch_sizes=[1], write=False)
     assert "holdout" in holdout.inputs["kind"]
     assert all(c.accuracy["top1_drop"] is not None and c.passed for c in holdout.candidates)

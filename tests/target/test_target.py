@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -25,7 +24,7 @@ from PIL import Image
 from resnet_deploy import runtime
 from resnet_deploy.cli import main
 from resnet_deploy.parity.results import RunResults
-from tests.conftest import wait_until_ready
+from tests.conftest import free_port, wait_until_ready
 
 GIVEN = os.environ.get("RESNET_DEPLOY_TARGET_ARTIFACTS")
 
@@ -90,16 +89,11 @@ def test_doctor(artifacts):
     assert result.exit_code == 0 and json.loads(result.stdout)["backends"]["onnxruntime-cpu"]["usable"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_serve_answers_an_inference_request(artifacts):
     """One lone request, then two at once: on Python 3.10 the lone one hung the server (its batcher died
     on asyncio's own TimeoutError)."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "resnet_deploy.cli", "serve", str(artifacts / "resnet18.onnx"),
                                "--port", str(port), "--max-batch", "4"], stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}/v2"

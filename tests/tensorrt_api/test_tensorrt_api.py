@@ -17,6 +17,7 @@ import pytest
 
 from resnet_deploy.backends import cuda, detect
 from resnet_deploy.backends.detect import Availability
+from resnet_deploy.environment import nvidia_driver_present
 from resnet_deploy.export import engine as engine_module
 from tests.standins import cudart as cudart_standin
 from tests.standins import tensorrt as trt_standin
@@ -177,7 +178,10 @@ def test_every_cuda_call_fits_real_cuda_python(cuda_python, release):
 
 def test_doctor_with_old_cuda_python_and_real_tensorrt_says_no_driver(cuda_python, real_tensorrt):
     """cuda-python 12.1 raises RuntimeError ("Failed to dlopen libcuda.so") where newer ones answer an
-    error: doctor still prints one line for it, and says why TensorRT cannot run."""
+    error: doctor still prints one line for it, and says why TensorRT cannot run. It needs a machine without
+    an NVIDIA driver (with one, cuda-python 12.1 loads libcuda.so and the question does not arise)."""
+    if nvidia_driver_present():
+        pytest.skip("an NVIDIA driver is loaded here: cuda-python 12.1 finds libcuda.so")
     folder = cuda_python("12.1")
     _spec, env = real_tensorrt("10.16.1.11")
     env = {**env, "PYTHONPATH": f"{folder}:{env['PYTHONPATH']}"}
@@ -195,14 +199,38 @@ def test_doctor_with_old_cuda_python_and_real_tensorrt_says_no_driver(cuda_pytho
     assert report["cuda"]["driver"] is None and report["cuda"]["gpus"] == 0
 
 
-def test_real_tensorrt_module_imports_beside_the_package(real_tensorrt):
-    """The package's own detection, asked in a process where the real bindings import: tensorrt is found,
-    and the missing driver (not a missing package) is the reason it cannot run."""
-    _spec, env = real_tensorrt("11.4.0.106")
-    code = ("from resnet_deploy.backends import detect; import tensorrt; "
-            "print(tensorrt.__version__); print(detect.tensorrt().reason)")
+def _detect_tensorrt_in(env: dict[str, str]) -> tuple[str, int, str]:
+    """(tensorrt's version, the GPUs cuda-python sees, detect.tensorrt()'s reason) in a process of ``env``."""
+    code = ("from resnet_deploy.backends import cuda, detect; import tensorrt; "
+            "print(tensorrt.__version__); print(cuda.device_count()); print(detect.tensorrt().reason)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
-    version, reason = done.stdout.splitlines()
-    assert version == "11.4.0.106" and reason.startswith("tensorrt is installed but cuda-python is not")
+    version, gpus, reason = done.stdout.splitlines()
+    return version, int(gpus), reason
 
+
+def test_real_tensorrt_module_imports_beside_the_package_without_cuda_python(real_tensorrt, tmp_path):
+    """The package's own detection, asked in a process where the real bindings import and cuda-python cannot
+    (hidden by an empty ``cuda`` package first on the path, whatever this machine has installed): tensorrt
+    is found, and the missing cuda-python is the reason it cannot run."""
+    _spec, env = real_tensorrt("11.4.0.106")
+    (tmp_path / "cuda").mkdir()
+    (tmp_path / "cuda" / "__init__.py").write_text("")
+    env = {**env, "PYTHONPATH": f"{tmp_path}:{env['PYTHONPATH']}"}
+    version, gpus, reason = _detect_tensorrt_in(env)
+    assert version == "11.4.0.106" and gpus == 0
+    assert reason.startswith("tensorrt is installed but cuda-python is not"), reason
+
+
+def test_real_tensorrt_module_with_cuda_python_names_what_is_missing(real_tensorrt, cuda_python):
+    """With the real cuda-python 13 beside the real bindings: where its runtime sees no GPU, the reason is
+    the driver or the GPU (never cuda-python); where it sees one, detection lets the stub-backed tensorrt
+    through to loading (nothing here can build or run an engine)."""
+    _spec, env = real_tensorrt("11.4.0.106")
+    env = {**env, "PYTHONPATH": f"{cuda_python('13')}:{env['PYTHONPATH']}"}
+    version, gpus, reason = _detect_tensorrt_in(env)
+    assert version == "11.4.0.106"
+    if gpus:
+        assert reason == ""
+    else:
+        assert reason.startswith("tensorrt is installed but ") and "cuda-python is not" not in reason, reason

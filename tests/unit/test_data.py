@@ -163,3 +163,34 @@ def test_large_images_are_decoded_one_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "load_image", tracked)
     batch = data.load_images(sorted(tmp_path.glob("*.png")), _preprocess64(), workers=4)
     assert batch.shape == (4, 3, 64, 64) and peak[0] == 1
+
+
+def test_extreme_aspect_ratios_cost_what_the_crop_costs(tmp_path):
+    """The short side is resized to `resize` with no bound on the long one: a 1 x 500000 PNG would become a
+    64 x 32-million image (6 GB) before the crop. Only the crop's window is resampled: a subprocess's peak
+    memory stays far below that, and the pixels are those of resizing then cropping (a uniform image stays
+    uniform)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "thin.png"
+    Image.new("RGB", (1, 500_000), (10, 200, 30)).save(path)
+    code = ("import resource, sys; from resnet_deploy.data import ImagePreprocess, load_image\n"
+            "pp = ImagePreprocess(resize=64, crop=(64, 64), interpolation='bilinear', mean=(0, 0, 0), std=(1, 1, 1))\n"
+            f"out = pp(load_image({str(path)!r}))\n"
+            "print(out.shape, round(float(out[1].min()) * 255), round(float(out[1].max()) * 255), "
+            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shape, low, high, peak_mb = done.stdout.rsplit(" ", 3)
+    assert shape == "(3, 64, 64)" and low == high == "200"
+    assert int(peak_mb) < 1024, f"peak {peak_mb} MB"
+
+
+def test_formats_outside_the_listed_ones_are_not_decoded(tmp_path):
+    """An EPS (Pillow hands it to Ghostscript, where gs exists) is no image here: refused before any decoder
+    of it runs."""
+    path = tmp_path / "drawing.eps"
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n")
+    with pytest.raises(DeployError, match=r"cannot read .*drawing.eps as an image: cannot identify image file"):
+        load_image(path)

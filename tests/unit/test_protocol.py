@@ -98,3 +98,31 @@ def test_nan_outputs_are_a_500_not_invalid_json():
     with pytest.raises(RequestError, match="NaN or infinite outputs") as info:
         build_infer_response(parsed, {"logits": np.full((1, 10), np.nan, np.float32)}, model_name="m", batch_size=1)
     assert info.value.status == 500
+
+
+class PixelSpec(Runner):
+    name = "pixels"
+    inputs = [TensorSpec("input", ["batch", 2, 2, 3], "uint8")]
+    outputs = [TensorSpec("logits", ["batch", 10])]
+
+
+@pytest.mark.parametrize("value", ["7", True, 255.0000001, 7.5, 256, -1, None, [1]])
+def test_uint8_json_data_takes_integers_0_to_255_only(value):
+    """Pixels are JSON integers: a string, a boolean or a fraction among them is refused, not rounded into a
+    pixel (were: "7" -> 7, true -> 1, 255.0000001 -> 255)."""
+    data = [10] * 11 + [value]
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 2, 2, 3], "datatype": "UINT8", "data": data}]})
+    with pytest.raises(RequestError, match="not pixels|not a list of numbers|has 13 values") as refused:
+        parse_infer_request(body.encode(), None, PixelSpec(), 8)
+    assert refused.value.status == 400
+    nested = [[[[10, 20, 30]] * 2] * 2]
+    batch, _ = parse_infer_request(json.dumps({"inputs": [{"name": "input", "shape": [1, 2, 2, 3], "datatype":
+                                                           "UINT8", "data": nested}]}).encode(), None, PixelSpec(), 8)
+    assert batch.dtype == np.uint8 and batch[0, 1, 1].tolist() == [10, 20, 30]
+
+
+@pytest.mark.parametrize("value", ["0.5", True, None])
+def test_fp32_json_data_takes_numbers_only(value):
+    with pytest.raises(RequestError, match="not a list of numbers") as refused:
+        _parse(_request(data=[value] * 48))
+    assert refused.value.status == 400

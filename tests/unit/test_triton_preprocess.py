@@ -96,3 +96,19 @@ def test_with_the_preprocessing_embedded_it_sends_the_resized_pixels(monkeypatch
     (answer,) = model.execute([{"image": np.array([[_encoded("RGB")]], dtype=np.object_)}])
     pixels = answer.output_tensors[0].as_numpy()
     assert pixels.dtype == np.uint8 and pixels.shape == (1, 32, 24, 3)
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nnewpath 0 0 moveto 16 16 lineto stroke\nshowpage\n"
+
+
+def test_extreme_shapes_and_other_formats_fail_their_own_request_only(monkeypatch, tmp_path):
+    """A 1 x 20000 and a 60000 x 1 PNG (118-byte files) are preprocessed from the crop's window, not resized
+    to millions of pixels first; an EPS (Pillow would hand it to Ghostscript) is not decoded: a format outside
+    the listed ones fails its own request, naming the image."""
+    model = _model(monkeypatch, tmp_path)
+    thin = [_encoded("L", size=(1, 20000)), _encoded("L", size=(60000, 1), seed=1)]
+    answers = model.execute([{"image": np.array([[image]], dtype=np.object_)} for image in (*thin, EPS)])
+    for answer in answers[:2]:
+        assert answer.error is None and answer.output_tensors[0].as_numpy().shape == (1, 3, 32, 24)
+    assert answers[2].output_tensors is None
+    assert answers[2].error.startswith("image 0 is not an image Pillow can decode: cannot identify image file")

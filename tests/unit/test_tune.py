@@ -59,8 +59,32 @@ def test_all_rejected_chooses_nothing_and_says_why():
     chosen, why = choose(rejected, "latency")
     assert chosen is None
     assert why.startswith("no configuration passed verification") and "cosine 0.98 < 0.99" in why
-    untried = [candidate("m.onnx", "fp32", {}, passed=None, reason="did not load: x")]
-    assert choose(untried, "latency") == (None, "no configuration could be verified here")
+    unloaded = [candidate("m.onnx", "fp32", {}, passed=None, reason="did not load: x")]
+    assert choose(unloaded, "latency") == (None, "no configuration was verified: 1 did not load (did not load: x)")
+
+
+def test_a_budget_that_ran_out_is_not_called_a_verdict():
+    untried = [candidate(f"m{i}.onnx", "fp32", {}, passed=None, reason="not tried: half of --budget-s was spent")
+               for i in range(3)]
+    chosen, why = choose(untried, "latency")
+    assert chosen is None and why.startswith("no configuration was verified: 3 not tried (--budget-s ran out")
+    assert "could be verified here" not in why
+
+
+def test_a_tie_is_explained_by_what_decided_it():
+    two, one = candidate("m.onnx", "fp32", {1: 20.0}, threads=2), candidate("m.onnx", "fp32", {1: 20.2}, threads=1)
+    chosen, why = choose([two, one], "latency")
+    assert chosen is one and why.endswith("uses fewer threads (1 against 2)") and "closer to fp32" not in why
+    first, second = candidate("a.onnx", "fp32", {1: 20.1}), candidate("b.onnx", "fp32", {1: 20.0})
+    chosen, why = choose([first, second], "latency")
+    assert chosen is first and why.endswith("was listed first")
+
+
+def test_a_passing_candidate_without_timings_ranks_after_the_timed_ones():
+    untimed = candidate("m.onnx", "fp32", {}, threads=1)
+    timed = candidate("m.onnx", "fp32", {1: 20.0})
+    rejected = candidate("m.int8.onnx", "int8", {1: 5.0}, passed=False, reason="cosine 0.9 < 0.99")
+    assert rank([untimed, rejected, timed], "latency") == [timed, rejected, untimed]
 
 
 def test_throughput_picks_the_best_images_per_second_over_batch_sizes():
@@ -113,3 +137,30 @@ def test_a_damaged_plan_is_one_line(tmp_path):
     with pytest.raises(DeployError, match=r"m.deploy.json cannot be read .*: run `resnet-deploy tune` again"):
         read_plan(tmp_path, "m")
     assert read_plan(tmp_path, "other") is None
+
+
+def _damaged(field: str, value):
+    """A valid plan's JSON with one field (a dotted path) replaced; ``field`` None: the whole document."""
+    data = _plan("abc", {"model": "this", "isa": ["avx2"], "int8_isa": "avx2", "bf16": "no"}).to_dict()
+    if field is None:
+        return value
+    *parents, last = field.split(".")
+    target = data
+    for parent in parents:
+        target = target[parent]
+    target[last] = value
+    return data
+
+
+@pytest.mark.parametrize("field, value", [
+    (None, []), (None, None), (None, "plan"), ("measured", []), ("figures", {}), ("figures.p50_ms", "1.0"),
+    ("figures.p50_ms", float("nan")), ("choice.own", [1]), ("choice.own", {"throughput": "yes"}),
+    ("choice.threads", "2"), ("choice.threads", 1.5), ("choice.threads", 0), ("choice.threads", True),
+    ("choice", None), ("batch", -1), ("measured.cpu", "x"), ("measured.cpu.isa", "avx2"), ("stem", 7),
+])
+def test_a_malformed_plan_is_one_line_naming_the_field(tmp_path, field, value):
+    """Whatever a hand edit or a damaged disk leaves in the plan, reading it is a one-line error naming what
+    is wrong, never a traceback from deep in a runner (were: AttributeError, TypeError, exit 1)."""
+    (tmp_path / "m.deploy.json").write_text(json.dumps(_damaged(field, value)))
+    with pytest.raises(DeployError, match=r"m.deploy.json cannot be read \(.+\): run `resnet-deploy tune` again"):
+        read_plan(tmp_path, "m")
