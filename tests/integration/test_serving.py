@@ -24,7 +24,6 @@ from resnet_deploy import runtime  # noqa: E402
 from resnet_deploy.backends import detect  # noqa: E402
 from resnet_deploy.backends.base import Runner  # noqa: E402
 from resnet_deploy.data import random_images  # noqa: E402
-from resnet_deploy.serving.connections import http_server  # noqa: E402
 from resnet_deploy.serving.app import create_app  # noqa: E402
 from resnet_deploy.serving.server import ServeLimits  # noqa: E402
 from resnet_deploy.errors import DeployError  # noqa: E402
@@ -231,17 +230,8 @@ def server(exported):
     runner = runtime.load(exported.onnx_path)
     app = create_app(runner, model_name="resnet18",
                      limits=ServeLimits(max_batch=8, max_delay_ms=100, queue_size=64, read_timeout_s=STALL_S))
-    port = free_port()
-    instance = http_server(app, "127.0.0.1", port, header_timeout_s=STALL_S)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"127.0.0.1:{port}", runner, app
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with serving_in_thread(app, header_timeout_s=STALL_S) as url:
+        yield url, runner, app
     runner.close()
 
 

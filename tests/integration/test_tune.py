@@ -78,7 +78,9 @@ def test_a_budget_that_runs_out_reports_the_rest_as_not_tried(tuned):
     from resnet_deploy.tune import tune
 
     folder, _ = tuned
-    report = tune(folder / "resnet18.onnx", budget_s=1.0, duration=0.05, batch_sizes=[1], write=False)
+    report = tune(folder / "resnet18.onnx", budget_s=1.0, duration=0.05, batch_sizes=[1], threads=[1, 1], write=False)
+    labels = [c.config.label for c in report.candidates]
+    assert len(labels) == len(set(labels)) and all(c.config.threads == 1 for c in report.candidates)  # 1,1 is one
     untried = [c for c in report.candidates if c.passed is None]
     assert all(c.reason.startswith("not tried: half of --budget-s") and not c.timings for c in untried)
     assert all(c.timings for c in report.candidates if c.passed is not None)
