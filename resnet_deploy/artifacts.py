@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
-from .fileio import Staging, atomic_open, sha256_file
+from .fileio import Staging, atomic_open, sha256_file, special_file
 from .precisions import ENGINE, ENGINE_SUFFIX, PRECISIONS
 
 SCHEMA = "resnet-deploy/manifest"
@@ -237,6 +237,9 @@ def write_manifest(manifest: Manifest, folder: str | os.PathLike[str]) -> Path:
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     path = Path(path)
+    kind = special_file(path)
+    if kind is not None:
+        raise ArtifactError(f"manifest {path} is {kind}, not a regular file: export the model again")
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -251,7 +254,8 @@ def open_artifact(artifact: str | os.PathLike[str]) -> tuple[Manifest, str, str 
     the ones the manifest recorded (None when they are)."""
     artifact = Path(artifact)
     if not artifact.is_file():
-        raise ArtifactError(f"artifact {artifact} does not exist")
+        kind = special_file(artifact)
+        raise ArtifactError(f"artifact {artifact} " + (f"is {kind}, not a regular file" if kind else "does not exist"))
     stem, precision = split_artifact_name(artifact)
     manifest = read_manifest(manifest_path(artifact.parent, stem))
     entry = manifest.artifact(precision)

@@ -113,14 +113,19 @@ class _Group(click.Group):
 
 def _output_file(option: str, path: str | None) -> None:
     """A one-line error, before any work, where ``path`` (an output file) cannot be written: its folder
-    is missing or not a folder (found out after the whole run before)."""
+    is missing or not a folder (found out after the whole run before), or it is a FIFO, a device or a folder."""
     if path is None:
         return
     from pathlib import Path
 
+    from .fileio import special_file
+
     folder = Path(path).resolve().parent
     if not folder.is_dir():
         raise DeployError(f"{option} {path}: the folder {folder} does not exist")
+    kind = special_file(path)
+    if kind is not None:  # renamed over, a FIFO or /dev/null (as root) would be replaced
+        raise DeployError(f"{option} {path} is {kind}, not a regular file: it is not written over")
 
 
 def _print_json(data: Any) -> None:

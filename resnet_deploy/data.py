@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DeployError, DeployWarning, first_line
-from .fileio import sha256_file
+from .fileio import regular_file, sha256_file, special_file
 from .imageprep import IMAGE_SUFFIXES, ImagePreprocess, UnsupportedPixels, open_image, to_rgb
 from .imageprep import random_images as random_images  # the public name here too: defined once, in imageprep
 
@@ -53,11 +53,11 @@ def batched(items: Sequence[T], size: int) -> list[Sequence[T]]:
 def load_npy_batch(path: str | os.PathLike[str], shape: Sequence[int], *, pixels: bool = False) -> np.ndarray:
     """A preprocessed NCHW float32 batch from a .npy file, checked against (C, H, W); with ``pixels``,
     an NHWC uint8 batch of resized pixels (an artifact with its preprocessing embedded), against (H, W, 3)."""
-    path = Path(path)
+    path = regular_file(path, "array file")
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DeployError(f"cannot read {path} as a .npy array: {exc}") from None
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
+        raise DeployError(f"cannot read {path} as a .npy array: {first_line(exc)}") from None
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or tuple(array.shape[1:]) != tuple(shape):
@@ -258,7 +258,9 @@ def calibration_data(
                            lambda: iter(batched(calibration, CALIBRATION_BATCH)),
                            (lambda: holdout) if len(holdout) else None, len(holdout))
     if not path.is_dir():
-        raise DeployError(f"calibration data {path} does not exist")
+        kind = special_file(path)
+        raise DeployError(f"calibration data {path} " + (f"is {kind}: give a folder of images or a .npy file"
+                                                         if kind else "does not exist"))
     found = sorted(filter(is_image_file, path.rglob("*")))
     if not found:
         raise DeployError(f"{path} holds no images for calibration")

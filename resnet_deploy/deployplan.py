@@ -19,7 +19,7 @@ from typing import Any
 from .artifacts import Manifest, split_artifact_name
 from .environment import cpu_description
 from .errors import ArtifactError
-from .fileio import atomic_open
+from .fileio import atomic_open, special_file
 
 SUFFIX = ".deploy.json"
 FORMAT = "resnet-deploy/deploy-plan-1"
@@ -156,6 +156,9 @@ def _check_plan(data: Any) -> None:
 def read_plan(folder: str | os.PathLike[str], stem: str) -> DeployPlan | None:
     """The export's plan, None where there is none; a one-line error for one that cannot be read."""
     path = plan_path(folder, stem)
+    kind = special_file(path)
+    if kind is not None:
+        raise ArtifactError(f"{path.name} is {kind}, not a plan: run `resnet-deploy tune` again, or remove it")
     if not path.is_file():
         return None
     try:

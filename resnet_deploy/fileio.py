@@ -13,12 +13,71 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from .errors import DeployError
+
 TEMP_PREFIX = ".tmp-"  # then the writer's PID: what a later sweep asks about
+
+
+def _kind(mode: int) -> str:
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
+            if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+
+
+def special_file(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is when it exists and is not a regular file (after links): "a FIFO" (a read blocks
+    forever), "a device" (/dev/zero never ends), "a folder"...; None for a regular file or nothing there."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else _kind(mode)
+
+
+def regular_file(path: str | os.PathLike[str], what: str) -> Path:
+    """``path``, which must be a regular file: a one-line DeployError naming ``what`` otherwise, before
+    anything opens it.
+
+    Raises:
+        DeployError: it does not exist, or is a FIFO, a device, a folder or a socket.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        raise DeployError(f"{what} {path} does not exist")
+    kind = special_file(path)
+    if kind is not None or not path.exists():
+        raise DeployError(f"{what} {path} is {kind or 'a broken link'}, not a regular file")
+    return path
+
+
+def clear_derived(path: str | os.PathLike[str]) -> str | None:
+    """Unlink a FIFO, device node, socket or link put where a derived file (a cache) of the package goes, so
+    the file can be made again; returns what was there (None: nothing, a regular file, or a folder, which is
+    left for its owner)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    os.unlink(path)
+    return "a link" if stat.S_ISLNK(mode) else _kind(mode)
+
+
+def _replaceable(target: Path) -> None:
+    """Refuse to rename a file over anything but a regular file or a link: a FIFO or a device given as an
+    output (``--plot /dev/null`` as root) would be replaced, the system's /dev/null with it."""
+    try:
+        mode = os.lstat(target).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise DeployError(f"{target} is {_kind(mode)}, not a regular file: it is not written over")
 
 
 def temp_prefix() -> str:
@@ -88,6 +147,7 @@ class Staging:
         with open(staged, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(staged, 0o644)
+        _replaceable(Path(target))
         os.replace(staged, target)
         self._pending.remove(staged)
         _fsync_folder(self.folder)
@@ -128,6 +188,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     On any exception the temporary file is removed and ``target`` is untouched.
     """
     target = Path(target)
+    _replaceable(target)
     with Staging(target.parent) as staging:
         tmp = staging.file(target.suffix)
         yield tmp
@@ -157,10 +218,19 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 @contextlib.contextmanager
 def locked(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``PATH.lock`` (created if missing): writers of one shared file
-    from several processes (a timing cache two builds update) take turns instead of overwriting."""
+    from several processes (a timing cache two builds update) take turns instead of overwriting. The lock
+    file is opened without blocking and must be a regular file (opening a FIFO for writing waits forever
+    for a reader)."""
     import fcntl
 
-    with open(f"{os.fspath(path)}.lock", "a") as handle:
+    lock = f"{os.fspath(path)}.lock"
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        raise DeployError(f"cannot open the lock file {lock}: {exc.strerror}") from None
+    with os.fdopen(fd, "a") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DeployError(f"the lock file {lock} is {_kind(os.fstat(fd).st_mode)}, not a regular file: remove it")
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield

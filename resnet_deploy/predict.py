@@ -12,6 +12,7 @@ import numpy as np
 from .backends.base import Runner
 from .data import ImagePreprocess, batched, imagenet_classes, list_images, load_images
 from .errors import DeployError, within
+from .fileio import regular_file
 
 DEFAULT_TOPK = 5
 
@@ -21,7 +22,8 @@ def class_names(num_classes: int, labels_file: str | os.PathLike[str] | None = N
     1000-class head, else None (classes are shown by index)."""
     if labels_file is not None:
         try:
-            names = [line.strip() for line in Path(labels_file).read_text().splitlines() if line.strip()]
+            text = regular_file(labels_file, "labels file").read_text()
+            names = [line.strip() for line in text.splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
             raise DeployError(f"cannot read labels file {labels_file}: {exc}") from None
         if len(names) != num_classes:

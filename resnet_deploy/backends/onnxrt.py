@@ -16,7 +16,7 @@ import onnxruntime as ort
 from ..artifacts import Manifest, TensorSpec
 from ..environment import first_cpu_fields, physical_cores
 from ..errors import DeployError, DeployWarning, first_line
-from ..fileio import atomic_path, atomic_write_bytes, sha256_file
+from ..fileio import atomic_path, atomic_write_bytes, clear_derived, sha256_file, special_file
 from .base import Runner
 from .options import LoadOptions
 
@@ -70,9 +70,13 @@ def _cache_record(cache: Path) -> Path:
 def _cache_problem(cache: Path) -> str | None:
     """Why the cached graph at ``cache`` is not the one this package wrote there (damaged, replaced by
     another model's, or from before the record existed), or None."""
+    record = _cache_record(cache)
+    if special_file(record) is not None:
+        return f"its record is {special_file(record)}"
     try:
-        recorded = _cache_record(cache).read_text().strip()
-    except OSError:
+        with open(record, "rb") as handle:
+            recorded = handle.read(128).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
         return "it has no record of what was written"
     return None if sha256_file(cache) == recorded else "its bytes are not the ones written"
 
@@ -85,6 +89,9 @@ def _session_with_cache(model: Path, providers: list, options: ort.SessionOption
     it) and ONNX Runtime loads it; otherwise it is rebuilt, with a warning. Returns the session and
     what happened ("hit", "written", "rebuilt" or "unwritable")."""
     state = "written"
+    for derived in (cache, _cache_record(cache)):  # a FIFO or a device where the cache goes: made again
+        if clear_derived(derived) is not None:
+            state = "rebuilt"
     if cache.is_file():
         problem = _cache_problem(cache)
         if problem is None:
@@ -111,11 +118,12 @@ def _session_with_cache(model: Path, providers: list, options: ort.SessionOption
             if stale not in (cache, _cache_record(cache)):
                 stale.unlink(missing_ok=True)
         return session, state
-    except OSError as exc:  # a read-only folder or a full disk: the model itself may load fine without the cache
+    except (OSError, DeployError) as exc:  # a read-only folder, a full disk, a folder in the cache's place
         options.optimized_model_filepath = ""
         session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
         warnings.warn(f"{model.name}: the optimised graph cannot be cached in {cache.parent.name}/ "
-                      f"({exc.strerror or exc}); running without the cache", DeployWarning, stacklevel=4)
+                      f"({getattr(exc, 'strerror', None) or exc}); running without the cache", DeployWarning,
+                      stacklevel=4)
         return session, "unwritable"
 
 

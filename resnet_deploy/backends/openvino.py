@@ -10,7 +10,9 @@ the cache, the compiled blob is kept in ``.ov-cache/`` beside the artifact
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import threading
 import warnings
 from collections.abc import Sequence
@@ -23,6 +25,7 @@ import openvino as ov
 from ..artifacts import Manifest, TensorSpec, artifact_filename
 from ..environment import bf16_problem
 from ..errors import DeployError, DeployWarning, first_line
+from ..fileio import atomic_write_bytes, locked, sha256_file, special_file
 from ..precisions import PRECISIONS
 from .base import Runner
 from .options import LoadOptions
@@ -39,21 +42,60 @@ def _spec(port: Any, known: set[str]) -> TensorSpec:
     return TensorSpec(name, shape, port.get_element_type().to_dtype().name)
 
 
+BLOB_RECORD = "resnet_deploy.sha256.json"  # in the cache folder: each blob's sha256 as OpenVINO wrote it
+
+
 def _compile(model: Path, config: dict[str, Any], cache_dir: str | os.PathLike[str] | None) -> tuple[Any, str | None]:
     """The model compiled for the CPU, and the cache folder used: a cache that cannot be made or written (a
     read-only model volume, a full disk) is not used, with a warning, as ONNX Runtime's graph cache is not."""
     if cache_dir is not None:
-        core = ov.Core()
+        folder = Path(cache_dir)
         try:
-            core.set_property({"CACHE_DIR": str(cache_dir)})
-            return core.compile_model(str(model), "CPU", config), str(cache_dir)
-        except RuntimeError as exc:
-            warnings.warn(f"{model.name}: OpenVINO's model cache in {Path(cache_dir).name}/ is not used "
+            with locked(folder.parent / CACHE_DIR):  # processes compiling at once: one record, whole blobs
+                record = _checked_blobs(folder, model.name)
+                core = ov.Core()
+                core.set_property({"CACHE_DIR": str(folder)})
+                compiled = core.compile_model(str(model), "CPU", config)
+                _record_blobs(folder, record)
+            return compiled, str(folder)
+        except (RuntimeError, OSError, DeployError) as exc:
+            warnings.warn(f"{model.name}: OpenVINO's model cache in {folder.name}/ is not used "
                           f"({first_line(exc)}); compiling without it", DeployWarning, stacklevel=4)
     try:
         return ov.Core().compile_model(str(model), "CPU", config), None
     except RuntimeError as exc:
         raise DeployError(f"OpenVINO cannot compile {model.name}: {first_line(exc)}") from None
+
+
+def _checked_blobs(folder: Path, model_name: str) -> dict[str, str]:
+    """The record of the cache's blobs, after removing every blob whose bytes are not the ones OpenVINO wrote
+    (OpenVINO's own checks miss bytes changed inside a blob, which then computes wrong answers) or that is
+    not a regular file (a FIFO blocks the read)."""
+    path = folder / BLOB_RECORD
+    try:
+        record = json.loads(path.read_text()) if special_file(path) is None and path.is_file() else {}
+    except (OSError, ValueError):
+        record = {}
+    record = {k: v for k, v in record.items() if isinstance(k, str) and isinstance(v, str)} \
+        if isinstance(record, dict) else {}
+    for blob in sorted(folder.glob("*.blob")) if folder.is_dir() else []:
+        kind = special_file(blob)
+        if kind is None and record.get(blob.name) == sha256_file(blob):
+            continue
+        warnings.warn(f"{model_name}: the compiled blob {folder.name}/{blob.name} is not the one OpenVINO wrote "
+                      f"({kind or 'its bytes changed, or it has no record'}): compiling again", DeployWarning,
+                      stacklevel=5)
+        shutil.rmtree(blob) if blob.is_dir() and not blob.is_symlink() else blob.unlink()
+        record.pop(blob.name, None)
+    return record
+
+
+def _record_blobs(folder: Path, record: dict[str, str]) -> None:
+    """Record the sha256 of the blobs OpenVINO has just written (those not recorded yet)."""
+    blobs = {blob.name: blob for blob in folder.glob("*.blob") if special_file(blob) is None}
+    updated = {name: record.get(name) or sha256_file(blob) for name, blob in blobs.items()}
+    if updated != record:
+        atomic_write_bytes(folder / BLOB_RECORD, json.dumps(updated, indent=1).encode())
 
 
 class OpenVINORunner(Runner):

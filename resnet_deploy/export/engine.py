@@ -21,7 +21,7 @@ from ..backends import cuda
 from ..backends.registry import runs_here
 from ..backends.tensorrt import version_tuple
 from ..errors import DeployError, DeployWarning, ExportError, within
-from ..fileio import atomic_path, atomic_write_bytes, locked
+from ..fileio import atomic_path, atomic_write_bytes, locked, regular_file
 
 # --hardware-compat -> trt.HardwareCompatibilityLevel member, and the TensorRT version that added it
 HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
@@ -163,6 +163,7 @@ def _use_timing_cache(config: Any, path: Path | None) -> None:
     as Polygraphy does, so the build still runs and writes a good cache."""
     data = b""
     if path is not None and path.exists():
+        regular_file(path, "timing cache")
         with locked(path):
             data = path.read_bytes()
     if data:
@@ -183,7 +184,8 @@ def _save_timing_cache(config: Any, path: Path) -> None:
                       stacklevel=3)
         return
     with locked(path):
-        previous = config.create_timing_cache(path.read_bytes()) if path.exists() else None  # None: unreadable
+        previous = (config.create_timing_cache(regular_file(path, "timing cache").read_bytes()) if path.exists()
+                    else None)  # None: unreadable
         if previous is not None and not cache.combine(previous, ignore_mismatch=True):
             warnings.warn(f"could not merge the earlier timings of {path}: it now holds this build's only",
                           DeployWarning, stacklevel=3)

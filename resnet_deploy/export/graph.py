@@ -12,6 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ArtifactError, ExportError, first_line
+from ..fileio import special_file
 
 
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -102,7 +103,8 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What `resnet-deploy inspect` prints: I/O with symbolic dims, opset, ops, size, precision."""
     path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"{path} does not exist")
+        kind = special_file(path)
+        raise ArtifactError(f"{path} " + (f"is {kind}, not a regular file" if kind else "does not exist"))
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors

@@ -37,7 +37,7 @@ from ..backends.registry import precision_variant, runs_here
 from ..data import ImagePreprocess, calibration_data
 from ..environment import cpu_description, package_version, tool_versions
 from ..errors import MAX_SEED, ArgumentError, DeployError, DeployWarning, ExportError, ParityError, within
-from ..fileio import Staging, sha256_file, sweep_temporaries
+from ..fileio import Staging, clear_derived, sha256_file, sweep_temporaries
 from ..models import EmbeddedPreprocess, create_model, get_spec
 from ..models import pretrained
 from ..models.registry import declare_preprocess
@@ -343,7 +343,9 @@ def _int8(job: Job, log: StepLog) -> None:
     fp32 = job.artifacts[FP32]
     cache = job.folder / precision.calibration_cache_name(job.stem, sha256_file(fp32), calibration, o.calib_method)
     job.prepared = job.resources.enter_context(precision.prepared_for_quantization(fp32))
-    problem = precision.range_cache_problem(cache) if cache.exists() else "missing"
+    cleared = clear_derived(cache)  # a FIFO or a device in the cache's place: calibrate again
+    problem = (f"it was {cleared}" if cleared else precision.range_cache_problem(cache) if cache.exists()
+               else "missing")
     if problem not in (None, "missing"):
         warnings.warn(f"the range cache {cache.name} is not used: {problem}; calibrating again", DeployWarning,
                       stacklevel=2)

@@ -28,6 +28,7 @@ import onnx
 from ..data import Calibration
 from ..environment import int8_isa
 from ..errors import ExportError, first_line
+from ..fileio import special_file
 from . import graph
 
 # InstanceNorm (IBN's IN half) over-/underflows in fp16; the split-attention
@@ -99,6 +100,8 @@ def range_cache_problem(path: Path) -> str | None:
             for item in value:
                 walk(item)
 
+    if special_file(path) is not None:
+        return f"it is {special_file(path)}"
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:

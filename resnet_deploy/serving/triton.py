@@ -27,7 +27,7 @@ from ..backends.registry import BACKENDS, Backend, artifact_format, backend_for
 from ..data import imagenet_classes
 from ..environment import physical_cores
 from ..errors import DeployError, within
-from ..fileio import atomic_open, atomic_path, locked, sha256_file
+from ..fileio import atomic_open, atomic_path, locked, sha256_file, special_file
 from ..precisions import PRECISIONS
 
 MODEL_FILES = {"onnx": "model.onnx", "engine": "model.plan"}  # artifact format -> Triton's default model file
@@ -345,6 +345,9 @@ def _read_record(model_dir: Path) -> dict[str, Any] | None:
     """The folder's record of its versions: empty where there is no model yet, None where the model
     there was not written by this toolkit."""
     path = model_dir / RECORD_FILE
+    kind = special_file(path)
+    if kind is not None:
+        raise DeployError(f"{path} is {kind}, not the record this toolkit writes: remove it")
     if path.is_file():
         try:
             record = json.loads(path.read_text())

@@ -3,6 +3,8 @@ take it like any other backend."""
 
 from __future__ import annotations
 
+import os
+
 import json
 
 import numpy as np
@@ -61,7 +63,18 @@ def test_a_bad_compiled_blob_is_not_served(small_export, tmp_path):
     with runtime.load(folder / "resnet18.fp16.onnx", backend="openvino"):
         pass
     other, = set((folder / CACHE_DIR).glob("*.blob")) - {blob}
-    for spoil in (lambda: shutil.copy(other, blob), lambda: blob.write_bytes(blob.read_bytes()[:1000])):
+    def flipped():  # bytes changed inside the blob: OpenVINO's own checks pass it, and it computed garbage
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2: len(data) // 2 + 4096] = bytes(4096)
+        blob.chmod(0o644)
+        blob.write_bytes(bytes(data))
+
+    def fifo():  # a read of it would block forever
+        blob.unlink()
+        os.mkfifo(blob)
+
+    for spoil in (lambda: shutil.copy(other, blob), lambda: blob.write_bytes(blob.read_bytes()[:1000]), flipped,
+                  fifo):
         spoil()
         with runtime.load(folder / "resnet18.onnx", backend="openvino") as runner:
             np.testing.assert_array_equal(runner(batch)["logits"], want)
