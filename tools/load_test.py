@@ -10,6 +10,7 @@ failed, never lost. Scenarios:
   - batching:    --max-batch 8 --max-delay-ms 5, N clients;
   - no batching: --max-batch 1, N clients;
   - overload:    --max-batch 8 --queue 4, 4N clients (expects 503s, no crash, no lost request).
+In every scenario a process of its own polls /v2/health/ready every 50 ms, as a readiness probe would.
 
     python tools/load_test.py [--artifact FILE.onnx] [--clients 8] [--seconds 15] [--json] [--write]
 
@@ -96,9 +97,33 @@ def _client(url: str, name: str, batch: np.ndarray, stop: float, record: list) -
             record.append((f"error: {type(exc).__name__}", time.perf_counter() - start, 0))
 
 
+PROBE = """
+import json, sys, time, urllib.request
+url, stop, times = sys.argv[1], time.monotonic() + float(sys.argv[2]), []
+while time.monotonic() < stop:
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            answer.read()
+        times.append((time.perf_counter() - start) * 1e3)
+    except OSError:
+        times.append(float("inf"))
+    time.sleep(0.05)
+print(json.dumps(times))
+"""
+
+
+def _readiness_probe(port: int, seconds: float) -> subprocess.Popen:
+    """A process of its own (no GIL shared with the clients) polling /v2/health/ready every 50 ms for
+    ``seconds``: what a Kubernetes readiness probe sees under the load."""
+    return subprocess.Popen([sys.executable, "-c", PROBE, f"http://127.0.0.1:{port}/v2/health/ready", str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+
+
 def scenario(artifact: Path, name: str, options: list[str], clients: int, seconds: float) -> dict:
     port = _free_port()
     process = _start(artifact, port, options)
+    probe = _readiness_probe(port, seconds)
     shape = manifest_for(artifact)[0].input.shape[1:]
     batch = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     records: list[list] = [[] for _ in range(clients)]
@@ -109,6 +134,7 @@ def scenario(artifact: Path, name: str, options: list[str], clients: int, second
         thread.start()
     for thread in threads:
         thread.join()
+    ready_ms = json.loads(probe.communicate(timeout=120)[0])
     alive = process.poll() is None
     process.terminate()
     process.wait(timeout=30)
@@ -125,6 +151,8 @@ def scenario(artifact: Path, name: str, options: list[str], clients: int, second
         "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
         "p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies else None,
         "mean_server_batch": round(statistics.mean(r[2] for r in ok), 2) if ok else None,
+        "ready_p50_ms": round(statistics.median(ready_ms), 1) if ready_ms else None,
+        "ready_max_ms": round(max(ready_ms), 1) if ready_ms else None,
     }
 
 
@@ -298,12 +326,14 @@ def _markdown(report: dict) -> str:
              f"{report['date']}, {report['machine']}, loopback; " + ", ".join(f"{k} {v}" for k, v in report["tools"].items())
              + f". {report['artifact']} (ONNX Runtime CPU) behind `resnet-deploy serve`; closed-loop clients sending one "
              "image each (binary tensors, tritonclient.http). Command: `python tools/load_test.py --write`.", "",
-             "| scenario | server options | clients | requests | answers | requests/s | p50 ms | p99 ms | mean server batch |",
-             "|---|---|---:|---:|---|---:|---:|---:|---:|"]
+             "| scenario | server options | clients | requests | answers | requests/s | p50 ms | p99 ms | mean server batch "
+             "| readiness p50 / max ms |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for label, run in report["runs"].items():
         answers = ", ".join(f"{k}: {v}" for k, v in sorted(run["statuses"].items()))
         lines.append(f"| {label} | `{run['options']}` | {run['clients']} | {run['requests']} | {answers} | "
-                     f"{run['throughput_rps']} | {run['p50_ms']} | {run['p99_ms']} | {run['mean_server_batch']} |")
+                     f"{run['throughput_rps']} | {run['p50_ms']} | {run['p99_ms']} | {run['mean_server_batch']} | "
+                     f"{run.get('ready_p50_ms')} / {run.get('ready_max_ms')} |")
     return "\n".join(lines)
 
 
