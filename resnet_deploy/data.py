@@ -92,7 +92,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Decode an image file as 8-bit RGB: greyscale, palette, CMYK and alpha images are converted, and
     images of more than 8 bits are scaled to 8 (16-bit greyscale by 65535, float images from [0, 1]),
     not clipped, which made them white or black."""
-    path = _image_path(path)
+    path = regular_file(path, "image")
     try:
         with open_image(path) as image:
             image.load()
@@ -103,15 +103,6 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         raise DeployError(f"cannot read {path} as an image: {first_line(exc)}") from None
 
 
-def _image_path(path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise DeployError(f"image {path} does not exist")
-    if not path.is_file():  # a FIFO blocks the read forever, a folder or a device is no image
-        raise DeployError(f"image {path} is not a regular file")
-    return path
-
-
 LARGE_IMAGE_PIXELS = 4096 * 4096  # decoded one at a time: a 12000x12000 PNG is 430 MB as RGB alone
 _large_image = threading.Lock()
 
@@ -120,7 +111,7 @@ def _load_preprocessed(path: Path, preprocess: ImagePreprocess) -> np.ndarray:
     """One image decoded and preprocessed; a large one only while no other large one is (parallel
     decodes of large images multiplied the memory peak)."""
     try:
-        with open_image(_image_path(path)) as header:  # reads the size, not the pixels
+        with open_image(regular_file(path, "image")) as header:  # reads the size, not the pixels
             large = header.width * header.height > LARGE_IMAGE_PIXELS
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DeployError(f"cannot read {path} as an image: {first_line(exc)}") from None

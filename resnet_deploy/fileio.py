@@ -39,19 +39,19 @@ def special_file(path: str | os.PathLike[str]) -> str | None:
     return None if stat.S_ISREG(mode) else _kind(mode)
 
 
-def regular_file(path: str | os.PathLike[str], what: str) -> Path:
-    """``path``, which must be a regular file: a one-line DeployError naming ``what`` otherwise, before
+def regular_file(path: str | os.PathLike[str], what: str, error: type[DeployError] = DeployError) -> Path:
+    """``path``, which must be a regular file: a one-line ``error`` naming ``what`` otherwise, before
     anything opens it.
 
     Raises:
-        DeployError: it does not exist, or is a FIFO, a device, a folder or a socket.
+        DeployError: (or ``error``) it does not exist, or is a FIFO, a device, a folder or a socket.
     """
     path = Path(path)
     if not os.path.lexists(path):
-        raise DeployError(f"{what} {path} does not exist")
+        raise error(f"{what} {path} does not exist")
     kind = special_file(path)
     if kind is not None or not path.exists():
-        raise DeployError(f"{what} {path} is {kind or 'a broken link'}, not a regular file")
+        raise error(f"{what} {path} is {kind or 'a broken link'}, not a regular file")
     return path
 
 

@@ -9,10 +9,16 @@ answer by status (200, 503, other, connection error): a request is either answer
 failed, never lost. Scenarios:
   - batching:    --max-batch 8 --max-delay-ms 5, N clients;
   - no batching: --max-batch 1, N clients;
-  - overload:    --max-batch 8 --queue 4, 4N clients (expects 503s, no crash, no lost request).
-In every scenario a process of its own polls /v2/health/ready every 50 ms, as a readiness probe would.
+  - overload:    --max-batch 8 --queue 4, --overload-clients (200) clients (expects 503s, no crash, no
+                 lost request, and a queue never deeper than 4);
+  - overload, 32-image requests: --max-batch 32 --queue 4, 32 clients each sending 32 images.
+The overload clients run at nice 10: on a machine whose cores they share with the server, what is
+measured is the server under that load, not the load generator taking its cores.
+In every scenario a process of its own polls /v2/health/ready every 50 ms, as a readiness probe would;
+the server's resident memory is read (/proc) after a one-image warm-up, at its peak and after the load,
+and its deepest queue from /metrics.
 
-    python tools/load_test.py [--artifact FILE.onnx] [--clients 8] [--seconds 15] [--json] [--write]
+    python tools/load_test.py [--artifact FILE.onnx] [--clients 8] [--overload-clients 200] [--seconds 15] [--json] [--write]
 
 With --vs-triton it measures `resnet-deploy serve` and a real Triton Inference Server side by side
 instead: the same artifact (written by `resnet-deploy triton --kind cpu`), the same dynamic batching
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -52,6 +59,9 @@ from resnet_deploy.environment import cpu_description, tool_versions  # noqa: E4
 SECTION = "## Serving: Open Inference Protocol server under load"
 VS_SECTION = "## Serving: resnet-deploy serve and Triton side by side"
 LEVELS = (1, 8, 32)
+# Overload clients share the server's cores here, 100 threads a core retrying at once: they run at this nice
+# value, so what is measured is the server under that load, not the load generator taking its cores.
+OVERLOAD_NICE = 10
 
 
 def _free_port() -> int:
@@ -77,10 +87,11 @@ def _start(artifact: Path, port: int, options: list[str]) -> subprocess.Popen:
     raise SystemExit("server did not become ready in 120 s")
 
 
-def _client(url: str, name: str, batch: np.ndarray, stop: float, record: list) -> None:
+def _client(url: str, name: str, batch: np.ndarray, stop: float, record: list, nice: int) -> None:
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
+    os.setpriority(os.PRIO_PROCESS, 0, nice)  # this thread only (Linux)
     client = httpclient.InferenceServerClient(url, connection_timeout=30, network_timeout=30)
     tensor = httpclient.InferInput("input", list(batch.shape), "FP32")
     tensor.set_data_from_numpy(batch, binary_data=True)
@@ -120,15 +131,34 @@ def _readiness_probe(port: int, seconds: float) -> subprocess.Popen:
                             stdout=subprocess.PIPE, text=True)
 
 
-def scenario(artifact: Path, name: str, options: list[str], clients: int, seconds: float) -> dict:
+def _resident_mib(pid: int) -> dict[str, int]:
+    """The server's resident memory now (VmRSS) and its peak so far (VmHWM), MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":", 1) for line in status if line.startswith(("VmRSS", "VmHWM")))
+    return {key: int(value.split()[0]) // 1024 for key, value in fields.items()}
+
+
+def _deepest_queue(port: int) -> int | None:
+    """The most requests ever waiting at once in the server's queue, from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith("resnet_deploy_deepest_queue "):
+                return int(line.split()[1])
+    return None
+
+
+def scenario(artifact: Path, name: str, options: list[str], clients: int, seconds: float,
+             images: int = 1, nice: int = 0) -> dict:
     port = _free_port()
     process = _start(artifact, port, options)
-    probe = _readiness_probe(port, seconds)
     shape = manifest_for(artifact)[0].input.shape[1:]
-    batch = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    batch = np.random.default_rng(0).standard_normal((images, *shape)).astype(np.float32)
+    _closed_loop(f"127.0.0.1:{port}", name, batch[:1], 1, 2)  # warm: the memory a one-image request needs
+    memory_before = _resident_mib(process.pid)["VmRSS"]
+    probe = _readiness_probe(port, seconds)
     records: list[list] = [[] for _ in range(clients)]
     stop = time.monotonic() + seconds
-    threads = [threading.Thread(target=_client, args=(f"127.0.0.1:{port}", name, batch, stop, records[i]))
+    threads = [threading.Thread(target=_client, args=(f"127.0.0.1:{port}", name, batch, stop, records[i], nice))
                for i in range(clients)]
     for thread in threads:
         thread.start()
@@ -136,6 +166,8 @@ def scenario(artifact: Path, name: str, options: list[str], clients: int, second
         thread.join()
     ready_ms = json.loads(probe.communicate(timeout=120)[0])
     alive = process.poll() is None
+    memory = _resident_mib(process.pid) if alive else {}
+    deepest = _deepest_queue(port) if alive else None
     process.terminate()
     process.wait(timeout=30)
     every = [r for rec in records for r in rec]
@@ -153,6 +185,8 @@ def scenario(artifact: Path, name: str, options: list[str], clients: int, second
         "mean_server_batch": round(statistics.mean(r[2] for r in ok), 2) if ok else None,
         "ready_p50_ms": round(statistics.median(ready_ms), 1) if ready_ms else None,
         "ready_max_ms": round(max(ready_ms), 1) if ready_ms else None,
+        "deepest_queue": deepest,
+        "rss_mib": {"before": memory_before, "peak": memory.get("VmHWM"), "after": memory.get("VmRSS")},
     }
 
 
@@ -275,7 +309,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", help="an exported .onnx (default: export resnet50 now)")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--overload-clients", type=int, default=200, help="clients of the two overload scenarios")
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--only", action="append", metavar="SCENARIO", help="run this scenario (repeatable)")
     parser.add_argument("--vs-triton", action="store_true", help="serve and a real Triton side by side")
     parser.add_argument("--requests", type=int, default=320, help="--vs-triton: requests per concurrency level")
     parser.add_argument("--json", action="store_true")
@@ -291,16 +327,20 @@ def main() -> int:
             return _report_vs_triton(artifact, args)
         name = artifact.name.split(".")[0]
         runs = {}
-        for label, options, clients in (
-            ("dynamic batching", ["--max-batch", "8", "--max-delay-ms", "5"], args.clients),
-            ("no batching", ["--max-batch", "1"], args.clients),
-            ("overload", ["--max-batch", "8", "--max-delay-ms", "5", "--queue", "4"], 4 * args.clients),
+        for label, options, clients, images, nice in (
+            ("dynamic batching", ["--max-batch", "8", "--max-delay-ms", "5"], args.clients, 1, 0),
+            ("no batching", ["--max-batch", "1"], args.clients, 1, 0),
+            ("overload", ["--max-batch", "8", "--max-delay-ms", "5", "--queue", "4"], args.overload_clients, 1,
+             OVERLOAD_NICE),
+            ("overload, 32-image requests", ["--max-batch", "32", "--queue", "4"], 32, 32, OVERLOAD_NICE),
         ):
+            if args.only and label not in args.only:
+                continue
             print(f"{label}: {clients} clients for {args.seconds:g} s ...", file=sys.stderr)
-            runs[label] = scenario(artifact, name, options, clients, args.seconds)
+            runs[label] = scenario(artifact, name, options, clients, args.seconds, images, nice)
     cpu = cpu_description()
     report = {"date": date.today().isoformat(), "machine": f"{cpu['model']}, {cpu['physical_cores']} cores",
-              "tools": tool_versions(), "artifact": artifact.name, "runs": runs}
+              "isa": ", ".join(cpu["isa"]), "tools": tool_versions(), "artifact": artifact.name, "runs": runs}
     text = _markdown(report)
     print(json.dumps(report, indent=2) if args.json else text)
     if args.write:
@@ -323,17 +363,22 @@ def _report_vs_triton(artifact: Path, args: argparse.Namespace) -> int:
 
 def _markdown(report: dict) -> str:
     lines = [SECTION, "",
-             f"{report['date']}, {report['machine']}, loopback; " + ", ".join(f"{k} {v}" for k, v in report["tools"].items())
+             f"{report['date']}, {report['machine']} ({report['isa']}), loopback; "
+             + ", ".join(f"{k} {v}" for k, v in report["tools"].items())
              + f". {report['artifact']} (ONNX Runtime CPU) behind `resnet-deploy serve`; closed-loop clients sending one "
-             "image each (binary tensors, tritonclient.http). Command: `python tools/load_test.py --write`.", "",
+             "image each (the last scenario: 32) as binary tensors (tritonclient.http), the overload clients at nice "
+             f"{OVERLOAD_NICE} (they share the server's cores); a readiness probe in a process of its own every 50 ms; "
+             "server RSS after a one-image warm-up, at its peak, after the load. Command: "
+             "`python tools/load_test.py --write`.", "",
              "| scenario | server options | clients | requests | answers | requests/s | p50 ms | p99 ms | mean server batch "
-             "| readiness p50 / max ms |",
-             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "| deepest queue | readiness p50 / max ms | server RSS MiB before / peak / after |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, run in report["runs"].items():
         answers = ", ".join(f"{k}: {v}" for k, v in sorted(run["statuses"].items()))
         lines.append(f"| {label} | `{run['options']}` | {run['clients']} | {run['requests']} | {answers} | "
                      f"{run['throughput_rps']} | {run['p50_ms']} | {run['p99_ms']} | {run['mean_server_batch']} | "
-                     f"{run.get('ready_p50_ms')} / {run.get('ready_max_ms')} |")
+                     f"{run['deepest_queue']} | {run['ready_p50_ms']} / {run['ready_max_ms']} | "
+                     f"{run['rss_mib']['before']} / {run['rss_mib']['peak']} / {run['rss_mib']['after']} |")
     return "\n".join(lines)
 
 

@@ -36,9 +36,6 @@ class DeviceTimer(Protocol):
         """Release the events."""
 
 
-_LOCK_MADE = threading.Lock()  # makes each serial runner's lock once
-
-
 class Runner:
     """Base of the torch, ONNX Runtime and TensorRT runners."""
 
@@ -54,7 +51,6 @@ class Runner:
     selection: str | None = None  # how --backend auto chose this configuration, when it did
     concurrent: bool = True  # run() may be called by several threads at once; else __call__ serialises calls
     serial_reason: str = ""  # why not, when not
-    _serial: threading.Lock | None = None
 
     @property
     def input_name(self) -> str:
@@ -72,11 +68,9 @@ class Runner:
             return self.run(batch)
 
     def _call_lock(self) -> threading.Lock:
-        if self._serial is None:
-            with _LOCK_MADE:
-                if self._serial is None:
-                    self._serial = threading.Lock()
-        return self._serial
+        """This runner's lock, made on first use (subclasses do not call ``__init__`` here); ``setdefault``
+        is atomic, so two threads' first calls get the same lock."""
+        return self.__dict__.setdefault("_serial_lock", threading.Lock())
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run a batch already checked by :meth:`check_input`."""

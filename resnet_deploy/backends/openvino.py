@@ -47,7 +47,9 @@ BLOB_RECORD = "resnet_deploy.sha256.json"  # in the cache folder: each blob's sh
 
 def _compile(model: Path, config: dict[str, Any], cache_dir: str | os.PathLike[str] | None) -> tuple[Any, str | None]:
     """The model compiled for the CPU, and the cache folder used: a cache that cannot be made or written (a
-    read-only model volume, a full disk) is not used, with a warning, as ONNX Runtime's graph cache is not."""
+    read-only model volume, a full disk) is not used, with a warning, as ONNX Runtime's graph cache is not.
+    A model OpenVINO cannot compile is that error alone, not a warning about the cache first."""
+    cache_problem = None
     if cache_dir is not None:
         folder = Path(cache_dir)
         try:
@@ -59,12 +61,14 @@ def _compile(model: Path, config: dict[str, Any], cache_dir: str | os.PathLike[s
                 _record_blobs(folder, record)
             return compiled, str(folder)
         except (RuntimeError, OSError, DeployError) as exc:
-            warnings.warn(f"{model.name}: OpenVINO's model cache in {folder.name}/ is not used "
-                          f"({first_line(exc)}); compiling without it", DeployWarning, stacklevel=4)
+            cache_problem = f"OpenVINO's model cache in {folder.name}/ is not used ({first_line(exc)})"
     try:
-        return ov.Core().compile_model(str(model), "CPU", config), None
+        compiled = ov.Core().compile_model(str(model), "CPU", config)
     except RuntimeError as exc:
         raise DeployError(f"OpenVINO cannot compile {model.name}: {first_line(exc)}") from None
+    if cache_problem:
+        warnings.warn(f"{model.name}: {cache_problem}; compiled without it", DeployWarning, stacklevel=4)
+    return compiled, None
 
 
 def _checked_blobs(folder: Path, model_name: str) -> dict[str, str]:

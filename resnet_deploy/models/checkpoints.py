@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, first_line
-from ..fileio import atomic_path
+from ..fileio import atomic_path, regular_file
 
 # Keys under which training scripts commonly nest the state_dict, most specific first.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
@@ -35,10 +35,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"weights file {path} is a folder: give the checkpoint file inside it")
-    if not path.exists():
-        raise CheckpointError(f"weights file {path} does not exist")
-    if not path.is_file():  # a FIFO or a device would block or never end
-        raise CheckpointError(f"weights file {path} is not a regular file")
+    regular_file(path, "weights file", CheckpointError)  # a FIFO or a device would block or never end
     if path.stat().st_size == 0:
         raise CheckpointError(f"weights file {path} is empty")
     if path.suffix == ".safetensors":

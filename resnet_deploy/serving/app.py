@@ -152,6 +152,7 @@ class _Endpoints:
             f'resnet_deploy_rejected_total{{reason="failed"}} {s.failed}',
             "# TYPE resnet_deploy_largest_batch gauge", f"resnet_deploy_largest_batch {s.largest_batch}",
             "# TYPE resnet_deploy_queue_depth gauge", f"resnet_deploy_queue_depth {self.batcher.waiting}",
+            "# TYPE resnet_deploy_deepest_queue gauge", f"resnet_deploy_deepest_queue {s.deepest_queue}",
         ]
         return PlainTextResponse("\n".join(lines) + "\n")
 

@@ -14,6 +14,7 @@ outputs) is refused with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -228,27 +229,29 @@ def _check(options: TritonOptions, manifest: Manifest, backend: Backend) -> Trit
     return replace(options, max_batch=max_batch, preferred=tuple(sorted(set(options.preferred))), kind=kind)
 
 
-def _auto(artifact: Path, options: TritonOptions) -> tuple[Path, TritonOptions, str]:
+def _auto(artifact: Path, manifest: Manifest, precision: str,
+          options: TritonOptions) -> tuple[Path, Manifest, str, TritonOptions, str]:
     """``--backend auto``: tune's choice for the export on this kind of CPU (its file, backend, threads and
     hint), else the file's own backend; a choice whose computation Triton's backend would change (OpenVINO
-    on a bf16 CPU) is served by ONNX Runtime instead, which computes that file as it was verified."""
+    on a bf16 CPU) is served by ONNX Runtime instead, which computes that file as it was verified.
+    Returns the file served, its manifest and precision, the options, and how it was chosen."""
     from ..runtime import tuned_configuration
 
-    chosen, selection = tuned_configuration(artifact, *manifest_for(artifact))
+    chosen, selection = tuned_configuration(artifact, manifest, precision)
     if chosen is None:
-        return artifact, replace(options, backend=backend_for("auto", artifact_format(
-            manifest_for(artifact)[1]), artifact.name).name), selection
+        own = backend_for("auto", artifact_format(precision), artifact.name).name
+        return artifact, manifest, precision, replace(options, backend=own), selection
     path = artifact.parent / chosen.artifact
-    manifest, precision = manifest_for(path)
-    if chosen.own.get("bf16"):
-        precision = PRECISIONS["bf16"].runs_file
+    if path != artifact:
+        manifest, precision = manifest_for(path)
+    computed = PRECISIONS["bf16"].runs_file if chosen.own.get("bf16") else precision
     try:
-        triton_computes(manifest, precision, BACKENDS[chosen.backend])
+        triton_computes(manifest, computed, BACKENDS[chosen.backend])
     except DeployError as exc:
-        return path, replace(options, backend="ort", threads=options.threads or chosen.threads), (
+        return path, manifest, precision, replace(options, backend="ort", threads=options.threads or chosen.threads), (
             f"{selection}; served by ONNX Runtime, not OpenVINO: {exc}")
-    return path, replace(options, backend=chosen.backend, threads=options.threads or chosen.threads,
-                         throughput=options.throughput or bool(chosen.own.get("throughput"))), selection
+    return path, manifest, precision, replace(options, backend=chosen.backend, threads=options.threads or chosen.threads,
+                                              throughput=options.throughput or bool(chosen.own.get("throughput"))), selection
 
 
 def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.PathLike[str],
@@ -271,9 +274,9 @@ def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.Path
             this write would destroy.
     """
     artifact, selection = Path(artifact), None
-    if options.backend == "auto":
-        artifact, options, selection = _auto(artifact, options)
     manifest, precision = manifest_for(artifact)
+    if options.backend == "auto":
+        artifact, manifest, precision, options, selection = _auto(artifact, manifest, precision, options)
     kind = artifact_format(precision)
     backend, filename = backend_for(options.backend, kind, artifact.name), MODEL_FILES[kind]
     if backend.runs not in MODEL_FILES:
@@ -283,7 +286,9 @@ def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.Path
     options = _check(options, manifest, backend)
     name = check_stem(options.model_name or manifest.stem)
     model_dir = Path(repo) / name
-    entry = {"artifact": artifact.name, "sha256": sha256_file(artifact), "model": _model(manifest),
+    recorded = manifest.artifact(precision)
+    entry = {"artifact": artifact.name, "sha256": recorded.sha256 if recorded else sha256_file(artifact),
+             "model": _model(manifest),
              "interface": _interface(manifest, backend.platform), "computes": computes}
     try:
         Path(repo).mkdir(parents=True, exist_ok=True)
@@ -312,8 +317,7 @@ def _write_model(artifact: Path, model_dir: Path, entry: dict[str, Any], manifes
     except OSError as exc:
         raise DeployError(f"cannot create {version_dir}: {exc.strerror}") from None
     labels = manifest.num_classes == 1000 and any(o.name == "logits" for o in manifest.outputs)
-    with atomic_path(version_dir / filename) as tmp:
-        shutil.copyfile(artifact, tmp)
+    _copy_verified(artifact, version_dir / filename, entry["sha256"])
     if labels:
         with atomic_open(model_dir / LABELS_FILE) as handle:
             handle.write(_labels_text())
@@ -325,6 +329,20 @@ def _write_model(artifact: Path, model_dir: Path, entry: dict[str, Any], manifes
     if options.ensemble:
         write_ensemble(model_dir.parent, name, manifest, options, labels=labels, force=force)
     return version
+
+
+def _copy_verified(artifact: Path, target: Path, sha256: str) -> None:
+    """Copy ``artifact`` to ``target`` only if the copy's bytes are those verified (``sha256``): the file
+    served is the one checked, even if the source changed since; on a mismatch nothing is left behind."""
+    try:
+        with atomic_path(target) as tmp:
+            shutil.copyfile(artifact, tmp)
+            if sha256_file(tmp) != sha256:
+                raise DeployError(f"{artifact.name} changed while it was copied into {target.parent}: nothing written")
+    except BaseException:
+        with contextlib.suppress(OSError):  # the version folder made for it, if nothing else is there
+            target.parent.rmdir()
+        raise
 
 
 def _model(manifest: Manifest) -> dict[str, Any]:

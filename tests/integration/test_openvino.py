@@ -179,3 +179,24 @@ def test_the_throughput_hint_splits_a_batch_across_streams_and_computes_the_same
             assert figures.rel_to_scale < 1e-4 and figures.top1_agreement == 1.0
         per_image = [throughput(batch[i:i + 1])["logits"] for i in range(5)]
         assert compare_arrays(np.concatenate(per_image), throughput(batch)["logits"]).rel_to_scale < 1e-4  # in order
+
+
+def test_a_model_openvino_cannot_compile_is_one_error_not_a_cache_warning_first(tmp_path):
+    import warnings
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from resnet_deploy.backends.openvino import OpenVINORunner
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["input"], ["logits"], domain="nowhere")], "g", [x], [y])
+    path = tmp_path / "odd.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("nowhere", 1)]),
+              path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning about the cache would raise here, before the real error
+        with pytest.raises(DeployError, match="OpenVINO cannot compile odd.onnx") as caught:
+            OpenVINORunner(path, cache_dir=tmp_path / CACHE_DIR)
+    assert "\n" not in str(caught.value)

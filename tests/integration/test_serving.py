@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -287,6 +288,8 @@ def test_concurrent_requests_are_batched(server):
     assert app.state.batcher.stats.batches - before < len(batches)
     metrics = urllib.request.urlopen(f"http://{url}/metrics").read().decode()
     assert "resnet_deploy_batches_total" in metrics
+    deepest = re.search(r"^resnet_deploy_deepest_queue (\d+)$", metrics, re.M)
+    assert deepest and int(deepest.group(1)) == app.state.batcher.stats.deepest_queue >= 1
 
 
 def _post(url, body, headers=None):
@@ -594,3 +597,26 @@ def test_an_overloaded_server_answers_503_before_the_body_is_read():
                     answer += chunk
                 answer = answer.decode()
     assert answer.startswith("HTTP/1.1 503") and "server overloaded: 1 requests already waiting" in answer
+
+
+def test_triton_serves_the_bytes_verified_even_if_the_file_changes_during_the_copy(exported, tmp_path, monkeypatch):
+    """The record's sha256 is the manifest's, and the copy is checked against it: a file changed between the
+    check and the copy leaves nothing in the repository (no version folder, no record, no config)."""
+    import shutil
+
+    from resnet_deploy.serving import triton
+
+    copy = shutil.copyfile
+
+    def copy_of_other_bytes(source, target):
+        copy(exported.paths["fp16"], target)
+
+    repo = tmp_path / "repo"
+    monkeypatch.setattr(triton.shutil, "copyfile", copy_of_other_bytes)
+    with pytest.raises(DeployError, match="resnet18.onnx changed while it was copied into .*: nothing written"):
+        write_model_repository(exported.onnx_path, repo, TritonOptions(kind="cpu"))
+    assert [p.name for p in (repo / "resnet18").iterdir()] == []
+    monkeypatch.undo()
+    written = write_model_repository(exported.onnx_path, repo, TritonOptions(kind="cpu"))
+    record = json.loads((written.folder / "resnet_deploy.json").read_text())
+    assert record["versions"]["1"]["sha256"] == exported.manifest.artifact("fp32").sha256

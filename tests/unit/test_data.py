@@ -132,7 +132,7 @@ def test_a_fifo_is_refused_not_read_forever(tmp_path):
     worker = threading.Thread(target=attempt, daemon=True)
     worker.start()
     worker.join(timeout=20)
-    assert outcome == [f"image {tmp_path / 'fifo.jpg'} is not a regular file"]
+    assert outcome == [f"image {tmp_path / 'fifo.jpg'} is a FIFO, not a regular file"]
 
 
 def test_large_images_are_decoded_one_at_a_time(tmp_path, monkeypatch):
