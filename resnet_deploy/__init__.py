@@ -2,9 +2,10 @@
 
 from typing import Any
 
+from .environment import package_version as _package_version
 from .errors import ArtifactError, CheckpointError, DeployError, ExportError, ParityError, UnknownArchError
 
-__version__ = "0.1.0"
+__version__ = _package_version("resnet-deploy") or "unknown"  # pyproject.toml's, as installed
 
 # The subpackage first: importing it later would rebind the name `export` to it, over the function below.
 from . import export as _export_package  # noqa: E402  (PyTorch-free until its pipeline is used)
@@ -13,7 +14,10 @@ from .lazy import lazy_attributes  # noqa: E402
 # Imported on first use: the PyTorch side (export, the model zoo) is not needed, or installed, on a target
 # that only runs and verifies artifacts (runtime, predict, serve, verify --reference golden).
 _LAZY = {"ExportResult": ".export", "create_model": ".models", "get_model_info": ".models",
-         "list_models": ".models", "Report": ".parity.verify", "verify": ".parity.verify"}
+         "list_models": ".models", "Report": ".parity.verify", "verify": ".parity.verify",
+         "load": ".target.runtime", "tune": ".target.tune", "serve": ".serving.server",
+         "ServeLimits": ".serving.limits", "TritonOptions": ".serving.triton",
+         "write_model_repository": ".serving.triton"}
 
 
 def export(arch: str, **options: Any) -> Any:
@@ -31,11 +35,17 @@ __all__ = [
     "ExportResult",
     "ParityError",
     "Report",
+    "ServeLimits",
+    "TritonOptions",
     "UnknownArchError",
     "__version__",
     "create_model",
     "export",
     "get_model_info",
     "list_models",
+    "load",
+    "serve",
+    "tune",
     "verify",
+    "write_model_repository",
 ]

@@ -15,19 +15,20 @@ from typing import Any
 
 import click
 
-from .backends.options import cli_flags
+from .backends.load_options import cli_flags
 from .backends.registry import BACKENDS, backend_choices
-from .bench import DEFAULT_BATCH_SIZES, DEFAULT_WARMUP
+from .target.bench import DEFAULT_BATCH_SIZES, DEFAULT_WARMUP
 from .data import INTERPOLATIONS, PREPROCESS_PRESETS
-from .errors import DeployError, DeployWarning, ParityError, within
+from .errors import DeployError, DeployWarning, ParityError
 from .export.engine import DEFAULT_WORKSPACE_GIB, HARDWARE_COMPAT, BuildOptions
 from .export.options import EXPORTERS, LAST_STRIDES, ExportOptions
-from .export.precision import CALIBRATION_METHODS, INT8_TARGETS
+from .export.quantize import CALIBRATION_METHODS, INT8_TARGETS
 from .parity.compare import REFERENCE
 from .parity.verify import REFERENCES
 from .precisions import PRECISIONS
-from .predict import DEFAULT_TOPK
-from .serving.server import DEFAULT_MAX_DELAY_MS, DEFAULT_QUEUE, DEFAULT_REQUEST_MB, DEFAULT_WORKERS
+from .target.predict import DEFAULT_TOPK
+from .serving.limits import (DEFAULT_HOST, DEFAULT_MAX_DELAY_MS, DEFAULT_PORT, DEFAULT_QUEUE, DEFAULT_REQUEST_MB,
+                             DEFAULT_WORKERS, SERVE_MAX_BATCH)
 from .serving.triton import KINDS as TRITON_KINDS
 from .serving.triton import TritonOptions
 
@@ -358,7 +359,7 @@ def build_command(onnx_file: str, workspace: float, timing_cache: str | None, dl
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect_command(path: str, as_json: bool) -> None:
     """Inputs, outputs, opset, op histogram, parameters and precision of an ONNX file."""
-    from .export.graph import inspect_file
+    from .onnxgraph import inspect_file
 
     info = inspect_file(path)
     if as_json:
@@ -523,8 +524,8 @@ def predict_command(artifact: str, images: tuple[str, ...], topk: int, labels: s
                     device: str | None, threads: int | None, as_json: bool) -> None:
     """Top-k classes of IMAGES (files or folders) with probabilities."""
     from .data import ImagePreprocess
-    from .predict import class_names, predict
-    from .runtime import load
+    from .target.predict import class_names, predict
+    from .target.runtime import load
 
     with load(artifact, backend=backend, device=device, threads=threads) as runner:
         _say_selection(runner)
@@ -561,7 +562,7 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
     """Latency (min/mean/p50/p90/p99) and images/s of artifacts and backends side by side."""
     import contextlib
 
-    from .bench import bench, load_runners, plot, stderr_progress
+    from .target.bench import bench, load_runners, plot, stderr_progress
 
     if iters is not None and duration is not None:
         raise DeployError("give --iters or --duration, not both")
@@ -625,8 +626,8 @@ def tune_command(artifact: str, data: str | None, max_drop: float, batch_sizes: 
                  plot_path: str | None, as_json: bool, quiet: bool) -> None:
     """Try every file x backend x setting of ARTIFACT's export that runs here, verify each, time them side by
     side, and write the fastest that passed to STEM.deploy.json (what --backend auto runs)."""
-    from .bench import stderr_progress
-    from .tune import plot, tune
+    from .target.bench import stderr_progress
+    from .target.tune import plot, tune
 
     _output_file("--plot", plot_path)
     report = tune(artifact, data=data, max_drop=max_drop,
@@ -775,9 +776,10 @@ def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: 
 @main.command("serve")
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.option("--model-name", help="Default: the artifact's stem.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it).")
-@click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--max-batch", type=int, help="Largest batch the dynamic batcher forms (default: min(profile MAX, 32)).")
+@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to bind (0.0.0.0 exposes it).")
+@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
+@click.option("--max-batch", type=int,
+              help=f"Largest batch the dynamic batcher forms (default: min(profile MAX, {SERVE_MAX_BATCH})).")
 @click.option("--max-delay-ms", type=float, default=DEFAULT_MAX_DELAY_MS, show_default=True,
               help="How long a batch waits to fill.")
 @click.option("--queue", "queue_size", type=int, default=DEFAULT_QUEUE, show_default=True,
@@ -790,45 +792,13 @@ def serve_command(artifact: str, model_name: str | None, host: str, port: int, m
                   max_delay_ms: float, queue_size: int, workers: int, max_request_mb: float, backend: str,
                   device: str | None, threads: int | None) -> None:
     """Serve ARTIFACT over the Open Inference Protocol (KServe v2 REST), with dynamic batching."""
-    from .artifacts import split_artifact_name
-    from .runtime import load
-    from .serving.server import ServeLimits
+    from .serving.limits import ServeLimits
+    from .serving.server import serve
 
-    try:
-        import pydantic  # noqa: F401  (the request schema)
-
-        from .serving.app import create_app
-        from .serving.connections import http_server
-    except ImportError:
-        raise DeployError("serve needs uvicorn, starlette and pydantic: pip install 'resnet-deploy[serve]'") from None
-    within("--port", port, 1, 65535)
-    _check_listen(host, port)
-    runner = load(artifact, backend=backend, device=device, threads=threads)
-    _say_selection(runner)
-    high = runner.batch_range[1] if runner.batch_range else 32
-    limits = ServeLimits(max_batch=min(high, 32) if max_batch is None else max_batch, max_delay_ms=max_delay_ms,
-                         queue_size=queue_size, workers=workers, max_request_mb=max_request_mb)
-    app = create_app(runner, model_name=model_name or split_artifact_name(artifact)[0], limits=limits)
-    runner.warmup()
-    click.echo(f"serving {runner.artifact} ({runner.name}, {runner.precision}) on http://{host}:{port}/v2", err=True)
-    server = http_server(app, host, port)
-    server.run()
-    if not server.started:
-        raise DeployError(f"the server on {host}:{port} did not start (the reason is logged above)")
-
-
-def _check_listen(host: str, port: int) -> None:
-    """A one-line error, before the model is loaded, where ``host:port`` cannot be listened on (in use,
-    not an address of this machine), instead of uvicorn's log line and exit 1."""
-    import socket
-
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-    except OSError as exc:
-        raise DeployError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    limits = ServeLimits(max_batch=max_batch, max_delay_ms=max_delay_ms, queue_size=queue_size, workers=workers,
+                         max_request_mb=max_request_mb)
+    serve(artifact, host=host, port=port, model_name=model_name, limits=limits, backend=backend, device=device,
+          threads=threads, announce=lambda line: click.echo(line, err=True))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,10 +12,10 @@ What it does, so the figures can be checked:
   tensors, oneDNN's AVX512_BF16/AMX path, where the CPU has native bf16; torch._int_mm and ONNX Runtime's
   MatMulInteger, u8 x s8, for int8), the best of each; every row's GMAC/s is given as a share of the
   floor of the precision it computes in;
-- loads the runners with `resnet_deploy.runtime.load` (torch backend, ORT fp32, fp16 and both int8 files,
+- loads the runners with `resnet_deploy.target.runtime.load` (torch backend, ORT fp32, fp16 and both int8 files,
   and where `openvino` is installed the fp32 and int8 files on OpenVINO, and the fp32 file computed in
   bf16 where the CPU has native bf16)
-  and times them with `resnet_deploy.bench.bench`, the code behind `resnet-deploy bench`:
+  and times them with `resnet_deploy.target.bench.bench`, the code behind `resnet-deploy bench`:
   interleaved blocks of about 0.25 s, each after one untimed call and a 50 ms pause, the order
   rotated every round, because runtimes keep thread pools spinning after a call and slow
   whichever runs next (seen here: a matmul fell from 270 to 116 GFLOP/s when alternated call by
@@ -49,12 +49,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks_md import replace_section  # noqa: E402  (tools/, the script's folder)
-from resnet_deploy import export, runtime  # noqa: E402
+from resnet_deploy import export  # noqa: E402
+from resnet_deploy.target import runtime  # noqa: E402
 from resnet_deploy.backends import detect  # noqa: E402
-from resnet_deploy.bench import bench, stderr_progress  # noqa: E402
+from resnet_deploy.target.bench import bench, stderr_progress  # noqa: E402
 from resnet_deploy.data import random_images  # noqa: E402
 from resnet_deploy.environment import bf16_problem, cpu_description, physical_cores, tool_versions  # noqa: E402
-from resnet_deploy.tune import tune  # noqa: E402
+from resnet_deploy.target.tune import tune  # noqa: E402
 from resnet_deploy.errors import DeployWarning  # noqa: E402
 from resnet_deploy.models import get_model_info  # noqa: E402
 

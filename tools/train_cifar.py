@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnet_deploy.data import ImagePreprocess, labelled_images, load_images  # noqa: E402
 from resnet_deploy.fileio import atomic_open, sha256_file  # noqa: E402
 from resnet_deploy.models import build_model, get_spec  # noqa: E402
-from resnet_deploy.models.registry import declare_preprocess  # noqa: E402
+from resnet_deploy.models.archs import declare_preprocess  # noqa: E402
 from resnet_deploy.models.checkpoints import save_checkpoint  # noqa: E402
 
 RECORD = "train_record.json"

@@ -18,7 +18,7 @@ from ..environment import first_cpu_fields, physical_cores
 from ..errors import DeployError, DeployWarning, first_line
 from ..fileio import atomic_path, atomic_write_bytes, clear_derived, sha256_file, special_file
 from .base import Runner
-from .options import LoadOptions
+from .load_options import LoadOptions
 
 GRAPH_CACHE_DIR = ".ort-cache"  # beside the artifact
 

@@ -28,7 +28,7 @@ from ..errors import DeployError, DeployWarning, first_line
 from ..fileio import atomic_write_bytes, locked, sha256_file, special_file
 from ..precisions import PRECISIONS
 from .base import Runner
-from .options import LoadOptions
+from .load_options import LoadOptions
 
 CACHE_DIR = ".ov-cache"  # beside the artifact
 

@@ -16,7 +16,7 @@ from ..errors import ArtifactError
 from ..fileio import sha256_file
 from ..models import EmbeddedPreprocess, create_model
 from .base import Runner
-from .options import LoadOptions
+from .load_options import LoadOptions
 
 
 def reference_model(manifest: Manifest) -> nn.Module:

@@ -27,7 +27,7 @@ from ..errors import DeployError, DeployWarning
 from ..precisions import ENGINE, PRECISIONS
 from . import detect
 from .detect import Availability
-from .options import (
+from .load_options import (
     LoadOptions,
     NoOptions,
     OpenVINOOptions,
@@ -68,7 +68,7 @@ class Backend:
     variants: tuple[Variant, ...]
     title: str  # the runtime's name in sentences: "ONNX Runtime"
     summary: str
-    options: type = NoOptions  # its own options (resnet_deploy.backends.options), LoadOptions.own
+    options: type = NoOptions  # its own options (resnet_deploy.backends.load_options), LoadOptions.own
     # the GPU side, given its own options: whether it is there (None: the backend has no GPU side)
     gpu: Callable[[Any], Availability] | None = None
     on_cpu: Callable[[Any], bool] = field(default=lambda _own: True)  # whether it runs on the CPU, given its options

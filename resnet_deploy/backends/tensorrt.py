@@ -24,7 +24,7 @@ from ..errors import DeployError, DeployWarning
 from ..precisions import ENGINE
 from . import cuda, detect
 from .base import Runner
-from .options import LoadOptions
+from .load_options import LoadOptions
 
 MAX_BOUND_SHAPES = 8  # input shapes kept ready (buffers; with CUDA graphs a context and a graph each)
 

@@ -28,7 +28,7 @@ from ..backends.onnxrt import OnnxRuntimeRunner
 from ..data import ImagePreprocess, batched, labelled_images, load_images
 from ..errors import ExportError
 from ..fileio import temp_prefix
-from .graph import find_points
+from ..onnxgraph import find_points
 
 EVAL_BATCH = 32
 

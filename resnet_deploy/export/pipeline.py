@@ -40,7 +40,7 @@ from ..errors import MAX_SEED, ArgumentError, DeployError, DeployWarning, Export
 from ..fileio import Staging, clear_derived, sha256_file, sweep_temporaries
 from ..models import EmbeddedPreprocess, create_model, get_spec
 from ..models import pretrained
-from ..models.registry import declare_preprocess
+from ..models.archs import declare_preprocess
 from ..parity.checks import plan_checks
 from ..parity.compare import REFERENCE, judge
 from ..parity.golden import write_golden
@@ -61,7 +61,8 @@ from ..precisions import (
 )
 from ..progress import StepLog
 from . import engine as trt_engine
-from . import graph, mixed, precision
+from .. import onnxgraph
+from . import mixed, quantize
 from .options import ExportOptions
 from .torch2onnx import export_onnx, output_names
 
@@ -271,7 +272,7 @@ def _plan(arch: str, o: ExportOptions) -> Job:
     if any(PRECISIONS[name].calibrated for name in job.precisions):  # before the slow steps: a missing data set fails at once
         job.calibration = calibration_data(o.calib_data, preprocess=job.image_preprocess, shape=job.shape,
                                            size=o.calib_size, seed=o.seed)
-        o.reduce_range = precision.resolve_reduce_range(o.int8_target, o.reduce_range)
+        o.reduce_range = quantize.resolve_reduce_range(o.int8_target, o.reduce_range)
     elif o.reduce_range is not None or o.max_drop is not None:
         raise ExportError("--reduce-range, --no-reduce-range and --max-drop go with --int8")
     if o.max_drop is not None and not 0 <= o.max_drop <= 100:
@@ -311,23 +312,23 @@ def _simplify_and_check(job: Job, log: StepLog) -> None:
     in memory until the fp32 gate passed: were it to fail, it says whether these passes are to blame."""
     final_path = job.artifacts[FP32] = job.staging.file(PRECISIONS[FP32].suffix)
     if job.options.simplify:
-        final = graph.simplify(job.raw)
+        final = onnxgraph.simplify(job.raw)
     else:
         final = onnx.ModelProto()
         final.CopyFrom(job.raw)
-    folded = graph.fold_batchnorm(final)
+    folded = onnxgraph.fold_batchnorm(final)
     onnx.save(final, str(final_path))
-    graph.check_file(final_path)  # the file gains the inferred shapes; the graph in memory is the same
+    onnxgraph.check_file(final_path)  # the file gains the inferred shapes; the graph in memory is the same
     job.final = final
     log.note(f"{len(job.final.graph.node)} nodes, BatchNorm folded here: {folded}, "
-             f"left: {graph.op_histogram(job.final).get('BatchNormalization', 0)}")
+             f"left: {onnxgraph.op_histogram(job.final).get('BatchNormalization', 0)}")
 
 
 def _fp16(job: Job, log: StepLog) -> None:
     path = job.artifacts["fp16"] = job.staging.file(PRECISIONS["fp16"].suffix)
-    onnx.save(precision.to_fp16(job.final), str(path))
-    graph.check_file(path)
-    job.precision_options["fp16"] = Fp16Options(tuple(precision.FP16_KEEP_FP32_OPS)).to_record()
+    onnx.save(quantize.to_fp16(job.final), str(path))
+    onnxgraph.check_file(path)
+    job.precision_options["fp16"] = Fp16Options(tuple(quantize.FP16_KEEP_FP32_OPS)).to_record()
 
 
 def _int8_title(job: Job) -> str:
@@ -341,10 +342,10 @@ def _int8(job: Job, log: StepLog) -> None:
     o, calibration = job.options, job.calibration
     path = job.artifacts["int8"] = job.staging.file(PRECISIONS["int8"].suffix)
     fp32 = job.artifacts[FP32]
-    cache = job.folder / precision.calibration_cache_name(job.stem, sha256_file(fp32), calibration, o.calib_method)
-    job.prepared = job.resources.enter_context(precision.prepared_for_quantization(fp32))
+    cache = job.folder / quantize.calibration_cache_name(job.stem, sha256_file(fp32), calibration, o.calib_method)
+    job.prepared = job.resources.enter_context(quantize.prepared_for_quantization(fp32))
     cleared = clear_derived(cache)  # a FIFO or a device in the cache's place: calibrate again
-    problem = (f"it was {cleared}" if cleared else precision.range_cache_problem(cache) if cache.exists()
+    problem = (f"it was {cleared}" if cleared else quantize.range_cache_problem(cache) if cache.exists()
                else "missing")
     if problem not in (None, "missing"):
         warnings.warn(f"the range cache {cache.name} is not used: {problem}; calibrating again", DeployWarning,
@@ -352,19 +353,19 @@ def _int8(job: Job, log: StepLog) -> None:
     # new ranges go to a staged file, put in place with the artifacts: a failed export leaves none
     ranges = cache if problem is None else job.staging.name(".json")
 
-    def quantize(out: Path, keep_float: list[str]) -> bool:
-        return precision.to_int8(
+    def write_int8(out: Path, keep_float: list[str]) -> bool:
+        return quantize.to_int8(
             job.prepared, out, calibration, target=o.int8_target, method=o.calib_method, cache_path=ranges,
             reduce_range=o.reduce_range, keep_float=keep_float,
             on_progress=lambda done, total: log.progress(done, total, "images"),
         )
 
-    job.quantize = quantize
+    job.quantize = write_int8
     # images the ranges never see: decoded once, for the mixed-precision measure and the gates
     job.holdout = calibration.holdout() if calibration.holdout else None
-    from_cache = quantize(path, [])
+    from_cache = write_int8(path, [])
     if ranges != cache and ranges.exists():
-        bad = precision.range_cache_problem(ranges)
+        bad = quantize.range_cache_problem(ranges)
         if bad is not None:
             raise ExportError(f"calibration gave unusable activation ranges ({bad}): the calibration data holds "
                               "NaN or infinite values")
@@ -579,7 +580,7 @@ def export(arch: str, **options: Any) -> ExportResult:
             ``reduce_range``, on CPUs without VNNI unless told otherwise); ``max_drop``, leave the most
             sensitive units in float until INT8 loses at most this many top-1 points on labelled
             ``eval_data`` or the hold-out (:mod:`.mixed`); ``preprocess``, the normalisation the weights
-            were trained with (keywords of :func:`~resnet_deploy.models.registry.declare_preprocess`);
+            were trained with (keywords of :func:`~resnet_deploy.models.archs.declare_preprocess`);
             ``engine``, True demands a TensorRT engine (an error before any work where one cannot be
             built), False skips it, None builds one where possible and says why not otherwise.
 

@@ -1,7 +1,7 @@
 """The ResNet family in PyTorch, checkpoint-compatible with torchvision, timm and IBN-Net."""
 
 from .checkpoints import read_state_dict, save_checkpoint
-from .registry import (
+from .archs import (
     ArchSpec,
     ModelInfo,
     Preprocess,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import Manifest
-from ..backends.options import LoadOptions
+from ..backends.load_options import LoadOptions
 from ..backends.registry import Backend, Variant, native_backend, open_runner
 from ..errors import DeployWarning
 from ..precisions import PRECISIONS

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..errors import ArtifactError
-from ..export.graph import find_points
+from ..onnxgraph import find_points
 from ..precisions import PRECISIONS
 from .metrics import compare_arrays
 

@@ -1,5 +1,5 @@
 """The Open Inference Protocol's REST endpoints for one model (Starlette), over the dynamic batcher of
-:mod:`.server`. Imported by ``serve`` alone: Starlette is the serve extra's."""
+:mod:`.batcher`. Imported by ``serve`` alone: Starlette is the serve extra's."""
 
 from __future__ import annotations
 
@@ -17,20 +17,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .. import __version__
 from ..backends.base import Runner
 from ..backends.registry import BACKENDS
+from ..environment import package_version
 from ..errors import ArgumentError
-from .server import (
-    BINARY_HEADER,
-    MODEL_NAME,
-    DynamicBatcher,
-    RequestError,
-    ServeLimits,
-    build_infer_response,
-    parse_infer_request,
-    tensor_meta,
-)
+from .batcher import DynamicBatcher
+from .codec import BINARY_HEADER, build_infer_response, parse_infer_request, tensor_meta
+from .limits import MODEL_NAME, RequestError, ServeLimits
 
 
 class _Endpoints:
@@ -69,7 +62,7 @@ class _Endpoints:
         return JSONResponse({"ready": self.ready_now}, status_code=200 if self.ready_now else 503)
 
     async def server_metadata(self, _: Request) -> Response:
-        return JSONResponse({"name": "resnet-deploy", "version": __version__, "extensions": ["binary_tensor_data"]})
+        return JSONResponse({"name": "resnet-deploy", "version": package_version("resnet-deploy") or "unknown", "extensions": ["binary_tensor_data"]})
 
     async def model_metadata(self, request: Request) -> Response:
         self.check_model(request)
@@ -171,21 +164,21 @@ def create_app(runner: Runner, *, model_name: str, limits: ServeLimits | None = 
     """The ASGI application (Starlette) serving ``runner`` as model ``model_name``.
 
     Args:
-        runner: a runner from :func:`resnet_deploy.runtime.load` (its backend names the platform).
+        runner: a runner from :func:`resnet_deploy.target.runtime.load` (its backend names the platform).
         model_name: the model's name in every URL.
         limits: batching, queue and request limits (default :class:`ServeLimits`).
 
     Returns:
-        The Starlette app; ``app.state.batcher`` is its :class:`DynamicBatcher`.
+        The Starlette app; ``app.state.batcher`` is its :class:`DynamicBatcher`, ``app.state.limits`` the
+        limits resolved against the runner.
 
     Raises:
         ArgumentError: a bad model name or limit.
     """
-    limits = limits or ServeLimits()
     if not MODEL_NAME.fullmatch(model_name):
         raise ArgumentError(f"--model-name {model_name!r}: a model name is letters, digits, '_', '.' and '-' "
                             "(it is part of every URL of the model)")
-    limits.check(runner)
+    limits = (limits or ServeLimits()).for_runner(runner)
     endpoints = _Endpoints(runner, model_name, limits)
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
@@ -198,5 +191,5 @@ def create_app(runner: Runner, *, model_name: str, limits: ServeLimits | None = 
     ]
     routes = [Route(path, endpoints.answering_errors(handler), methods=[method]) for path, handler, method in paths]
     app = Starlette(routes=routes, lifespan=endpoints.lifespan)
-    app.state.batcher = endpoints.batcher
+    app.state.batcher, app.state.limits = endpoints.batcher, limits
     return app

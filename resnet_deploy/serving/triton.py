@@ -235,7 +235,7 @@ def _auto(artifact: Path, manifest: Manifest, precision: str,
     hint), else the file's own backend; a choice whose computation Triton's backend would change (OpenVINO
     on a bf16 CPU) is served by ONNX Runtime instead, which computes that file as it was verified.
     Returns the file served, its manifest and precision, the options, and how it was chosen."""
-    from ..runtime import tuned_configuration
+    from ..target.runtime import tuned_configuration
 
     chosen, selection = tuned_configuration(artifact, manifest, precision)
     if chosen is None:
@@ -278,7 +278,7 @@ def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.Path
     if options.backend == "auto":
         artifact, manifest, precision, options, selection = _auto(artifact, manifest, precision, options)
     kind = artifact_format(precision)
-    backend, filename = backend_for(options.backend, kind, artifact.name), MODEL_FILES[kind]
+    backend = backend_for(options.backend, kind, artifact.name)
     if backend.runs not in MODEL_FILES:
         raise DeployError(f"Triton serves artifacts, not the {backend.title} model: use --backend "
                           f"{' or '.join(b.name for b in BACKENDS.values() if b.runs == kind)}")

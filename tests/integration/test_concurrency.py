@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resnet_deploy import runtime
+from resnet_deploy.target import runtime
 from resnet_deploy.backends import detect
 from resnet_deploy.data import random_images
 from resnet_deploy.environment import bf16_problem
@@ -102,7 +102,7 @@ def test_no_call_changes_the_callers_arrays_or_an_earlier_result(small_export, b
 def test_a_runner_that_takes_one_call_at_a_time_says_so_and_is_serialised(small_export):
     """A runner that cannot take calls at once (TensorRT's: one stream, one set of buffers) is called one at
     a time by its own lock, and the server refuses workers that would only queue behind it."""
-    from resnet_deploy.serving.server import ServeLimits
+    from resnet_deploy.serving.limits import ServeLimits
 
     with runtime.load(small_export.onnx_path) as runner:
         runner.concurrent, runner.serial_reason = False, "one stream (a test's stand-in)"
@@ -135,7 +135,7 @@ def test_serve_with_two_workers_answers_each_request_with_its_own_logits(small_e
     """48 concurrent single-image requests, 3 rounds, to a server with two workers (two batches in flight on
     one runner): every answer is its own image's and every request succeeds."""
     from resnet_deploy.serving.app import create_app
-    from resnet_deploy.serving.server import ServeLimits
+    from resnet_deploy.serving.limits import ServeLimits
 
     with runtime.load(small_export.onnx_path, backend=backend, **own) as runner:
         expected = np.stack([runner(images[i:i + 1])["logits"] for i in range(IMAGES)])

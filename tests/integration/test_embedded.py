@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_deploy import runtime, verify
+from resnet_deploy import verify
+from resnet_deploy.target import runtime
 from resnet_deploy.data import ImagePreprocess, load_images
 from tests.conftest import assert_one_line_error
 
@@ -60,7 +61,8 @@ def test_predict_bench_and_verify_images_feed_pixels(cli, embedded_export, small
 
 
 def test_serve_takes_uint8_pixels(embedded_export):
-    from resnet_deploy.serving.server import RequestError, parse_infer_request
+    from resnet_deploy.serving.codec import parse_infer_request
+    from resnet_deploy.serving.limits import RequestError
 
     with runtime.load(embedded_export.onnx_path) as runner:
         pixels = ImagePreprocess.from_manifest(embedded_export.manifest.preprocess).random_inputs(2, seed=4)

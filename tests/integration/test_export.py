@@ -9,8 +9,9 @@ import onnx
 import pytest
 import torch
 
-from resnet_deploy import export, runtime
-from resnet_deploy.bench import bench
+from resnet_deploy import export
+from resnet_deploy.target import runtime
+from resnet_deploy.target.bench import bench
 from resnet_deploy.artifacts import manifest_for, read_manifest
 from resnet_deploy.backends.onnxrt import OnnxRuntimeRunner
 from resnet_deploy.data import random_images
@@ -243,7 +244,7 @@ def test_failure_mid_export_leaves_previous_files_untouched(cli, tmp_path, monke
     def crash(_model):
         raise ExportError("injected failure in the simplify step")
 
-    monkeypatch.setattr(pipeline.graph, "simplify", crash)
+    monkeypatch.setattr(pipeline.onnxgraph, "simplify", crash)
     result = cli("export", "--arch", "resnet18", "--input-size", "32", "--out", str(tmp_path), "-q")
     assert_one_line_error(result, 2, "injected failure")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -253,7 +254,7 @@ def test_keyboard_interrupt_mid_export_leaves_no_temporary_files(tmp_path, monke
     def interrupt(_model):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline.graph, "fold_batchnorm", interrupt)
+    monkeypatch.setattr(pipeline.onnxgraph, "fold_batchnorm", interrupt)
     with pytest.raises(KeyboardInterrupt):
         export("resnet18", input_size=64, out=tmp_path, quiet=True)
     assert list(tmp_path.iterdir()) == []
@@ -261,7 +262,7 @@ def test_keyboard_interrupt_mid_export_leaves_no_temporary_files(tmp_path, monke
 
 def test_parity_gate_catches_a_wrong_graph(cli, tmp_path, monkeypatch):
     """Corrupt one conv weight after export: the gate must fail with exit 1 and leave nothing."""
-    real_fold = pipeline.graph.fold_batchnorm
+    real_fold = pipeline.onnxgraph.fold_batchnorm
 
     def fold_then_corrupt(model):
         count = real_fold(model)
@@ -272,7 +273,7 @@ def test_parity_gate_catches_a_wrong_graph(cli, tmp_path, monkeypatch):
         weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
         return count
 
-    monkeypatch.setattr(pipeline.graph, "fold_batchnorm", fold_then_corrupt)
+    monkeypatch.setattr(pipeline.onnxgraph, "fold_batchnorm", fold_then_corrupt)
     result = cli("export", "--arch", "resnet18", "--input-size", "64", "--out", str(tmp_path), "-q")
     assert_one_line_error(result, 1, "ONNX Runtime disagrees with PyTorch")
     # the failed gate compares the graph as exported with the one the passes made: they are to blame

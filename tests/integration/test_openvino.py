@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from resnet_deploy import export, runtime
+from resnet_deploy import export
+from resnet_deploy.target import runtime
 from resnet_deploy.backends import detect
 from resnet_deploy.backends.openvino import CACHE_DIR
 from resnet_deploy.data import random_images

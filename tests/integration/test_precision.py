@@ -9,10 +9,11 @@ import onnx
 import pytest
 from PIL import Image
 
-from resnet_deploy import export, runtime, verify
+from resnet_deploy import export, verify
+from resnet_deploy.target import runtime
 from resnet_deploy import environment
 from resnet_deploy.errors import DeployWarning
-from resnet_deploy.export.precision import FP16_KEEP_FP32_OPS
+from resnet_deploy.export.quantize import FP16_KEEP_FP32_OPS
 from resnet_deploy.artifacts import read_manifest
 from resnet_deploy.data import IMAGENET_MEAN, IMAGENET_STD, random_images
 from resnet_deploy.parity.tolerances import DEFAULT_TOLERANCES, tolerance_for

@@ -57,7 +57,7 @@ def test_nan_or_empty_calibration_data_is_named_as_the_cause(tmp_path):
 
 
 def test_non_finite_ranges_are_refused_whatever_their_source(tmp_path):
-    from resnet_deploy.export.precision import range_cache_problem
+    from resnet_deploy.export.quantize import range_cache_problem
 
     cache = tmp_path / "m.calib.json"
     cache.write_text('{"conv1": {"lowest": -1.5, "highest": NaN}}')

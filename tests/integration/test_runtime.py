@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_deploy import bench, runtime
+from resnet_deploy.target import bench, runtime
 from resnet_deploy.backends import detect, registry
 from resnet_deploy.backends.onnxrt import GRAPH_CACHE_DIR
 from resnet_deploy.data import random_images
@@ -186,7 +186,7 @@ def test_predict_every_image_mode_gives_probabilities(cli, exported, images):
 def test_predict_full_softmax_sums_to_one_and_matches_the_reference(exported, images):
     from resnet_deploy.artifacts import read_manifest
     from resnet_deploy.data import ImagePreprocess, load_images
-    from resnet_deploy.predict import predict
+    from resnet_deploy.target.predict import predict
 
     manifest = read_manifest(exported.onnx_path.with_suffix(".json"))
     preprocess = ImagePreprocess.from_manifest(manifest.preprocess)

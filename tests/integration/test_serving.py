@@ -21,12 +21,12 @@ from tritonclient.grpc import model_config_pb2  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 
-from resnet_deploy import runtime  # noqa: E402
+from resnet_deploy.target import runtime  # noqa: E402
 from resnet_deploy.backends import detect  # noqa: E402
 from resnet_deploy.backends.base import Runner  # noqa: E402
 from resnet_deploy.data import random_images  # noqa: E402
 from resnet_deploy.serving.app import create_app  # noqa: E402
-from resnet_deploy.serving.server import ServeLimits  # noqa: E402
+from resnet_deploy.serving.limits import ServeLimits  # noqa: E402
 from resnet_deploy.errors import DeployError  # noqa: E402
 from resnet_deploy.serving.triton import TritonOptions, write_model_repository  # noqa: E402
 from tests.conftest import assert_one_line_error, free_port, serving_in_thread  # noqa: E402
@@ -437,7 +437,8 @@ def test_full_queue_answers_503_not_a_crash(exported):
     """A batcher whose runner is slow: requests over the queue bound are refused at once."""
     import asyncio
 
-    from resnet_deploy.serving.server import DynamicBatcher, RequestError
+    from resnet_deploy.serving.batcher import DynamicBatcher
+    from resnet_deploy.serving.limits import RequestError
 
     class Slow(Runner):
         batch_range = (1, 4)
@@ -620,3 +621,26 @@ def test_triton_serves_the_bytes_verified_even_if_the_file_changes_during_the_co
     written = write_model_repository(exported.onnx_path, repo, TritonOptions(kind="cpu"))
     record = json.loads((written.folder / "resnet_deploy.json").read_text())
     assert record["versions"]["1"]["sha256"] == exported.manifest.artifact("fp32").sha256
+
+
+def test_serve_from_python_is_what_the_cli_serves(cli, exported, monkeypatch):
+    """`resnet-deploy serve` is one call of :func:`resnet_deploy.serve`: the same runner (file, backend,
+    precision, threads), the same limits (the default batch resolved against the profile) and model name as
+    :func:`~resnet_deploy.serving.server.prepare` gives a Python caller."""
+    from resnet_deploy.serving import server
+
+    listened = []
+    monkeypatch.setattr(server.Service, "run", lambda service, host, port: listened.append((service, host, port)))
+    port = free_port()
+    result = cli("serve", str(exported.onnx_path), "--port", str(port), "--queue", "16")
+    assert result.exit_code == 0, result.output
+    (served, host, bound), = listened
+    assert (host, bound) == ("127.0.0.1", port) and f"on http://127.0.0.1:{port}/v2" in result.stderr
+    from_python = server.prepare(exported.onnx_path, limits=ServeLimits(queue_size=16))
+
+    def runner_facts(service):
+        return {k: v for k, v in service.runner.describe().items() if k != "graph_cache"}  # written, then a hit
+
+    assert runner_facts(from_python) == runner_facts(served)
+    assert from_python.limits == served.limits and from_python.model_name == served.model_name == "resnet18"
+    assert served.limits.max_batch == min(exported.manifest.batch.max, 32) == 8

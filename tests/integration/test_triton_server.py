@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from resnet_deploy import runtime
+from resnet_deploy.target import runtime
 from resnet_deploy.backends import detect
 from resnet_deploy.data import imagenet_classes, random_images
 from tests.triton import server as triton_server

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_deploy import deployplan, environment, export, runtime
+from resnet_deploy import environment, export
+from resnet_deploy.target import plan as deployplan, runtime
 from resnet_deploy.artifacts import read_manifest
 from resnet_deploy.backends.pytorch import reference_model
 from resnet_deploy.data import random_images
-from resnet_deploy.deployplan import read_plan
+from resnet_deploy.target.plan import read_plan
 from resnet_deploy.parity.metrics import compare_arrays
 from resnet_deploy.parity.tolerances import Policy
-from resnet_deploy.tune import TIE, configurations
+from resnet_deploy.target.tune import TIE, configurations
 from tests.conftest import free_port, wait_until_ready
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -72,10 +73,31 @@ def test_tune_verifies_times_and_picks_the_fastest_within_a_tie(tuned):
     assert (folder / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # --plot: latency vs accuracy
 
 
+def test_tune_from_python_verifies_what_the_cli_verified(tuned):
+    """`resnet-deploy tune` is one call of :func:`resnet_deploy.tune`: given the same inputs, the same candidates,
+    verified on the same inputs to the same figures (the timings are measurements of another run)."""
+    from resnet_deploy import tune
+
+    folder, from_cli = tuned
+    report = tune(folder / "resnet18.onnx", batch_sizes=[1, 4], budget_s=86400, duration=0.05, write=False).to_dict()
+    for key in ("artifact", "objective", "reference", "inputs", "batch_sizes", "max_drop", "skipped"):
+        assert report[key] == from_cli[key], key
+
+    def outcomes(candidates):
+        return {c["label"]: (c["passed"], c["reason"]) for c in candidates}
+
+    def figures(candidates):
+        return {(c["label"], k): v for c in candidates for k, v in (c["accuracy"] or {}).items() if v is not None}
+
+    assert outcomes(report["candidates"]) == outcomes(from_cli["candidates"])
+    assert figures(report["candidates"]) == pytest.approx(figures(from_cli["candidates"]), rel=1e-6)
+    assert report["plan_file"] is None and from_cli["plan_file"]
+
+
 def test_a_budget_that_runs_out_reports_the_rest_as_not_tried(tuned):
     """--budget-s bounds the run: verification stops at half of it; what was not verified is reported as not
     tried, never timed, never chosen, and never called a failure."""
-    from resnet_deploy.tune import tune
+    from resnet_deploy.target.tune import tune
 
     folder, _ = tuned
     report = tune(folder / "resnet18.onnx", budget_s=1.0, duration=0.05, batch_sizes=[1], threads=[1, 1], write=False)
@@ -155,6 +177,12 @@ def test_triton_auto_writes_the_plans_file_and_settings_or_says_why_not(tuned, c
     assert written.parameters["intra_op_thread_count"].string_value == str(config["threads"])
     if config["backend"] == "openvino":
         assert "served by ONNX Runtime, not OpenVINO: Triton's OpenVINO backend cannot pin f32" in result.stderr
+    from resnet_deploy import TritonOptions, write_model_repository  # the same write from Python: the same repository
+
+    from_python = write_model_repository(folder / "resnet18.fp16.onnx", tmp_path / "api", TritonOptions(kind="cpu"))
+    assert from_python.selection in result.stderr and from_python.artifact.name == config["artifact"]
+    for name in ("config.pbtxt", "resnet_deploy.json"):
+        assert (tmp_path / "api" / "resnet18" / name).read_text() == (repo / "resnet18" / name).read_text()
 
 
 def test_serve_auto_serves_the_chosen_configuration_within_its_tolerance(tuned):
@@ -211,7 +239,7 @@ def test_export_bf16_gate_is_recorded_where_it_ran_and_why_not_elsewhere(tmp_pat
 def test_top1_drop_is_judged_on_labelled_data_and_on_the_holdout(digits, tmp_path):
     """A trained model: with --data the drop is against the float32 reference's accuracy on it; without, the
     share of the calibration hold-out whose class changed. Over --max-drop is a rejection naming the drop."""
-    from resnet_deploy.tune import tune
+    from resnet_deploy.target.tune import tune
 
     out, record = digits
     export("resnet18_cifar", weights=out / record["checkpoint"], input_size=record["settings"]["size"],

@@ -16,7 +16,7 @@ from resnet_deploy.backends.detect import openvino as openvino_available
 from resnet_deploy.backends.detect import openvino_bf16
 from resnet_deploy.backends import pytorch as pytorch_backend
 from resnet_deploy.models import create_model, save_checkpoint
-from resnet_deploy.export.graph import find_points
+from resnet_deploy.onnxgraph import find_points
 from resnet_deploy.backends.pytorch import reference_model
 from resnet_deploy.parity.verify import verify
 from tests.conftest import assert_one_line_error, cli_without

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from resnet_deploy import runtime
+from resnet_deploy.target import runtime
 from resnet_deploy.cli import main
 from resnet_deploy.parity.results import RunResults
 from tests.conftest import free_port, wait_until_ready

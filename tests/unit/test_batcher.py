@@ -7,7 +7,8 @@ import asyncio
 import numpy as np
 
 from resnet_deploy.backends.base import Runner
-from resnet_deploy.serving.server import DynamicBatcher, RequestError
+from resnet_deploy.serving.batcher import DynamicBatcher
+from resnet_deploy.serving.limits import RequestError
 
 
 class SumRunner(Runner):

@@ -9,8 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from resnet_deploy.errors import ArtifactError, ExportError
-from resnet_deploy.export import graph
-from resnet_deploy.export.graph import find_points
+from resnet_deploy import onnxgraph
+from resnet_deploy.onnxgraph import find_points
 
 RNG = np.random.default_rng(0)
 
@@ -47,7 +47,7 @@ def test_fold_batchnorm_keeps_the_function_and_drops_the_node():
     model = _conv_bn()
     x = RNG.normal(size=(1, 4, 6, 6)).astype(np.float32)
     before = _run(model, x)
-    assert graph.fold_batchnorm(model) == 1
+    assert onnxgraph.fold_batchnorm(model) == 1
     assert [n.op_type for n in model.graph.node] == ["Conv"]
     assert {t.name for t in model.graph.initializer} == {"conv.folded_weight", "conv.folded_bias"}
     np.testing.assert_allclose(_run(model, x), before, rtol=1e-5, atol=1e-5)
@@ -55,29 +55,29 @@ def test_fold_batchnorm_keeps_the_function_and_drops_the_node():
 
 def test_fold_batchnorm_leaves_a_conv_output_used_twice():
     model = _conv_bn(conv_output_users=2)
-    assert graph.fold_batchnorm(model) == 0
+    assert onnxgraph.fold_batchnorm(model) == 0
     assert [n.op_type for n in model.graph.node] == ["Conv", "BatchNormalization", "Add"]
 
 
 def test_topological_sort_orders_appended_nodes_and_names_dangling_inputs():
     model = _model([helper.make_node("Relu", ["a"], ["y"]), helper.make_node("Neg", ["x"], ["a"])], [])
-    graph.topological_sort(model)
+    onnxgraph.topological_sort(model)
     assert [n.op_type for n in model.graph.node] == ["Neg", "Relu"]
     broken = _model([helper.make_node("Relu", ["nowhere"], ["y"])], [])
     with pytest.raises(ExportError, match="dangling inputs \\(nowhere\\)"):
-        graph.topological_sort(broken)
+        onnxgraph.topological_sort(broken)
 
 
 def test_check_file_keeps_inferred_shapes_and_refuses_an_invalid_graph(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(_conv_bn(out_shape=[1, 4, 6, 6]), str(path))
-    graph.check_file(path)
+    onnxgraph.check_file(path)
     inferred = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in onnx.load(str(path)).graph.value_info}
     assert inferred == {"c": [1, 4, 6, 6]}  # the conv's output, written back into the file
     bad = _model([helper.make_node("Conv", ["x", "missing_weight"], ["y"])], [], out_shape=[1, 4, 6, 6])
     onnx.save(bad, str(tmp_path / "bad.onnx"))
     with pytest.raises(ExportError, match="the ONNX model is invalid"):
-        graph.check_file(tmp_path / "bad.onnx")
+        onnxgraph.check_file(tmp_path / "bad.onnx")
 
 
 def _residual_net(blocks: int) -> onnx.ModelProto:

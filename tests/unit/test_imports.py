@@ -84,3 +84,42 @@ def test_the_walk_sees_lazy_and_string_imports():
 def test_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle)
+
+
+# The package's rooms, in the order data flows through them, and the rooms each may import (DESIGN.md): the
+# ground floor imports nothing of the package above it, and nothing imports the CLI.
+GROUND = {"errors", "fileio", "environment", "progress", "lazy", "imageprep", "data", "onnxgraph"}
+ROOMS = {
+    "ground": set(),
+    "records": {"ground"},  # artifacts.py (the manifest), precisions.py (the precision table)
+    "models": {"ground"},
+    "backends": {"ground", "records", "models"},
+    "parity": {"ground", "records", "models", "backends"},
+    "export": {"ground", "records", "models", "backends", "parity"},
+    "target": {"ground", "records", "backends", "parity"},
+    "serving": {"ground", "records", "backends", "target"},
+    "package": {"ground", "models", "export", "parity", "target", "serving"},  # __init__'s public names
+    "cli": {"ground", "records", "models", "backends", "parity", "export", "target", "serving"},
+}
+
+
+def room(module: str) -> str:
+    """The room of ``resnet_deploy.X[.Y]``."""
+    parts = module.split(".")[1:]
+    if not parts:
+        return "package"
+    if parts[0] in GROUND:
+        return "ground"
+    if parts[0] in ("artifacts", "precisions"):
+        return "records"
+    return parts[0]
+
+
+def test_every_module_is_in_a_room():
+    assert {room(m) for m in import_graph()} <= set(ROOMS), sorted({room(m) for m in import_graph()} - set(ROOMS))
+
+
+def test_imports_follow_the_flow():
+    climbing = sorted(f"{a} -> {b}" for a, targets in import_graph().items() for b in targets
+                      if room(a) != room(b) and room(b) not in ROOMS[room(a)])
+    assert not climbing, "imports against the flow:\n" + "\n".join(climbing)

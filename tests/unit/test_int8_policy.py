@@ -20,10 +20,10 @@ from resnet_deploy.data import (
     random_images,
 )
 from resnet_deploy.errors import DeployError, ExportError
-from resnet_deploy.export import precision
+from resnet_deploy.export import quantize
 from resnet_deploy.export.mixed import DropMeasure, unit_nodes
 from resnet_deploy.models import get_spec
-from resnet_deploy.models.registry import declare_preprocess
+from resnet_deploy.models.archs import declare_preprocess
 from resnet_deploy.precisions import PRECISIONS, Int8Options
 
 IMAGENET = ImagePreprocess(resize=32, crop=(32, 32), interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -33,17 +33,17 @@ IMAGENET = ImagePreprocess(resize=32, crop=(32, 32), interpolation="bilinear", m
 def isa(request, monkeypatch):
     """Pretend to be each kind of x86 CPU: the policy must hold on both."""
     monkeypatch.setattr(environment, "int8_isa", lambda: request.param)
-    monkeypatch.setattr(precision, "int8_isa", lambda: request.param)
+    monkeypatch.setattr(quantize, "int8_isa", lambda: request.param)
     return request.param
 
 
 def test_reduce_range_follows_the_isa_unless_told(isa):
-    assert precision.resolve_reduce_range("cpu", None) is (isa == "avx2")
-    assert precision.resolve_reduce_range("cpu", True) is True
-    assert precision.resolve_reduce_range("cpu", False) is False
-    assert precision.resolve_reduce_range("trt", None) is False
+    assert quantize.resolve_reduce_range("cpu", None) is (isa == "avx2")
+    assert quantize.resolve_reduce_range("cpu", True) is True
+    assert quantize.resolve_reduce_range("cpu", False) is False
+    assert quantize.resolve_reduce_range("trt", None) is False
     with pytest.raises(ExportError, match="TensorRT accumulates in int32"):
-        precision.resolve_reduce_range("trt", True)
+        quantize.resolve_reduce_range("trt", True)
 
 
 def test_kernel_problem_only_for_8_bit_weights_without_vnni(isa):

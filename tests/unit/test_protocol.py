@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from resnet_deploy.artifacts import TensorSpec
 from resnet_deploy.backends.base import Runner
-from resnet_deploy.serving.server import RequestError, build_infer_response, parse_infer_request
+from resnet_deploy.serving.codec import build_infer_response, parse_infer_request
+from resnet_deploy.serving.limits import RequestError
 
 
 class Spec(Runner):

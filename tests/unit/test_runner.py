@@ -7,7 +7,7 @@ import pytest
 
 from resnet_deploy.artifacts import TensorSpec
 from resnet_deploy.backends.base import Runner
-from resnet_deploy.bench import bench, latency_stats
+from resnet_deploy.target.bench import bench, latency_stats
 from resnet_deploy.errors import DeployError
 
 

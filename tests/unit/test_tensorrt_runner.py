@@ -161,7 +161,7 @@ def test_every_graph_destroyed_on_close_and_old_shapes_released(standin, tmp_pat
 
 def test_version_compatible_engine_loads_with_host_code_allowed(standin, tmp_path):
     from resnet_deploy.backends import tensorrt
-    from resnet_deploy.backends.options import LoadOptions, TensorRTOptions
+    from resnet_deploy.backends.load_options import LoadOptions, TensorRTOptions
     from resnet_deploy.export.engine import BuildOptions, engine_record
 
     _cudart, trt = standin("10.16.1.11")
@@ -213,7 +213,7 @@ def test_bf16_outputs_are_read_and_fp8_refused(standin, tmp_path):
 
 def test_bench_times_a_tensorrt_runner_on_its_own_stream_without_torch(standin, tmp_path):
     from resnet_deploy.backends.tensorrt import TensorRTRunner
-    from resnet_deploy.bench import bench
+    from resnet_deploy.target.bench import bench
 
     cudart, _trt = standin()
     with TensorRTRunner(trt_standin.engine_file(tmp_path / "m.engine"), cuda_graphs=True) as runner:
@@ -237,7 +237,7 @@ def test_a_cuda_error_is_one_line_naming_it(standin, tmp_path):
 
 def test_runtime_load_of_an_engine_checks_the_gpu_without_torch(standin, tmp_path):
     from resnet_deploy.backends import tensorrt
-    from resnet_deploy.backends.options import LoadOptions, TensorRTOptions
+    from resnet_deploy.backends.load_options import LoadOptions, TensorRTOptions
     from resnet_deploy.backends.registry import BACKENDS
 
     _cudart, _trt = standin("10.12.0.36")

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from resnet_deploy import deployplan
-from resnet_deploy.deployplan import Configuration, DeployPlan, read_plan
+from resnet_deploy.target import plan as deployplan
+from resnet_deploy.target.plan import Configuration, DeployPlan, read_plan
 from resnet_deploy.errors import DeployError
-from resnet_deploy.tune import TIE, Candidate, choose, rank
+from resnet_deploy.target.tune import TIE, Candidate, choose, rank
 
 
 def candidate(artifact: str, precision: str, p50: dict[int, float], *, passed: bool | None = True,

@@ -29,7 +29,7 @@ from ..data import Calibration
 from ..environment import int8_isa
 from ..errors import ExportError, first_line
 from ..fileio import special_file
-from . import graph
+from .. import onnxgraph
 
 # InstanceNorm (IBN's IN half) over-/underflows in fp16; the split-attention
 # softmax of ResNeSt normalises tiny differences. Both stay float32.
@@ -46,7 +46,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         converted = convert_float_to_float16(
             model, keep_io_types=True, op_block_list=list(FP16_KEEP_FP32_OPS), disable_shape_infer=False
         )
-    graph.topological_sort(converted)
+    onnxgraph.topological_sort(converted)
     return converted
 
 
@@ -189,7 +189,7 @@ def to_int8(
         raise
     except Exception as exc:  # onnxruntime.quantization raises many types
         raise ExportError(f"INT8 quantization failed: {first_line(exc)}") from exc
-    graph.check_file(out_path, keep_inferred=False)
+    onnxgraph.check_file(out_path, keep_inferred=False)
     return cached
 
 

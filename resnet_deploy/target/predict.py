@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends.base import Runner
-from .data import ImagePreprocess, batched, imagenet_classes, list_images, load_images
-from .errors import DeployError, within
-from .fileio import regular_file
+from ..backends.base import Runner
+from ..data import ImagePreprocess, batched, imagenet_classes, list_images, load_images
+from ..errors import DeployError, within
+from ..fileio import regular_file
 
 DEFAULT_TOPK = 5
 

@@ -1,6 +1,6 @@
 """Load an artifact as a runner: the one entry point of predict, bench and serve.
 
-    with resnet_deploy.runtime.load("artifacts/resnet50.onnx") as runner:
+    with resnet_deploy.target.runtime.load("artifacts/resnet50.onnx") as runner:
         runner.warmup()
         logits = runner(batch)["logits"]
 
@@ -19,11 +19,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .artifacts import Manifest, manifest_for
-from .backends.base import Runner
-from .backends.options import LoadOptions
-from .backends.registry import artifact_format, backend_for, open_runner
-from .deployplan import TUNE_HINT, Configuration, plan_path, read_plan
+from ..artifacts import Manifest, manifest_for
+from ..backends.base import Runner
+from ..backends.load_options import LoadOptions
+from ..backends.registry import artifact_format, backend_for, open_runner
+from .plan import TUNE_HINT, Configuration, plan_path, read_plan
 
 
 def tuned_configuration(path: Path, manifest: Manifest, precision: str) -> tuple[Configuration | None, str]:
@@ -63,7 +63,7 @@ def load(
         threads: CPU threads of ONNX Runtime, OpenVINO or torch (default: physical cores, or tune's).
         graph_cache: keep ONNX Runtime's optimised graph (OpenVINO's compiled blob) beside the artifact.
         **own: the backend's own options, the fields of its row's options type in
-            :mod:`resnet_deploy.backends.options` (``cuda_graphs`` for trt; ``channels_last``, ``compile``,
+            :mod:`resnet_deploy.backends.load_options` (``cuda_graphs`` for trt; ``channels_last``, ``compile``,
             ``half`` for torch; ``tensorrt_provider``, ``as_written`` for ort; ``bf16`` for openvino).
 
     Returns:

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import Manifest, split_artifact_name
-from .environment import cpu_description
-from .errors import ArtifactError
-from .fileio import atomic_open, special_file
+from ..artifacts import Manifest, split_artifact_name
+from ..environment import cpu_description
+from ..errors import ArtifactError
+from ..fileio import atomic_open, special_file
 
 SUFFIX = ".deploy.json"
 FORMAT = "resnet-deploy/deploy-plan-1"

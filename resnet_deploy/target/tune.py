@@ -7,7 +7,7 @@ one), the backend's settings worth trying (OpenVINO's latency or throughput hint
 with a batch split across them) and a thread count. Each is verified before it can be chosen: its precision's tolerances against the
 float32 reference (PyTorch, or the golden outputs without it), and its top-1 drop within ``max_drop``
 points, on labelled ``data`` or, without labels, as the share of the calibration hold-out whose class
-changed. Then every configuration that ran is timed by :func:`resnet_deploy.bench.bench`, interleaved, so
+changed. Then every configuration that ran is timed by :func:`resnet_deploy.target.bench.bench`, interleaved, so
 a noisy machine slows all alike; rejected ones too, so the table shows what their speed would have cost.
 
 Selection (:func:`choose`) is apart from measuring, and tested with stand-in figures: the fastest passing
@@ -28,20 +28,20 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import Manifest, manifest_for
-from .backends.options import LoadOptions
-from .backends.registry import BACKENDS, Backend, Variant, artifact_format
+from ..artifacts import Manifest, manifest_for
+from ..backends.load_options import LoadOptions
+from ..backends.registry import BACKENDS, Backend, Variant, artifact_format
 from .bench import bench, pyplot, save_png
-from .deployplan import Configuration, DeployPlan
-from .environment import cpu_description, physical_cores, tool_versions
-from .errors import MAX_SEED, DeployError, within
-from .parity.checks import plan_checks
-from .parity.compare import judge
-from .parity.inputs import HOLDOUT
-from .parity.results import run
-from .parity.tolerances import Policy
-from .parity.verify import accuracy, reference_run, resolve_reference
-from .precisions import FP32, PRECISIONS
+from .plan import Configuration, DeployPlan
+from ..environment import cpu_description, physical_cores, tool_versions
+from ..errors import MAX_SEED, DeployError, within
+from ..parity.checks import plan_checks
+from ..parity.compare import judge
+from ..parity.inputs import HOLDOUT
+from ..parity.results import run
+from ..parity.tolerances import Policy
+from ..parity.verify import accuracy, reference_run, resolve_reference
+from ..precisions import FP32, PRECISIONS
 from .runtime import load
 
 OBJECTIVES = ("latency", "throughput")

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import split_artifact_name
-from .backends.base import Runner
-from .backends.registry import BACKENDS, artifact_format, backend_for
-from .data import random_images
-from .errors import DeployError, DeployWarning, within
+from ..artifacts import split_artifact_name
+from ..backends.base import Runner
+from ..backends.registry import BACKENDS, artifact_format, backend_for
+from ..data import random_images
+from ..errors import DeployError, DeployWarning, within
 from .runtime import load
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
@@ -74,7 +74,7 @@ def load_runners(stack: contextlib.ExitStack, artifacts: Sequence[str | os.PathL
     Args:
         artifacts: artifact files.
         backends: backend names (``"auto"``: each file's own).
-        device, threads: as :func:`resnet_deploy.runtime.load` takes them, for every runner.
+        device, threads: as :func:`resnet_deploy.target.runtime.load` takes them, for every runner.
         own: backend name -> that backend's own options (keywords), for its runners alone.
 
     Returns:
@@ -256,7 +256,7 @@ def pyplot() -> Any:
 
 def save_png(figure: Any, path: str) -> None:
     """The figure written atomically as a PNG, then closed."""
-    from .fileio import atomic_path
+    from ..fileio import atomic_path
 
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import ArtifactError, ExportError, first_line
-from ..fileio import special_file
+from .errors import ArtifactError, ExportError, first_line
+from .fileio import special_file
 
 
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:

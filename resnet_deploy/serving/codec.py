@@ -1,0 +1,140 @@
+"""The Open Inference Protocol's (KServe v2) inference request and response as bytes: JSON tensors and the
+binary tensor data extension, read into a numpy batch checked against the model, and written back."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..backends.base import Runner
+from .limits import RequestError
+
+if TYPE_CHECKING:  # pydantic is the serve extra's
+    from .protocol import InferRequest
+
+BINARY_HEADER = "Inference-Header-Content-Length"
+_NUMPY_TO_OIP = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "uint8": "UINT8"}
+
+
+def tensor_meta(spec: Any) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": _NUMPY_TO_OIP.get(spec.dtype, spec.dtype.upper()),
+            "shape": [d if isinstance(d, int) else -1 for d in spec.shape]}
+
+
+def parse_infer_request(body: bytes | bytearray, header_length: str | None, runner: Runner, max_batch: int) -> tuple[
+        np.ndarray, InferRequest]:
+    """The input batch of an inference request (JSON or binary tensor data) and its JSON header, checked
+    against the protocol's schema (:mod:`.protocol`) and then against the model. JSON ``data`` is
+    dropped from the returned request once it is an array: its Python floats are 8x the array's size."""
+    from .protocol import InferRequest, ValidationError, describe_error
+
+    if header_length is not None:
+        try:
+            split = int(header_length)
+        except ValueError:
+            raise RequestError(f"{BINARY_HEADER} must be an integer") from None
+        if not 0 < split <= len(body):
+            raise RequestError(f"{BINARY_HEADER} {split} does not fit a body of {len(body)} bytes")
+        view = memoryview(body)  # slices without copies of a body that may be hundreds of MB
+        head, binary = view[:split], view[split:]
+    else:
+        head, binary = body, b""
+    try:
+        request = InferRequest.model_validate_json(bytes(head) if isinstance(head, memoryview) else head)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise RequestError(f"the request is not valid JSON: {describe_error(exc)}") from None
+        if any(e["loc"][:1] == ("inputs",) and len(e["loc"]) == 1 for e in exc.errors()):
+            raise RequestError(f"the request needs \"inputs\": one tensor named {runner.input_name!r}") from None
+        raise RequestError(f"invalid request: {describe_error(exc)}") from None
+    if len(request.inputs) != 1:
+        raise RequestError(f"the request needs \"inputs\": one tensor named {runner.input_name!r}")
+    tensor = request.inputs[0]
+    if tensor.name != runner.input_name:
+        raise RequestError(f"unknown input {tensor.name!r}; the model's input is {runner.input_name!r}")
+    dtype = runner.input_dtype  # float32 images, or uint8 pixels where the artifact embeds its preprocessing
+    datatype = _NUMPY_TO_OIP[dtype.name]
+    if tensor.datatype != datatype:
+        raise RequestError(f"input {runner.input_name!r} has datatype {tensor.datatype}; the model takes {datatype}")
+    shape, expected = tensor.shape, runner.inputs[0].shape
+    if (len(shape) != len(expected) or any(d < 1 for d in shape)
+            or any(isinstance(e, int) and e != d for e, d in zip(expected[1:], shape[1:]))):
+        raise RequestError(f"input shape {shape} does not match the model's {tensor_meta(runner.inputs[0])['shape']}")
+    if not 1 <= shape[0] <= max_batch:
+        raise RequestError(f"batch size {shape[0]} is outside 1 to {max_batch}, the server's max batch")
+    count = int(np.prod(shape))
+    declared = tensor.parameters.binary_data_size if tensor.parameters else None
+    if declared is not None:
+        if declared != count * dtype.itemsize or len(binary) != declared:
+            raise RequestError(f"binary input of {len(binary)} bytes (declared {declared}) does not hold "
+                               f"{count} {datatype} values of shape {shape}")
+        array = np.frombuffer(binary, dtype=dtype.newbyteorder("<")).reshape(shape)
+    else:
+        if tensor.data is None:
+            raise RequestError(f"input {runner.input_name!r} has neither \"data\" nor binary data")
+        array = _json_values(tensor.data, dtype, runner.input_name)
+        if array.size != count:
+            raise RequestError(f"input {runner.input_name!r} has {array.size} values; shape {shape} needs {count}")
+        array, tensor.data = array.reshape(shape).astype(dtype), None
+    if not np.isfinite(array).all():  # NaN in, NaN out, and a JSON answer no client can parse
+        raise RequestError(f"input {runner.input_name!r} holds NaN or infinite values (or values beyond float32)")
+    return np.ascontiguousarray(array, dtype=dtype), request
+
+
+def _json_values(data: list[Any], dtype: np.dtype, name: str) -> np.ndarray:
+    """A JSON tensor's values as float32, refused unless they are numbers of the datatype: JSON numbers for
+    FP32 (not strings, not booleans); for UINT8 pixels, integers 0 to 255 as JSON writes integers ("7", true
+    and 255.0000001 are not pixels)."""
+    if dtype == np.uint8:
+        from .protocol import check_integers
+
+        if not check_integers(data):
+            raise RequestError(f"input {name!r} holds values that are not pixels (JSON integers 0 to 255)")
+    try:
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused by the caller
+            raw = np.asarray(data)
+            array = raw.astype(np.float32) if raw.dtype.kind in "iuf" else None
+    except (TypeError, ValueError, RecursionError, OverflowError):
+        array = None
+    if array is None:
+        raise RequestError(f"input {name!r} \"data\" is not a list of numbers")
+    if dtype == np.uint8 and array.size and (array.min() < 0 or array.max() > 255):
+        raise RequestError(f"input {name!r} holds values that are not pixels (JSON integers 0 to 255)")
+    return array
+
+
+def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], *, model_name: str,
+                         batch_size: int) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers: JSON, or JSON then binary tensors where the client asked for them."""
+    from .protocol import RequestedOutput
+
+    default_binary = bool(request.parameters and request.parameters.binary_data_output)
+    wanted = request.outputs if request.outputs is not None else [RequestedOutput(name=name) for name in outputs]
+    response_outputs, chunks = [], []
+    for spec in wanted:
+        if spec.name not in outputs:
+            raise RequestError(f"unknown output {spec.name!r}; the model's outputs are {list(outputs)}")
+        array = np.ascontiguousarray(outputs[spec.name], dtype=np.float32)
+        entry: dict[str, Any] = {"name": spec.name, "datatype": "FP32", "shape": list(array.shape)}
+        binary = spec.parameters.binary_data if spec.parameters and spec.parameters.binary_data is not None \
+            else default_binary
+        if binary:
+            data = array.astype("<f4").tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        else:
+            entry["data"] = array.ravel().tolist()
+        response_outputs.append(entry)
+    response = {"model_name": model_name, "model_version": "1", "outputs": response_outputs,
+                "parameters": {"server_batch_size": batch_size}}
+    if request.id is not None:
+        response["id"] = request.id
+    try:
+        head = json.dumps(response, allow_nan=False).encode()
+    except ValueError:
+        raise RequestError("the model produced NaN or infinite outputs, which JSON cannot carry", 500) from None
+    if not chunks:
+        return head, {"content-type": "application/json"}
+    return head + b"".join(chunks), {"content-type": "application/octet-stream", BINARY_HEADER: str(len(head))}
