@@ -104,6 +104,11 @@ class BatchProfile:
         return f"{self.min}:{self.opt}:{self.max}"
 
 
+DEFAULT_PROFILE = BatchProfile()  # 1:8:32: what export builds and checks unless told
+LARGEST_RUN_BATCH = DEFAULT_PROFILE.max  # the largest batch predict and serve form where a profile allows more
+LOGITS, FEATURES = "logits", "features"  # the output of a classifier; of a backbone (num_classes=0)
+
+
 @dataclass
 class ArtifactEntry:
     file: str  # name inside the manifest's folder

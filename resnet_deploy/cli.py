@@ -17,27 +17,29 @@ import click
 
 from .backends.load_options import cli_flags
 from .backends.registry import BACKENDS, backend_choices
-from .target.bench import DEFAULT_BATCH_SIZES, DEFAULT_WARMUP
 from .data import INTERPOLATIONS, PREPROCESS_PRESETS
+from .environment import extra_modules
 from .errors import DeployError, DeployWarning, ParityError
 from .export.engine import DEFAULT_WORKSPACE_GIB, HARDWARE_COMPAT, BuildOptions
 from .export.options import EXPORTERS, LAST_STRIDES, ExportOptions
 from .export.quantize import CALIBRATION_METHODS, INT8_TARGETS
-from .parity.compare import REFERENCE
 from .parity.verify import REFERENCES
 from .precisions import PRECISIONS
-from .target.predict import DEFAULT_TOPK
 from .serving.limits import (DEFAULT_HOST, DEFAULT_MAX_DELAY_MS, DEFAULT_PORT, DEFAULT_QUEUE, DEFAULT_REQUEST_MB,
                              DEFAULT_WORKERS, SERVE_MAX_BATCH)
 from .serving.triton import KINDS as TRITON_KINDS
 from .serving.triton import TritonOptions
+from .target.bench import DEFAULT_BATCH_SIZES, DEFAULT_WARMUP
+from .target.predict import DEFAULT_TOPK
+from .target.tune import DEFAULT_BUDGET_S, DEFAULT_MAX_DROP
 
 EXPORT = ExportOptions()  # the export's defaults, shown by --help
 TRITON = TritonOptions()
 
 
-# What the `export` extra installs: a command that needs one of them is an export-side command.
-EXPORT_MODULES = {"torch", "onnxscript", "onnxsim", "safetensors"}
+# What the `export` extra installs (pyproject.toml's list, as installed): a command that needs one of them is an
+# export-side command.
+EXPORT_MODULES = extra_modules("export")
 
 
 class _Terminated(BaseException):
@@ -133,6 +135,19 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _emit(result: Any, as_json: bool) -> None:
+    """A command's result on stdout: its JSON (``--json``), else its text; every result renders itself."""
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        click.echo(result.to_text())
+
+
+def _say(line: str) -> None:
+    """A line for the user, not for a pipeline: stderr."""
+    click.echo(line, err=True)
+
+
 def _table(rows: list[list[str]], headers: list[str], right: set[int] = frozenset()) -> str:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     lines = []
@@ -157,32 +172,10 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_command(show_weights: bool, as_json: bool) -> None:
     """The architecture table: params, GMACs at the default input, family (or, with --weights, published tags)."""
-    from .models import get_model_info, list_models
+    from .models.archs import model_table
+    from .models.pretrained import weights_table
 
-    if show_weights:
-        from .models.pretrained import published_for
-
-        entries = [w for name in list_models() for w in published_for(name)]
-        if as_json:
-            _print_json([{"arch": w.arch, "tag": w.tag, "url": w.url, "top1": w.top1, "preprocess": w.preprocess}
-                         for w in entries])
-            return
-        rows = [[w.arch, w.tag, "-" if w.top1 is None else f"{w.top1:.3f}", str(w.preprocess["resize"]),
-                 w.preprocess["interpolation"], w.url] for w in entries]
-        click.echo(_table(rows, ["arch", "--weights", "top-1 (published)", "resize", "interpolation", "url"],
-                          right={2, 3}))
-        return
-
-    infos = [get_model_info(name) for name in list_models()]
-    if as_json:
-        _print_json([info.to_dict() for info in infos])
-        return
-    rows = [
-        [i.name, f"{i.params:,}", f"{i.gmacs:.2f}", f"{i.input_size[1]}x{i.input_size[2]}", str(i.num_classes),
-         i.family, i.compat]
-        for i in infos
-    ]
-    click.echo(_table(rows, ["arch", "params", "GMACs", "input", "classes", "family", "weights from"], right={1, 2, 4}))
+    _emit(weights_table() if show_weights else model_table(), as_json)
 
 
 def _precision_flags(func: Any) -> Any:
@@ -311,32 +304,7 @@ def export_command(arch: str, weights: str | None, num_classes: int | None, inpu
     if as_json:
         _print_json(result.to_dict())
     elif not quiet:
-        manifest = result.manifest
-        for entry in manifest.artifacts:
-            _echo_gate(manifest, entry.precision, f"{result.paths[entry.precision]} ({entry.bytes / 1e6:.1f} MB)")
-        for name in manifest.precision_options:  # precisions without a file: where their gate ran, if it did
-            row = PRECISIONS.get(name)
-            if row is not None and row.runs_file:
-                computed = f"{result.paths[row.runs_file]} computed in {name}"
-                options = manifest.options(name)
-                if options.verified:
-                    _echo_gate(manifest, name, computed)
-                else:
-                    click.echo(f"{name}: {computed}: not verified here: {options.reason}", err=True)
-        click.echo(f"manifest {result.manifest_path}; done in {result.seconds:.1f} s", err=True)
-
-
-def _echo_gate(manifest: Any, precision: str, what: str) -> None:
-    """One export summary line: how the ``precision`` gate's runner matched PyTorch (and its kernels' line)."""
-    rows = [p for p in manifest.parity if p["artifact"] == precision and p["judged"] and p["reference"] == REFERENCE]
-    click.echo(f"{precision}: {what}, matches PyTorch on {rows[0]['backend']}: max |error| "
-               f"{max(p['rel_to_scale'] for p in rows):.1e} of output scale, cosine {min(p['cosine'] for p in rows):.6f}",
-               err=True)
-    kernels = [p for p in manifest.parity if p["artifact"] == precision and p["reference"] != REFERENCE]
-    if kernels:
-        click.echo(f"      {kernels[0]['backend']} kernels vs {kernels[0]['reference']}: cosine "
-                   f"{min(p['cosine'] for p in kernels):.6f} ({'judged' if kernels[0]['judged'] else 'reported'})",
-                   err=True)
+        _say(result.to_text())
 
 
 @main.command("build")
@@ -361,71 +329,7 @@ def inspect_command(path: str, as_json: bool) -> None:
     """Inputs, outputs, opset, op histogram, parameters and precision of an ONNX file."""
     from .onnxgraph import inspect_file
 
-    info = inspect_file(path)
-    if as_json:
-        _print_json(info)
-        return
-
-    def io_line(v: dict[str, Any]) -> str:
-        return f"  {v['name']}: {v['dtype']} [{', '.join(map(str, v['shape']))}]"
-
-    lines = [
-        f"file:       {info['file']} ({info['bytes'] / 1e6:.1f} MB)",
-        f"producer:   {info['producer']} (IR {info['ir_version']})",
-        f"opset:      {', '.join(f'{d} {v}' for d, v in info['opset'].items())}",
-        "inputs:", *map(io_line, info["inputs"]),
-        "outputs:", *map(io_line, info["outputs"]),
-        f"parameters: {info['parameters']:,}",
-        f"precision:  {'FP16 tensors' if info['fp16_tensors'] else 'no FP16 tensors'}, "
-        f"{info['qdq_nodes']} Q/DQ nodes",
-        f"nodes:      {info['nodes']} ({', '.join(f'{op} {n}' for op, n in info['ops'].items())})",
-    ]
-    click.echo("\n".join(lines))
-
-
-def _format_report(report: Any) -> str:
-    rows = []
-    for row in report.rows:
-        f = row.figures
-        top1 = "-" if f["top1_agreement"] is None else f"{f['top1_agreement']:.1%}"
-        top5 = "-" if f["top5_overlap"] is None else f"{f['top5_overlap']:.1%}"
-        result = ("PASS" if row.passed else "FAIL") if row.judged else "reported"
-        rows.append([row.backend, row.reference, row.inputs, str(row.batch), row.output, f"{f['max_abs']:.2e}",
-                     f"{f['rel_to_scale']:.2e}", f"{f['cosine']:.6f}", top1, top5, result])
-    lines = [
-        f"{report.artifact} ({report.precision}) vs {report.reference} [{report.arch}], inputs: "
-        + ", ".join(f"{k}={v}" for k, v in report.inputs.items()),
-    ]
-    if report.file_changed:
-        lines.append(f"FILE CHANGED SINCE EXPORT: {report.file_changed}"
-                     + ("; --strict: that alone fails" if report.strict else "; compared anyway (--strict fails it)"))
-    lines += [
-        "",
-        _table(rows, ["backend", "vs", "inputs", "batch", "output", "max|err|", "err/scale", "cosine", "top-1",
-                      "top-5", "result"], right={3, 5, 6, 7, 8, 9}),
-    ]
-    for row in report.rows:
-        if row.failures:
-            lines.append(f"{'FAIL' if row.judged else 'reported'} {row.backend} vs {row.reference} on {row.inputs} "
-                         f"batch {row.batch} {row.output}: {'; '.join(row.failures)}")
-    for skip in report.skipped:
-        lines.append(f"skipped {skip['backend']}: {skip['reason']}")
-    for note in report.notes:
-        lines.append(f"note: {note}")
-    for backend, scores in report.accuracy.items():
-        lines.append(f"accuracy {backend}: top-1 {scores['top1']:.2%}, top-5 {scores['top5']:.2%}")
-    if report.layerwise is not None:
-        lw = report.layerwise
-        lines += ["", f"layer-wise ({lw.backend}, batch {lw.batch}, tolerance {lw.tolerance:.0e} of each point's scale):"]
-        point_rows = [[p.name, f"{p.max_abs:.2e}", f"{p.rel_to_scale:.2e}", f"{p.cosine:.6f}",
-                       "<- first over tolerance" if p.name == lw.first_over_tolerance else ""] for p in lw.points]
-        lines.append(_table(point_rows, ["point", "max|err|", "err/scale", "cosine", ""], right={1, 2, 3}))
-        if lw.first_over_tolerance:
-            lines.append(f"outputs part at {lw.first_over_tolerance} (largest jump in error: {lw.largest_jump})")
-        else:
-            lines.append("every block within tolerance")
-    lines.append(f"overall: {'PASS' if report.passed else 'FAIL'}")
-    return "\n".join(lines)
+    _emit(inspect_file(path), as_json)
 
 
 @main.command("verify")
@@ -460,10 +364,7 @@ def verify_command(artifact: str, batch_sizes: str | None, seed: int, inputs_fil
                     tolerance_overrides=overrides, layerwise=layerwise, reference=reference, strict=strict)
     if report_path:
         report.write(report_path)
-    if as_json:
-        _print_json(report.to_dict())
-    else:
-        click.echo(_format_report(report))
+    _emit(report, as_json)
     sys.exit(0 if report.passed else 1)
 
 
@@ -496,12 +397,6 @@ def _own_options(flags: dict[str, bool]) -> dict[str, dict[str, bool]]:
     return own
 
 
-def _say_selection(runner: Any) -> None:
-    """How --backend auto chose the runner's configuration (tune's plan, or the file's own and a hint)."""
-    if runner.selection:
-        click.echo(runner.selection, err=True)
-
-
 def _int_list(text: str, option: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -523,22 +418,10 @@ def _int_list(text: str, option: str) -> list[int]:
 def predict_command(artifact: str, images: tuple[str, ...], topk: int, labels: str | None, backend: str,
                     device: str | None, threads: int | None, as_json: bool) -> None:
     """Top-k classes of IMAGES (files or folders) with probabilities."""
-    from .data import ImagePreprocess
-    from .target.predict import class_names, predict
-    from .target.runtime import load
+    from .target.predict import classify
 
-    with load(artifact, backend=backend, device=device, threads=threads) as runner:
-        _say_selection(runner)
-        manifest = runner.manifest
-        predictions = predict(runner, images, ImagePreprocess.from_manifest(manifest.preprocess), topk=topk,
-                              names=class_names(manifest.num_classes, labels))
-    if as_json:
-        _print_json({"artifact": runner.artifact, "backend": runner.name, "precision": runner.precision,
-                     "selection": runner.selection, "predictions": [p.to_dict() for p in predictions]})
-        return
-    rows = [[p.image if rank == 0 else "", str(rank + 1), c["label"], f"{c['probability']:.4f}"]
-            for p in predictions for rank, c in enumerate(p.top)]
-    click.echo(_table(rows, ["image", "rank", "class", "probability"], right={1, 3}))
+    _emit(classify(artifact, images, topk=topk, labels=labels, backend=backend, device=device, threads=threads,
+                   announce=_say), as_json)
 
 
 @main.command("bench")
@@ -560,43 +443,18 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
                   duration: float | None, warmup: int, device: str | None, threads: int | None,
                   plot_path: str | None, as_json: bool, quiet: bool, **backend_flags: bool) -> None:
     """Latency (min/mean/p50/p90/p99) and images/s of artifacts and backends side by side."""
-    import contextlib
+    from .target.bench import bench_artifacts, plot, stderr_progress
 
-    from .target.bench import bench, load_runners, plot, stderr_progress
-
-    if iters is not None and duration is not None:
-        raise DeployError("give --iters or --duration, not both")
     _output_file("--plot", plot_path)
-    chosen = [b.strip() for b in backends.split(",") if b.strip()]
-    sizes = _int_list(batch_sizes, "--batch-sizes")
-    with contextlib.ExitStack() as stack:
-        runners = load_runners(stack, artifacts, chosen, device=device, threads=threads,
-                               own=_own_options(backend_flags))
-        if not quiet:
-            for _, runner in runners:
-                _say_selection(runner)
-        results = bench(runners, sizes, iterations=iters, duration=duration, warmup=warmup,
-                        progress=None if quiet else stderr_progress)
-        if not quiet:
-            click.echo("", err=True)
-        descriptions = [runner.describe() for _, runner in runners]
+    report = bench_artifacts(artifacts, [b.strip() for b in backends.split(",") if b.strip()],
+                             _int_list(batch_sizes, "--batch-sizes"), iterations=iters, duration=duration,
+                             warmup=warmup, device=device, threads=threads, own=_own_options(backend_flags),
+                             progress=None if quiet else stderr_progress, announce=None if quiet else _say)
+    if not quiet:
+        click.echo("", err=True)
     if plot_path:
-        plot(results, plot_path)
-    if as_json:
-        from .environment import cpu_description, tool_versions
-
-        _print_json({"results": [r.to_dict() for r in results], "runners": descriptions,
-                     "cpu": cpu_description(), "tools": tool_versions()})
-        return
-    rows = []
-    for r in results:
-        lat = r.latency_ms
-        device_p50 = f"{r.device_ms['p50']:.2f}" if r.device_ms else "-"
-        rows.append([r.label, str(r.batch), str(r.iterations), f"{lat['min']:.2f}", f"{lat['mean']:.2f}",
-                     f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", device_p50,
-                     f"{r.images_per_s:.1f}", f"{r.ratio:.2f}x"])
-    click.echo(_table(rows, ["runner", "batch", "iters", "min ms", "mean ms", "p50 ms", "p90 ms", "p99 ms",
-                             "device p50", "images/s", "vs first"], right=set(range(1, 11))))
+        plot(report.results, plot_path)
+    _emit(report, as_json)
 
 
 @main.command("tune")
@@ -604,11 +462,13 @@ def bench_command(artifacts: tuple[str, ...], backends: str, batch_sizes: str, i
 @click.option("--data", type=click.Path(file_okay=False),
               help="Labelled images (one folder per class): top-1 drop is judged on them (default: the calibration "
                    "hold-out's changed classes, where the export has one).")
-@click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest top-1 drop allowed, in points.")
+@click.option("--max-drop", type=float, default=DEFAULT_MAX_DROP, show_default=True,
+              help="Largest top-1 drop allowed, in points.")
 @click.option("--batch-sizes", help="Comma-separated batch sizes to time (default 1,8 within the profile).")
 @click.option("--latency/--throughput", "latency", default=True, show_default=True,
               help="Pick by p50 at the smallest batch, or by the best images/s.")
-@click.option("--budget-s", type=float, default=300.0, show_default=True, help="Seconds the whole run should take.")
+@click.option("--budget-s", type=float, default=DEFAULT_BUDGET_S, show_default=True,
+              help="Seconds the whole run should take.")
 @click.option("--duration", type=float, help="Seconds of timed calls per configuration and batch size (default: "
                                              "what --budget-s leaves after verification, 0.3 to 3).")
 @click.option("--threads", "thread_counts", help="Comma-separated CPU thread counts to try (default: physical "
@@ -639,99 +499,18 @@ def tune_command(artifact: str, data: str | None, max_drop: float, batch_sizes: 
         click.echo("", err=True)
     if plot_path:
         plot(report, plot_path)
-    if as_json:
-        _print_json(report.to_dict())
-    else:
-        click.echo(_tune_table(report))
+    _emit(report, as_json)
     if report.choice is None:
         raise ParityError(f"nothing to deploy: {report.why}")
-
-
-def _tune_table(report: Any) -> str:
-    sizes = report.batch_sizes
-    rows = []
-    for rank, c in enumerate(report.candidates, 1):
-        timings = [c.timings.get(b) for b in sizes]
-        ratio = next((t["vs_baseline"] for t in timings if t and "vs_baseline" in t), None)
-        drop = c.accuracy.get("top1_drop")
-        result = ("CHOSEN" if c is report.choice else "pass") if c.passed else (
-            f"REJECTED: {c.reason}" if c.passed is False else c.reason or "not tried")
-        rows.append([str(rank), c.config.label, c.config.precision,
-                     *[f"{t['p50_ms']:.2f}" if t else "-" for t in timings],
-                     *[f"{t['images_per_s']:.1f}" if t else "-" for t in timings],
-                     f"{ratio:.2f}x" if ratio is not None else "-",
-                     f"{c.accuracy['min_cosine']:.6f}" if c.accuracy else "-",
-                     f"{drop:.2f}" if drop is not None else "-", result])
-    headers = ["#", "configuration", "computes", *[f"p50 ms b{b}" for b in sizes], *[f"img/s b{b}" for b in sizes],
-               "vs ORT fp32", "cosine", "top-1 drop", "result"]
-    lines = [f"{report.artifact}: {report.objective}, verified against {report.reference} on "
-             + ", ".join(f"{k}={v}" for k, v in report.inputs.items()) + f"; max top-1 drop {report.max_drop} points",
-             "", _table(rows, headers, right=set(range(3, len(headers) - 1)))]
-    lines += [f"not available here: {s['variant']} for {', '.join(s['files'])}: {s['reason']}" for s in report.skipped]
-    lines += [f"note: {note}" for note in report.notes]
-    if report.choice is not None:
-        lines.append(f"chosen: {report.choice.config.label}: {report.why}")
-    if report.plan_file:
-        lines.append(f"wrote {report.plan_file}: `--backend auto` runs it on this kind of CPU "
-                     f"({' '.join(report.cpu.get('isa', []))})")
-    lines.append(f"took {report.seconds:.1f} s")
-    return "\n".join(lines)
-
-
-INT8_ISA_WORDS = {
-    "vnni": "VNNI: x86 INT8 kernels (ONNX Runtime's, OpenVINO's) accumulate in int32 (any INT8 artifact runs exactly)",
-    "avx2": "no VNNI: x86 INT8 kernels (ONNX Runtime's, OpenVINO's) add u8 x s8 pairs in int16 and saturate on "
-            "8-bit weights; export --int8-target cpu uses 7-bit weights (reduce_range) here",
-    "other": "not x86: INT8 kernels accumulate in int32",
-}
 
 
 @main.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor_command(as_json: bool) -> None:
     """What this machine can run (torch, CUDA, ONNX Runtime providers, TensorRT) and why not."""
-    from .backends.registry import doctor
+    from .backends.doctor import doctor
 
-    report = doctor()
-    if as_json:
-        _print_json(report)
-        return
-    cpu, torch_info = report["cpu"], report["torch"]
-    lines = [
-        f"python       {report['python']} ({report['platform']})",
-        f"cpu          {cpu['model']}, {cpu['physical_cores']} physical / {cpu['logical_cores']} logical cores, "
-        f"{' '.join(cpu['isa']) or 'no AVX2'}",
-        f"int8 kernels {INT8_ISA_WORDS[cpu['int8_isa']]}",
-        "bf16         " + ("native: the bf16 precision runs here (OpenVINO on the fp32 file: export --bf16, "
-                           "--openvino-bf16, tune)"
-                           if cpu["bf16"] == "native" else cpu["bf16"]),
-        f"torch        {torch_info['version'] or 'not installed'}, "
-        + (f"CUDA {torch_info['cuda_build']}: {', '.join(torch_info['gpus'])}" if torch_info["cuda"]
-           else torch_info["reason"]),
-        *_torch_build_lines(torch_info["build"]),
-        f"onnxruntime  {report['onnxruntime']['version']}, providers: {', '.join(report['onnxruntime']['providers'])}",
-    ]
-    for name in ("onnx", "onnxsim", "onnxscript", "openvino", "matplotlib"):
-        lines.append(f"{name:<12} {report[name]['version'] or 'not installed'}")
-    cuda = report["cuda"]
-    lines.append(f"cuda         cuda-python {cuda['cuda_python'] or 'not installed'}"
-                 + (f", runtime CUDA {cuda['runtime']}" if cuda["runtime"] else "")
-                 + (f", driver CUDA {cuda['driver']}" if cuda["driver"] else "")
-                 + (f": {cuda['problem']}" if cuda["problem"] else f", {cuda['gpus']} GPU(s)"))
-    lines.append(f"tensorrt     {report['tensorrt']['version'] or 'not installed'}")
-    lines += ["", "backends:"]
-    for name, state in report["backends"].items():
-        lines.append(f"  {name:<21} {'yes' if state['usable'] else 'no: ' + state['reason']}")
-    click.echo("\n".join(lines))
-
-
-def _torch_build_lines(build: dict | None) -> list[str]:
-    """doctor's lines on the PyTorch build: which, and where it does not fit the machine, what replaces it."""
-    if build is None:
-        return []
-    fits = "fits this machine" if build["fits"] else build["problem"]
-    return [f"torch build  {build['build']}: {fits}"] + ([f"             replace it: {build['fix']}"]
-                                                         if build["fix"] else [])
+    _emit(doctor(), as_json)
 
 
 @main.command("triton")
@@ -757,7 +536,7 @@ def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: 
                    queue_delay_us: int, instances: int, kind: str, model_version: int | None, backend: str,
                    ensemble: bool, force: bool) -> None:
     """Write ARTIFACT into a Triton Inference Server model repository, destroying nothing there."""
-    from .serving.triton import ENSEMBLE_SUFFIX, PREPROCESS_SUFFIX, TritonOptions, write_model_repository
+    from .serving.triton import TritonOptions, write_model_repository
 
     options = TritonOptions(model_name=model_name, max_batch=max_batch,
                             preferred=tuple(_int_list(preferred, "--preferred")) if preferred else (),
@@ -765,12 +544,8 @@ def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: 
                             backend=backend, ensemble=ensemble)
     written = write_model_repository(artifact, repo, options, force=force)
     if written.selection:
-        click.echo(written.selection, err=True)
-    click.echo(f"wrote {written.folder}/config.pbtxt and {written.folder}/{written.version}/")
-    click.echo(f"  {written.artifact.name} on Triton's {written.backend} backend, computing {written.computes}")
-    if ensemble:
-        for suffix in (PREPROCESS_SUFFIX, ENSEMBLE_SUFFIX):
-            click.echo(f"wrote {written.folder}{suffix}/config.pbtxt and {written.folder}{suffix}/1/")
+        _say(written.selection)
+    click.echo(written.to_text())
 
 
 @main.command("serve")
@@ -798,7 +573,7 @@ def serve_command(artifact: str, model_name: str | None, host: str, port: int, m
     limits = ServeLimits(max_batch=max_batch, max_delay_ms=max_delay_ms, queue_size=queue_size, workers=workers,
                          max_request_mb=max_request_mb)
     serve(artifact, host=host, port=port, model_name=model_name, limits=limits, backend=backend, device=device,
-          threads=threads, announce=lambda line: click.echo(line, err=True))
+          threads=threads, announce=_say)
 
 
 if __name__ == "__main__":  # pragma: no cover

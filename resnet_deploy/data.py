@@ -239,15 +239,7 @@ def calibration_data(
         raise DeployError(f"--calib-data {path}: an artifact with its preprocessing embedded calibrates on images "
                           "(a folder) or random pixels, not a preprocessed .npy")
     if path.is_file():
-        array = load_npy_batch(path, shape)
-        problem = check_normalisation(array, preprocess, path.name)
-        if problem:
-            warnings.warn(problem, DeployWarning, stacklevel=2)
-        chosen, held = _split(len(array), size, seed)
-        calibration, holdout = array[chosen], array[held]
-        return Calibration(str(path), seed, len(calibration), f"npy:{sha256_file(path)}:{size}:{seed}",
-                           lambda: iter(batched(calibration, CALIBRATION_BATCH)),
-                           (lambda: holdout) if len(holdout) else None, len(holdout))
+        return _npy_calibration(path, preprocess, shape, size, seed)
     if not path.is_dir():
         kind = special_file(path)
         raise DeployError(f"calibration data {path} " + (f"is {kind}: give a folder of images or a .npy file"
@@ -267,3 +259,17 @@ def calibration_data(
 
     return Calibration(str(path), seed, len(paths), key, image_batches,
                        (lambda: load_images(holdout_paths, preprocess)) if holdout_paths else None, len(holdout_paths))
+
+
+def _npy_calibration(path: Path, preprocess: ImagePreprocess, shape: Sequence[int], size: int,
+                     seed: int) -> Calibration:
+    """Calibration on a preprocessed .npy batch: ``size`` of its images, the rest held out."""
+    array = load_npy_batch(path, shape)
+    problem = check_normalisation(array, preprocess, path.name)
+    if problem:
+        warnings.warn(problem, DeployWarning, stacklevel=3)
+    chosen, held = _split(len(array), size, seed)
+    calibration, holdout = array[chosen], array[held]
+    return Calibration(str(path), seed, len(calibration), f"npy:{sha256_file(path)}:{size}:{seed}",
+                       lambda: iter(batched(calibration, CALIBRATION_BATCH)),
+                       (lambda: holdout) if len(holdout) else None, len(holdout))

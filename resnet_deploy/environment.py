@@ -28,6 +28,18 @@ def package_version(name: str) -> str | None:
     return None
 
 
+def extra_modules(extra: str) -> set[str]:
+    """The modules an extra of this package installs (its distributions' names, as they import), from the
+    installed metadata: pyproject.toml is the one list."""
+    try:
+        requirements = importlib.metadata.requires("resnet-deploy") or []
+    except importlib.metadata.PackageNotFoundError:  # a source tree on the path, not installed
+        return set()
+    marker = re.compile(r"""extra\s*==\s*["']""" + re.escape(extra) + """["']""")
+    return {re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0].replace("-", "_")
+            for line in requirements if marker.search(line)}
+
+
 def tool_versions() -> dict[str, str]:
     """Versions recorded in manifests; a tool that is not installed is left out."""
     versions = {"python": platform.python_version()}
@@ -80,6 +92,12 @@ def first_cpu_fields() -> dict[str, str]:
 
 # x86 flags with an int8 dot product that accumulates in int32 (no int16 saturation in ONNX Runtime's kernels)
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+INT8_ISA_WORDS = {  # what each answer of int8_isa() means for an INT8 artifact, in doctor's words
+    "vnni": "VNNI: x86 INT8 kernels (ONNX Runtime's, OpenVINO's) accumulate in int32 (any INT8 artifact runs exactly)",
+    "avx2": "no VNNI: x86 INT8 kernels (ONNX Runtime's, OpenVINO's) add u8 x s8 pairs in int16 and saturate on "
+            "8-bit weights; export --int8-target cpu uses 7-bit weights (reduce_range) here",
+    "other": "not x86: INT8 kernels accumulate in int32",
+}
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (Cooper Lake, Zen 4/5, Sapphire Rapids on)
 
 

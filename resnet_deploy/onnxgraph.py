@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +11,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import ArtifactError, ExportError, first_line
-from .fileio import special_file
+from .fileio import regular_file
 
 
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -99,12 +98,35 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     return dict(Counter(node.op_type for node in model.graph.node).most_common())
 
 
-def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What `resnet-deploy inspect` prints: I/O with symbolic dims, opset, ops, size, precision."""
-    path = Path(path)
-    if not path.is_file():
-        kind = special_file(path)
-        raise ArtifactError(f"{path} " + (f"is {kind}, not a regular file" if kind else "does not exist"))
+class Inspection(dict):
+    """What `resnet-deploy inspect` reports on an ONNX file, by key (``inputs``, ``opset``, ``ops``...)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self)
+
+    def to_text(self) -> str:
+        def io_line(v: dict[str, Any]) -> str:
+            return f"  {v['name']}: {v['dtype']} [{', '.join(map(str, v['shape']))}]"
+
+        return "\n".join([
+            f"file:       {self['file']} ({self['bytes'] / 1e6:.1f} MB)",
+            f"producer:   {self['producer']} (IR {self['ir_version']})",
+            f"opset:      {', '.join(f'{d} {v}' for d, v in self['opset'].items())}",
+            "inputs:", *map(io_line, self["inputs"]),
+            "outputs:", *map(io_line, self["outputs"]),
+            f"parameters: {self['parameters']:,}",
+            f"precision:  {'FP16 tensors' if self['fp16_tensors'] else 'no FP16 tensors'}, {self['qdq_nodes']} Q/DQ nodes",
+            f"nodes:      {self['nodes']} ({', '.join(f'{op} {n}' for op, n in self['ops'].items())})",
+        ])
+
+
+def inspect_file(path: str | os.PathLike[str]) -> Inspection:
+    """What `resnet-deploy inspect` prints: I/O with symbolic dims, opset, ops, size, precision.
+
+    Raises:
+        ArtifactError: not a regular file, or not a readable ONNX model.
+    """
+    path = regular_file(path, "ONNX file", ArtifactError)
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors
@@ -126,7 +148,7 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     ops = op_histogram(model)
     fp16 = onnx.TensorProto.FLOAT16
-    return {
+    return Inspection({
         "file": str(path),
         "bytes": path.stat().st_size,
         "ir_version": model.ir_version,
@@ -140,7 +162,7 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         "fp16_tensors": any(t.data_type == fp16 for t in model.graph.initializer)
         or any(a.name == "to" and a.i == fp16 for n in model.graph.node if n.op_type == "Cast" for a in n.attribute),
         "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
-    }
+    })
 
 
 def topological_sort(model: onnx.ModelProto) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from ..artifacts import Manifest, TensorSpec, artifact_filename
+from ..artifacts import LOGITS, Manifest, TensorSpec, artifact_filename
 from ..environment import bf16_problem
 from ..errors import DeployError, DeployWarning, first_line
 from ..fileio import atomic_write_bytes, locked, sha256_file, special_file
@@ -114,7 +114,7 @@ class OpenVINORunner(Runner):
     (or read from) memory the caller still owns."""
 
     def __init__(self, model: str | os.PathLike[str], *, threads: int | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None, tensor_names: Sequence[str] = ("input", "logits"),
+                 cache_dir: str | os.PathLike[str] | None = None, tensor_names: Sequence[str] = ("input", LOGITS),
                  batch_range: tuple[int, int] | None = None, bf16: bool = False, throughput: bool = False) -> None:
         config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY",
                                   "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}

@@ -15,14 +15,12 @@ dataclass in :mod:`.options`.
 from __future__ import annotations
 
 import importlib
-import platform
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..environment import cpu_description, package_version, torch_build
 from ..errors import DeployError, DeployWarning
 from ..precisions import ENGINE, PRECISIONS
 from . import detect
@@ -226,48 +224,3 @@ def backend_for(name: str, artifact_format: str, artifact_name: str) -> Backend:
 
 def variants() -> list[tuple[Backend, Variant]]:
     return [(backend, variant) for backend in BACKENDS.values() for variant in backend.variants]
-
-
-def doctor() -> dict[str, object]:
-    """What this machine can run and why not: the report of `resnet-deploy doctor`."""
-    report: dict[str, object] = {"python": platform.python_version(), "platform": platform.platform(),
-                                 "cpu": cpu_description()}
-    cuda = detect.torch_cuda()
-    try:
-        import torch
-    except ImportError:  # a target that runs artifacts needs no PyTorch
-        torch = None
-    report["torch"] = {"version": torch.__version__ if torch else None,
-                       "cuda_build": torch.version.cuda if torch else None,
-                       "cuda": cuda.available, "reason": cuda.reason or None,
-                       "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-                       if cuda.available else [], "build": torch_build()}
-    for name in ("onnx", "onnxsim", "onnxscript", "openvino", "matplotlib"):
-        report[name] = {"version": package_version(name)}
-    import onnxruntime as ort
-
-    report["onnxruntime"] = {"version": package_version("onnxruntime"), "providers": ort.get_available_providers()}
-    report["cuda"] = cuda_report()
-    trt = detect.tensorrt()
-    report["tensorrt"] = {"version": package_version("tensorrt"), "usable": trt.available, "reason": trt.reason or None}
-    report["backends"] = {}
-    for backend, variant in variants():
-        state = variant.availability()
-        report["backends"][variant.name] = {"backend": backend.name, "usable": state.available,
-                                            "reason": state.reason or None}
-    return report
-
-
-def cuda_report() -> dict[str, object]:
-    """What cuda-python sees: its version, the CUDA versions of the driver and of its runtime, the GPUs,
-    and what stops it, for doctor (TensorRT's cu12 and cu13 builds each need a driver of their CUDA)."""
-    from . import cuda
-
-    installed = package_version("cuda-python") or package_version("cuda-bindings")
-    if not cuda.bindings_installed():
-        return {"cuda_python": installed, "driver": None, "runtime": None, "gpus": 0,
-                "problem": cuda.INSTALL_HINT}
-    found = cuda.versions()
-    gpus = cuda.device_count()
-    problem = cuda.driver_problem(found) or (None if gpus else "the CUDA runtime sees no GPU")
-    return {"cuda_python": installed, **found, "gpus": gpus, "problem": problem}

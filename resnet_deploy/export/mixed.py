@@ -29,6 +29,7 @@ from ..data import ImagePreprocess, batched, labelled_images, load_images
 from ..errors import ExportError
 from ..fileio import temp_prefix
 from ..onnxgraph import find_points
+from ..parity.metrics import top1_drop
 
 EVAL_BATCH = 32
 
@@ -87,10 +88,7 @@ class DropMeasure:
 
     def drop(self, logits: np.ndarray) -> float:
         """Top-1 points lost against fp32."""
-        if self.labels is None:
-            return 100.0 * float(np.mean(logits.argmax(1) != self.reference.argmax(1)))
-        fp32 = np.mean(self.reference.argmax(1) == self.labels)
-        return 100.0 * float(fp32 - np.mean(logits.argmax(1) == self.labels))
+        return top1_drop(self.reference, logits, self.labels)
 
     def error(self, logits: np.ndarray) -> float:
         """Mean squared logit error relative to the fp32 logits' mean square: a ranking finer than top-1."""

@@ -7,11 +7,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..artifacts import BatchProfile
+from ..artifacts import DEFAULT_PROFILE, BatchProfile
+from ..precisions import Int8Options
 from .engine import BuildOptions
 
 DEFAULT_OPSET = 18
-DEFAULT_BATCH = "1:8:32"
+DEFAULT_BATCH = str(DEFAULT_PROFILE)
 EXPORTERS = ("dynamo", "torchscript")
 LAST_STRIDES = (1, 2)
 
@@ -36,8 +37,8 @@ class ExportOptions:
     precisions: tuple[str, ...] = ()  # made besides fp32: names of resnet_deploy.precisions rows ("fp16", "int8")
     calib_data: str | os.PathLike[str] | None = None
     calib_size: int = 512
-    calib_method: str = "minmax"
-    int8_target: str = "trt"
+    calib_method: str = Int8Options.method
+    int8_target: str = Int8Options.target
     reduce_range: bool | None = None
     max_drop: float | None = None
     eval_data: str | os.PathLike[str] | None = None

@@ -41,8 +41,8 @@ from ..fileio import Staging, clear_derived, sha256_file, sweep_temporaries
 from ..models import EmbeddedPreprocess, create_model, get_spec
 from ..models import pretrained
 from ..models.archs import declare_preprocess
-from ..parity.checks import plan_checks
-from ..parity.compare import REFERENCE, judge
+from ..parity.checks import check
+from ..parity.compare import REFERENCE
 from ..parity.golden import write_golden
 from ..parity.inputs import InputSet, default_sets, random_batches, sets_summary
 from ..parity.metrics import compare_arrays
@@ -97,6 +97,35 @@ class ExportResult:
             "timings": self.timings,
             "parity": self.manifest.parity,
         }
+
+    def to_text(self) -> str:
+        """export's summary: each file with its size and how its gate's runner matched PyTorch; each precision
+        without a file (bf16) with where it was verified or why not; the manifest and the time taken."""
+        manifest = self.manifest
+        lines = [line for entry in manifest.artifacts
+                 for line in _gate_lines(manifest, entry.precision,
+                                         f"{self.paths[entry.precision]} ({entry.bytes / 1e6:.1f} MB)")]
+        for name in manifest.precision_options:  # precisions without a file: where their gate ran, if it did
+            row = PRECISIONS.get(name)
+            if row is not None and row.runs_file:
+                computed = f"{self.paths[row.runs_file]} computed in {name}"
+                options = manifest.options(name)
+                lines += (_gate_lines(manifest, name, computed) if options.verified
+                          else [f"{name}: {computed}: not verified here: {options.reason}"])
+        lines.append(f"manifest {self.manifest_path}; done in {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _gate_lines(manifest: Manifest, precision: str, what: str) -> list[str]:
+    """How the ``precision`` gate's runner matched PyTorch, and its kernels' line where they were compared."""
+    rows = [p for p in manifest.parity if p["artifact"] == precision and p["judged"] and p["reference"] == REFERENCE]
+    lines = [f"{precision}: {what}, matches PyTorch on {rows[0]['backend']}: max |error| "
+             f"{max(p['rel_to_scale'] for p in rows):.1e} of output scale, cosine {min(p['cosine'] for p in rows):.6f}"]
+    kernels = [p for p in manifest.parity if p["artifact"] == precision and p["reference"] != REFERENCE]
+    if kernels:
+        lines.append(f"      {kernels[0]['backend']} kernels vs {kernels[0]['reference']}: cosine "
+                     f"{min(p['cosine'] for p in kernels):.6f} ({'judged' if kernels[0]['judged'] else 'reported'})")
+    return lines
 
 
 def parse_input_size(value: int | str | tuple[int, int] | None, default: int) -> tuple[int, int]:
@@ -172,14 +201,8 @@ def _parity_gate(job: Job, path: Path, file_precision: str, manifest: Manifest,
     reference = _reference(job)
     runs = _gate_runs(file_precision, judged_as)
     backend, variant = precision_variant(runs)
-    plan = plan_checks(path, manifest, file_precision, policy, [(backend, variant)])
-    try:
-        results = run(plan.runners, [], into=reference.copy())
-    finally:
-        plan.close()
-    reference_name = next(iter(reference.outputs))
-    rows = judge(results, plan.checks, reference=reference_name, judges=policy.judges_in(results.sets))
-    failed = next((row for row in rows if row.judged and not row.passed), None)
+    checked = check(path, manifest, file_precision, policy, [(backend, variant)], reference, next(iter(reference.outputs)))
+    failed = checked.first_failure
     if failed is not None:
         raise ParityError(
             f"{runs} artifact: {backend.title} disagrees with "
@@ -187,8 +210,8 @@ def _parity_gate(job: Job, path: Path, file_precision: str, manifest: Manifest,
             f"{failed.output!r} at batch {failed.batch} of {failed.inputs} images: " + "; ".join(failed.failures)
         )
     records = [{"artifact": runs, "backend": row.backend, "reference": row.reference, "inputs": row.inputs,
-                "judged": row.judged, "batch": row.batch, "output": row.output, **row.figures} for row in rows]
-    return records, policy.notes + plan.notes
+                "judged": row.judged, "batch": row.batch, "output": row.output, **row.figures} for row in checked.rows]
+    return records, policy.notes + checked.notes
 
 
 @dataclass

@@ -17,6 +17,7 @@ import onnx
 import torch
 from torch import nn
 
+from ..artifacts import FEATURES, LOGITS
 from ..errors import ExportError, first_line
 from .options import EXPORTERS
 
@@ -29,7 +30,7 @@ def output_names(model: nn.Module) -> list[str]:
     model's feature points past the stem) for ``features_only`` ones."""
     if model.features_only:
         return [point.module for point in model.feature_info[1:]]
-    return ["logits"] if model.num_classes > 0 else ["features"]
+    return [LOGITS] if model.num_classes > 0 else [FEATURES]
 
 
 @contextlib.contextmanager
@@ -78,33 +79,15 @@ def export_onnx(
                 if dynamic_hw:
                     dims[height_axis] = torch.export.Dim("height", min=MIN_DYNAMIC_SIDE)
                     dims[width_axis] = torch.export.Dim("width", min=MIN_DYNAMIC_SIDE)
-                program = torch.onnx.export(
-                    model,
-                    (example,),
-                    input_names=["input"],
-                    output_names=outputs,
-                    dynamic_shapes={"x": dims},
-                    opset_version=opset,
-                    dynamo=True,
-                    verbose=False,
-                )
-                return program.model_proto
-            else:
-                axes = {0: "batch", height_axis: "height", width_axis: "width"} if dynamic_hw else {0: "batch"}
-                dynamic_axes = {"input": axes, **{name: {0: "batch"} for name in outputs}}
-                buffer = io.BytesIO()
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    buffer,
-                    input_names=["input"],
-                    output_names=outputs,
-                    dynamic_axes=dynamic_axes,
-                    opset_version=opset,
-                    dynamo=False,
-                    do_constant_folding=True,
-                )
-                return onnx.load_from_string(buffer.getvalue())
+                return torch.onnx.export(model, (example,), input_names=["input"], output_names=outputs,
+                                         dynamic_shapes={"x": dims}, opset_version=opset, dynamo=True,
+                                         verbose=False).model_proto
+            axes = {0: "batch", height_axis: "height", width_axis: "width"} if dynamic_hw else {0: "batch"}
+            buffer = io.BytesIO()
+            torch.onnx.export(model, (example,), buffer, input_names=["input"], output_names=outputs,
+                              dynamic_axes={"input": axes, **{name: {0: "batch"} for name in outputs}},
+                              opset_version=opset, dynamo=False, do_constant_folding=True)
+            return onnx.load_from_string(buffer.getvalue())
     except ExportError:
         raise
     except Exception as exc:  # the exporters raise many types; the user needs one line

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, PREPROCESS_PRESETS
 from ..errors import ArgumentError, ExportError, UnknownArchError, within
+from ..render import table
 from .checkpoints import fit_state_dict, read_state_dict
 from .resnet import ResNet
 
@@ -266,3 +267,23 @@ def create_model(
         state = read_state_dict(weights)
         fit_state_dict(model, state, arch=name, source=str(weights))
     return model
+
+
+@dataclass
+class ModelTable:
+    """The architecture table `resnet-deploy list` shows: one :class:`ModelInfo` per registered arch."""
+
+    infos: list[ModelInfo]
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [info.to_dict() for info in self.infos]
+
+    def to_text(self) -> str:
+        rows = [[i.name, f"{i.params:,}", f"{i.gmacs:.2f}", f"{i.input_size[1]}x{i.input_size[2]}", i.num_classes,
+                 i.family, i.compat] for i in self.infos]
+        return table(rows, ["arch", "params", "GMACs", "input", "classes", "family", "weights from"], right={1, 2, 4})
+
+
+def model_table() -> ModelTable:
+    """Every registered arch's :class:`ModelInfo`, in registration order."""
+    return ModelTable([get_model_info(name) for name in list_models()])

@@ -28,6 +28,7 @@ from typing import Any
 from ..data import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import CheckpointError
 from ..fileio import Staging, sha256_file
+from ..render import table
 
 BASE_URLS = {
     "torchvision": "https://download.pytorch.org/models/",
@@ -195,3 +196,26 @@ def fetch(weights: PublishedWeights, *, progress: Callable[[int, int | None], No
     except (OSError, urllib.error.URLError) as exc:
         raise CheckpointError(f"download of {weights.url} failed: {exc}") from None
     return target, actual
+
+
+@dataclass
+class WeightsTable:
+    """The published checkpoints `resnet-deploy list --weights` shows: tag, source, published top-1, preprocessing."""
+
+    entries: list[PublishedWeights]
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [{"arch": w.arch, "tag": w.tag, "url": w.url, "top1": w.top1, "preprocess": w.preprocess}
+                for w in self.entries]
+
+    def to_text(self) -> str:
+        rows = [[w.arch, w.tag, "-" if w.top1 is None else f"{w.top1:.3f}", w.preprocess["resize"],
+                 w.preprocess["interpolation"], w.url] for w in self.entries]
+        return table(rows, ["arch", "--weights", "top-1 (published)", "resize", "interpolation", "url"], right={2, 3})
+
+
+def weights_table() -> WeightsTable:
+    """Every published checkpoint of every registered arch."""
+    from .archs import list_models
+
+    return WeightsTable([w for name in list_models() for w in published_for(name)])

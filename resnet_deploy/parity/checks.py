@@ -1,4 +1,5 @@
-"""Which runners check an artifact, and how each is judged: the plan the export gate and verify share.
+"""Which runners check an artifact, and how each is judged; and :func:`check`, the one verification sequence
+(plan, run, close, judge) the export gate, ``tune`` and ``verify`` share.
 
 Every runner is opened through the backend registry. A runner of a precision whose graph means
 what it says only run as written (Q/DQ INT8) on a backend's optimised CPU kernels is judged in
@@ -18,8 +19,9 @@ from ..backends.load_options import LoadOptions
 from ..backends.registry import Backend, Variant, native_backend, open_runner
 from ..errors import DeployWarning
 from ..precisions import PRECISIONS
-from .compare import Check
+from .compare import REFERENCE, Check, ResultRow, judge
 from .int8 import int8_checks
+from .results import RunResults, run
 from .tolerances import Policy
 
 
@@ -80,3 +82,46 @@ def plan_checks(artifact: Path, manifest: Manifest, precision: str, policy: Poli
             plan.notes = notes + plan.notes
         failed.pop_all()
     return plan
+
+
+@dataclass
+class Checked:
+    """What :func:`check` found: every output (the reference's and the checked runners'), the judged rows, the
+    checked runners' names (the runner of the artifact last) and the plan's notes."""
+
+    results: RunResults
+    rows: list[ResultRow]
+    runners: list[str]
+    notes: list[str]
+
+    @property
+    def first_failure(self) -> ResultRow | None:
+        """The first judged row beyond its tolerance, or None."""
+        return next((row for row in self.rows if row.judged and not row.passed), None)
+
+    @property
+    def judged(self) -> list[ResultRow]:
+        """The rows that decide (every row where none does: the figures are still reported)."""
+        return [row for row in self.rows if row.judged] or self.rows
+
+
+def check(artifact: Path, manifest: Manifest, precision: str, policy: Policy, variants: list[tuple[Backend, Variant]],
+          reference: RunResults, reference_name: str, *, reference_label: str = REFERENCE) -> Checked:
+    """Run ``artifact`` on each variant on the reference's inputs and judge every output by ``policy``.
+
+    Args:
+        artifact, manifest, precision, policy, variants: as :func:`plan_checks` takes them.
+        reference: the reference's outputs on its input sets (left as they were: runners are added to a copy).
+        reference_name: the reference's runner name in ``reference``; rows name it ``reference_label``.
+
+    Returns:
+        The :class:`Checked` outputs and rows; the runners are closed.
+    """
+    plan = plan_checks(artifact, manifest, precision, policy, variants)
+    try:
+        results = run(plan.runners, [], into=reference.copy())
+    finally:
+        plan.close()
+    rows = judge(results, plan.checks, reference=reference_name, reference_label=reference_label,
+                 judges=policy.judges_in(results.sets))
+    return Checked(results, rows, [runner.name for runner in plan.runners], plan.notes)

@@ -23,6 +23,7 @@ from ..backends.onnxrt import OnnxRuntimeRunner
 from ..errors import ArtifactError
 from ..onnxgraph import find_points
 from ..precisions import PRECISIONS
+from ..render import table
 from .metrics import compare_arrays
 
 # error relative to the point's own scale above which a block is named as where outputs part
@@ -67,6 +68,18 @@ class LayerwiseReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_text(self) -> str:
+        """Each block's error against the reference, the first over tolerance marked, and where outputs part."""
+        rows = [[p.name, f"{p.max_abs:.2e}", f"{p.rel_to_scale:.2e}", f"{p.cosine:.6f}",
+                 "<- first over tolerance" if p.name == self.first_over_tolerance else ""] for p in self.points]
+        lines = [f"layer-wise ({self.backend}, batch {self.batch}, tolerance {self.tolerance:.0e} of each point's scale):",
+                 table(rows, ["point", "max|err|", "err/scale", "cosine", ""], right={1, 2, 3})]
+        if self.first_over_tolerance:
+            lines.append(f"outputs part at {self.first_over_tolerance} (largest jump in error: {self.largest_jump})")
+        else:
+            lines.append("every block within tolerance")
+        return "\n".join(lines)
 
 
 def localize(

@@ -69,3 +69,19 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray) -> ErrorFigures
         top5_overlap=top5,
         finite=finite,
     )
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of (N, classes) scores against class indices."""
+    k = min(5, logits.shape[1])
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return {"top1": float((top[:, 0] == labels).mean()), "top5": float((top == labels[:, None]).any(axis=1).mean())}
+
+
+def top1_drop(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None = None) -> float:
+    """Top-1 points ``logits`` lose against ``reference`` (both (N, classes)): accuracy points against
+    ``labels``; without labels, the share of images whose class changed, in points (an upper bound of the
+    drop on any labels). The one measure of the export's ``--max-drop`` and of ``tune``."""
+    if labels is None:
+        return 100.0 * float(np.mean(logits.argmax(1) != reference.argmax(1)))
+    return 100.0 * (accuracy(reference, labels)["top1"] - accuracy(logits, labels)["top1"])

@@ -19,16 +19,18 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..artifacts import Manifest, artifact_filename, open_artifact, split_artifact_name
+from ..artifacts import LOGITS, Manifest, artifact_filename, open_artifact, split_artifact_name
 from ..backends.registry import FORMAT_WORDS, Backend, Variant, artifact_format, runs_here, variants
 from ..data import ImagePreprocess, batched, labelled_images, list_images, load_images, load_npy_batch
 from ..errors import MAX_SEED, ArtifactError, DeployError, within
 from ..fileio import atomic_open
 from ..precisions import ENGINE, ENGINE_SUFFIX, FP32, PRECISIONS
-from .checks import plan_checks
-from .compare import REFERENCE, ResultRow, judge
+from ..render import pairs, table
+from .checks import check
+from .compare import REFERENCE, ResultRow
 from .golden import NAME as GOLDEN
 from .golden import read_golden
+from .metrics import accuracy
 from .inputs import InputSet, calibration_holdout, default_sets, random_batches, sets_summary
 from .results import RunResults, run
 from .tolerances import Policy
@@ -69,6 +71,37 @@ class Report:
         with atomic_open(path, "w") as handle:
             json.dump(self.to_dict(), handle, indent=2, default=float)
             handle.write("\n")
+
+    def to_text(self) -> str:
+        """verify's table: one row per runner, inputs, batch and output; then failures, skips, notes, accuracy,
+        the layer-wise table, and the verdict."""
+        lines = [f"{self.artifact} ({self.precision}) vs {self.reference} [{self.arch}], inputs: {pairs(self.inputs)}"]
+        if self.file_changed:
+            lines.append(f"FILE CHANGED SINCE EXPORT: {self.file_changed}"
+                         + ("; --strict: that alone fails" if self.strict else "; compared anyway (--strict fails it)"))
+        lines += ["", table([_row_cells(row) for row in self.rows],
+                            ["backend", "vs", "inputs", "batch", "output", "max|err|", "err/scale", "cosine", "top-1",
+                             "top-5", "result"], right={3, 5, 6, 7, 8, 9})]
+        lines += [f"{'FAIL' if row.judged else 'reported'} {row.backend} vs {row.reference} on {row.inputs} "
+                  f"batch {row.batch} {row.output}: {'; '.join(row.failures)}" for row in self.rows if row.failures]
+        lines += [f"skipped {skip['backend']}: {skip['reason']}" for skip in self.skipped]
+        lines += [f"note: {note}" for note in self.notes]
+        lines += [f"accuracy {backend}: top-1 {scores['top1']:.2%}, top-5 {scores['top5']:.2%}"
+                  for backend, scores in self.accuracy.items()]
+        if self.layerwise is not None:
+            lines += ["", self.layerwise.to_text()]
+        lines.append(f"overall: {'PASS' if self.passed else 'FAIL'}")
+        return "\n".join(lines)
+
+
+def _row_cells(row: ResultRow) -> list[str]:
+    """One row of verify's table."""
+    f = row.figures
+    top1 = "-" if f["top1_agreement"] is None else f"{f['top1_agreement']:.1%}"
+    top5 = "-" if f["top5_overlap"] is None else f"{f['top5_overlap']:.1%}"
+    result = ("PASS" if row.passed else "FAIL") if row.judged else "reported"
+    return [row.backend, row.reference, row.inputs, str(row.batch), row.output, f"{f['max_abs']:.2e}",
+            f"{f['rel_to_scale']:.2e}", f"{f['cosine']:.6f}", top1, top5, result]
 
 
 @dataclass
@@ -128,13 +161,6 @@ def gather_inputs(
     if holdout is not None:
         description["holdout"] = manifest.calibration["source"]
     return VerifyInputs(sets, description, note=note)
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Top-1 and top-5 accuracy of (N, classes) scores against class indices."""
-    k = min(5, logits.shape[1])
-    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    return {"top1": float((top[:, 0] == labels).mean()), "top5": float((top == labels[:, None]).any(axis=1).mean())}
 
 
 def _usable(artifact: Path, file_precision: str, *, with_torch: bool) -> tuple[
@@ -209,19 +235,10 @@ def reference_run(manifest: Manifest, policy: Policy, folder: Path, *, reference
     return ReferenceRun(given, run([runner], given.sets), runner.name, REFERENCE, f"{runner.name} float32", model)
 
 
-def verify(
-    artifact: str | os.PathLike[str],
-    *,
-    batch_sizes: list[int] | None = None,
-    seed: int = 0,
-    inputs: str | None = None,
-    images: str | None = None,
-    data: str | None = None,
-    tolerance_overrides: dict[str, float] | None = None,
-    layerwise: bool = False,
-    reference: str = "auto",
-    strict: bool = False,
-) -> Report:
+def verify(artifact: str | os.PathLike[str], *, batch_sizes: list[int] | None = None, seed: int = 0,
+           inputs: str | None = None, images: str | None = None, data: str | None = None,
+           tolerance_overrides: dict[str, float] | None = None, layerwise: bool = False, reference: str = "auto",
+           strict: bool = False) -> Report:
     """Run every backend that can run ``artifact`` here, then judge each against the reference.
 
     The artifact is compared whatever its bytes: a file changed since export (by the user's own graph
@@ -249,52 +266,58 @@ def verify(
     artifact = Path(artifact)
     within("--seed", seed, 0, MAX_SEED)
     reference = resolve_reference(reference)
-    if artifact.name.endswith(ENGINE_SUFFIX):
-        trt = runs_here(ENGINE)
-        if not trt.available:
-            stem = artifact.name[: -len(ENGINE_SUFFIX)]
-            raise DeployError(
-                f"cannot verify {artifact.name}: {trt.reason}; verify the ONNX it was built from instead, "
-                f"e.g. {artifact.parent / artifact_filename(stem, FP32)}"
-            )
-    manifest, file_precision, changed = open_artifact(artifact)
-    precision = file_precision
-    if precision == ENGINE:
-        record = manifest.precision_options[ENGINE]
-        if layerwise:
-            raise DeployError(f"--layerwise compares ONNX graphs: verify {record['built_from']} with it")
-        precision = split_artifact_name(record["built_from"])[1]  # judged as the ONNX it was built from
+    manifest, file_precision, changed = open_artifact(_verifiable(artifact))
+    precision = _judged_as(manifest, file_precision, layerwise)
     policy = Policy.make(precision, random_init=manifest.random_init, overrides=tolerance_overrides)
     ran = reference_run(manifest, policy, artifact.parent, reference=reference, batch_sizes=batch_sizes, seed=seed,
                         npy=inputs, images=images, data=data, layerwise=layerwise)
-    given, results, reference_name, label, described = ran.given, ran.results, ran.name, ran.label, ran.described
-
     report = Report(
-        artifact=str(artifact), precision=precision, arch=manifest.arch, reference=described,
-        inputs=given.description, tolerance=policy.tolerance.to_dict(),
-        notes=[n for n in (*policy.notes, given.note) if n], file_changed=changed, strict=strict,
+        artifact=str(artifact), precision=precision, arch=manifest.arch, reference=ran.described,
+        inputs=ran.given.description, tolerance=policy.tolerance.to_dict(),
+        notes=[n for n in (*policy.notes, ran.given.note) if n], file_changed=changed, strict=strict,
     )
     usable, report.skipped = _usable(artifact, file_precision, with_torch=reference == "torch")
+    checked = _checked(artifact, manifest, file_precision, policy, usable, ran, changed)
+    report.rows, report.runners = checked.rows, checked.results.runners
+    report.notes += checked.notes
+    if ran.given.labels is not None and manifest.outputs[0].name == LOGITS:  # --data: each runner's accuracy
+        report.accuracy = {name: accuracy(checked.results.joined(name, LOGITS), ran.given.labels)
+                           for name in checked.results.outputs}
+    if layerwise:
+        from .layerwise import localize
+
+        report.layerwise = localize(onnx.load(str(artifact)), ran.model, ran.given.batches[0], precision=precision)
+    return report
+
+
+def _checked(artifact: Path, manifest: Manifest, file_precision: str, policy: Policy,
+             usable: list[tuple[Backend, Variant]], ran: Any, changed: str | None) -> Any:
+    """The one verification sequence on every usable variant; a changed file that does not load says so."""
     try:
-        plan = plan_checks(artifact, manifest, file_precision, policy, usable)
+        return check(artifact, manifest, file_precision, policy, usable, ran.results, ran.name,
+                     reference_label=ran.label)
     except DeployError as exc:
         if changed is None:
             raise
         raise ArtifactError(f"{changed}, and it does not load: {exc}") from None
-    try:
-        run(plan.runners, [], into=results)
-    finally:
-        plan.close()
-    report.notes += plan.notes
-    report.runners = results.runners
-    report.rows = judge(results, plan.checks, reference=reference_name, reference_label=label,
-                        judges=policy.judges_in(results.sets))
-    first_output = manifest.outputs[0].name
-    if given.labels is not None and first_output == "logits":
-        for name in results.outputs:
-            report.accuracy[name] = accuracy(results.joined(name, first_output), given.labels)
-    if layerwise:
-        from .layerwise import localize
 
-        report.layerwise = localize(onnx.load(str(artifact)), ran.model, given.batches[0], precision=precision)
-    return report
+
+def _verifiable(artifact: Path) -> Path:
+    """``artifact``, or a one-line error for an engine where TensorRT cannot run it (verify its ONNX instead)."""
+    trt = runs_here(ENGINE) if artifact.name.endswith(ENGINE_SUFFIX) else None
+    if trt is not None and not trt.available:
+        stem = artifact.name[: -len(ENGINE_SUFFIX)]
+        raise DeployError(f"cannot verify {artifact.name}: {trt.reason}; verify the ONNX it was built from instead, "
+                          f"e.g. {artifact.parent / artifact_filename(stem, FP32)}")
+    return artifact
+
+
+def _judged_as(manifest: Manifest, file_precision: str, layerwise: bool) -> str:
+    """The precision an artifact is judged as: its own; an engine's, the ONNX file it was built from (which
+    ``--layerwise`` must be given: it compares ONNX graphs)."""
+    if file_precision != ENGINE:
+        return file_precision
+    record = manifest.precision_options[ENGINE]
+    if layerwise:
+        raise DeployError(f"--layerwise compares ONNX graphs: verify {record['built_from']} with it")
+    return split_artifact_name(record["built_from"])[1]

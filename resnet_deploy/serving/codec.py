@@ -15,11 +15,11 @@ if TYPE_CHECKING:  # pydantic is the serve extra's
     from .protocol import InferRequest
 
 BINARY_HEADER = "Inference-Header-Content-Length"
-_NUMPY_TO_OIP = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "uint8": "UINT8"}
+OIP_DATATYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "uint8": "UINT8"}  # numpy -> the protocol's (Triton's config: TYPE_ + it)
 
 
 def tensor_meta(spec: Any) -> dict[str, Any]:
-    return {"name": spec.name, "datatype": _NUMPY_TO_OIP.get(spec.dtype, spec.dtype.upper()),
+    return {"name": spec.name, "datatype": OIP_DATATYPES.get(spec.dtype, spec.dtype.upper()),
             "shape": [d if isinstance(d, int) else -1 for d in spec.shape]}
 
 
@@ -55,7 +55,7 @@ def parse_infer_request(body: bytes | bytearray, header_length: str | None, runn
     if tensor.name != runner.input_name:
         raise RequestError(f"unknown input {tensor.name!r}; the model's input is {runner.input_name!r}")
     dtype = runner.input_dtype  # float32 images, or uint8 pixels where the artifact embeds its preprocessing
-    datatype = _NUMPY_TO_OIP[dtype.name]
+    datatype = OIP_DATATYPES[dtype.name]
     if tensor.datatype != datatype:
         raise RequestError(f"input {runner.input_name!r} has datatype {tensor.datatype}; the model takes {datatype}")
     shape, expected = tensor.shape, runner.inputs[0].shape

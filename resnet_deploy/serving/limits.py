@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from ..artifacts import LARGEST_RUN_BATCH
 from ..backends.base import Runner
 from ..errors import DeployError, within
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: exposing the server is the user's decision (--host 0.0.0.0)
 DEFAULT_PORT = 8000  # Triton's HTTP port, so clients written for Triton need no change
-SERVE_MAX_BATCH = 32  # the batcher's largest batch by default, where the profile allows more
+SERVE_MAX_BATCH = LARGEST_RUN_BATCH  # the batcher's largest batch by default, where the profile allows more
 DEFAULT_MAX_DELAY_MS = 2.0
 DEFAULT_QUEUE = 64
 DEFAULT_WORKERS = 1

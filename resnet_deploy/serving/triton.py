@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import Manifest, check_stem, manifest_for
+from ..artifacts import LOGITS, Manifest, check_stem, manifest_for
 from ..backends import detect
 from ..backends.registry import BACKENDS, Backend, artifact_format, backend_for
 from ..data import imagenet_classes
@@ -30,14 +30,15 @@ from ..environment import physical_cores
 from ..errors import DeployError, within
 from ..fileio import atomic_open, atomic_path, locked, sha256_file, special_file
 from ..precisions import PRECISIONS
+from .codec import OIP_DATATYPES
 
 MODEL_FILES = {"onnx": "model.onnx", "engine": "model.plan"}  # artifact format -> Triton's default model file
 LABELS_FILE = "imagenet_labels.txt"
+PREPROCESS_SUFFIX, ENSEMBLE_SUFFIX = "_preprocess", "_ensemble"  # the models --ensemble adds beside NAME
 RECORD_FILE = "resnet_deploy.json"  # which artifact each version holds
 KINDS = ("auto", "gpu", "cpu")  # Triton instance group kinds; auto: cpu for ONNX where no GPU is visible
 MAX_INSTANCES = 64
 MAX_QUEUE_DELAY_US = 10_000_000
-_DATATYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,16 @@ class ModelWritten:
     backend: str
     computes: str
     selection: str | None = None
+    ensemble: bool = False  # NAME_preprocess and NAME_ensemble written beside it
+
+    def to_text(self) -> str:
+        """What was written where, and what the model computes there."""
+        lines = [f"wrote {self.folder}/config.pbtxt and {self.folder}/{self.version}/",
+                 f"  {self.artifact.name} on Triton's {self.backend} backend, computing {self.computes}"]
+        if self.ensemble:
+            lines += [f"wrote {self.folder}{suffix}/config.pbtxt and {self.folder}{suffix}/1/"
+                      for suffix in (PREPROCESS_SUFFIX, ENSEMBLE_SUFFIX)]
+        return "\n".join(lines)
 
 
 def _dims(shape: list) -> list[int]:
@@ -128,8 +139,8 @@ def _tensor(name: str, dtype: str, dims: list[int], **extra: Any) -> dict[str, A
 
 def _outputs(manifest: Manifest, labels: bool) -> list[dict[str, Any]]:
     """The network's outputs; with ``labels``, ImageNet's class names on the logits (the classification extension)."""
-    return [_tensor(o.name, _DATATYPES[o.dtype], _dims(o.shape),
-                    **({"label_filename": LABELS_FILE} if labels and o.name == "logits" else {}))
+    return [_tensor(o.name, "TYPE_" + OIP_DATATYPES[o.dtype], _dims(o.shape),
+                    **({"label_filename": LABELS_FILE} if labels and o.name == LOGITS else {}))
             for o in manifest.outputs]
 
 
@@ -144,7 +155,7 @@ def model_config(manifest: Manifest, backend: Backend, name: str, options: Trito
         config["default_model_filename"] = MODEL_FILES[backend.runs]
     config["max_batch_size"] = options.max_batch
     layout = "FORMAT_NHWC" if manifest.embedded_preprocess else "FORMAT_NCHW"
-    config["input"] = [_tensor(manifest.input.name, _DATATYPES[manifest.input.dtype], _dims(manifest.input.shape),
+    config["input"] = [_tensor(manifest.input.name, "TYPE_" + OIP_DATATYPES[manifest.input.dtype], _dims(manifest.input.shape),
                                format=Enum(layout))]
     config["output"] = _outputs(manifest, labels)
     config["dynamic_batching"] = _batching(options)
@@ -296,7 +307,7 @@ def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.Path
         raise DeployError(f"cannot create {repo}: {exc.strerror}") from None
     with locked(Path(repo) / f".{name}.resnet_deploy"):  # two writers of a model: one record, a version each
         version = _write_model(artifact, model_dir, entry, manifest, backend, options, force)
-    return ModelWritten(model_dir, version, artifact, backend.name, computes, selection)
+    return ModelWritten(model_dir, version, artifact, backend.name, computes, selection, options.ensemble)
 
 
 def _write_model(artifact: Path, model_dir: Path, entry: dict[str, Any], manifest: Manifest, backend: Backend,
@@ -316,7 +327,7 @@ def _write_model(artifact: Path, model_dir: Path, entry: dict[str, Any], manifes
         version_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DeployError(f"cannot create {version_dir}: {exc.strerror}") from None
-    labels = manifest.num_classes == 1000 and any(o.name == "logits" for o in manifest.outputs)
+    labels = manifest.num_classes == 1000 and any(o.name == LOGITS for o in manifest.outputs)
     _copy_verified(artifact, version_dir / filename, entry["sha256"])
     if labels:
         with atomic_open(model_dir / LABELS_FILE) as handle:
@@ -420,7 +431,6 @@ def _choose_version(model_dir: Path, record: dict[str, Any], entry: dict[str, An
     return version
 
 
-PREPROCESS_SUFFIX, ENSEMBLE_SUFFIX = "_preprocess", "_ensemble"  # the models --ensemble adds beside NAME
 IMAGE_INPUT = "image"  # the ensemble's input: one encoded image (JPEG, PNG, WebP...) per batch item
 
 
@@ -452,7 +462,7 @@ def write_ensemble(repo: Path, name: str, manifest: Manifest, options: TritonOpt
     preprocess = {
         "name": preprocess_dir.name, "backend": "python", "max_batch_size": options.max_batch, "input": image,
         # the network's input: normalised images, or the resized pixels where the network normalises them
-        "output": [_tensor(network_input, _DATATYPES[manifest.input.dtype], list(manifest.example_shape))],
+        "output": [_tensor(network_input, "TYPE_" + OIP_DATATYPES[manifest.input.dtype], list(manifest.example_shape))],
         "dynamic_batching": _batching(options, preferred=False), "instance_group": _instances(options, "cpu"),
         "parameters": _string_parameters({"preprocess": json.dumps(manifest.preprocess)}),
     }

@@ -24,14 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import split_artifact_name
+from ..artifacts import DEFAULT_PROFILE, split_artifact_name
 from ..backends.base import Runner
 from ..backends.registry import BACKENDS, artifact_format, backend_for
 from ..data import random_images
+from ..environment import cpu_description, tool_versions
 from ..errors import DeployError, DeployWarning, within
+from ..render import table
 from .runtime import load
 
-DEFAULT_BATCH_SIZES = (1, 8, 32)
+DEFAULT_BATCH_SIZES = (DEFAULT_PROFILE.min, DEFAULT_PROFILE.opt, DEFAULT_PROFILE.max)
 DEFAULT_WARMUP = 10  # untimed calls per case
 MAX_ITERATIONS = 1_000_000  # timed or warm-up calls per case
 MIN_DURATION, MAX_DURATION = 0.01, 3600.0  # seconds of timed calls per case
@@ -117,6 +119,63 @@ def load_runners(stack: contextlib.ExitStack, artifacts: Sequence[str | os.PathL
     return runners
 
 
+@dataclass
+class BenchReport:
+    """What ``bench`` measured: every row, how each runner ran, and the machine (CPU with its ISA, versions)."""
+
+    results: list[BenchResult]
+    runners: list[dict[str, Any]]
+    cpu: dict[str, Any]
+    tools: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results": [r.to_dict() for r in self.results], "runners": self.runners, "cpu": self.cpu,
+                "tools": self.tools}
+
+    def to_text(self) -> str:
+        """bench's table: latency percentiles, device time, images/s and the ratio to the first row."""
+        rows = []
+        for r in self.results:
+            lat = r.latency_ms
+            rows.append([r.label, r.batch, r.iterations, f"{lat['min']:.2f}", f"{lat['mean']:.2f}", f"{lat['p50']:.2f}",
+                         f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{r.device_ms['p50']:.2f}" if r.device_ms else "-",
+                         f"{r.images_per_s:.1f}", f"{r.ratio:.2f}x"])
+        return table(rows, ["runner", "batch", "iters", "min ms", "mean ms", "p50 ms", "p90 ms", "p99 ms", "device p50",
+                            "images/s", "vs first"], right=range(1, 11))
+
+
+def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], backends: Sequence[str] = ("auto",),
+                    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, *, iterations: int | None = None,
+                    duration: float | None = None, warmup: int = DEFAULT_WARMUP, device: str | None = None,
+                    threads: int | None = None, own: dict[str, dict[str, Any]] | None = None,
+                    progress: Callable[[str], None] | None = None,
+                    announce: Callable[[str], None] | None = None) -> BenchReport:
+    """Load every artifact on every backend and time them side by side: what ``resnet-deploy bench`` does.
+
+    Args:
+        artifacts, backends, device, threads, own: as :func:`load_runners` takes them.
+        batch_sizes, iterations, duration, warmup, progress: as :func:`bench` takes them.
+        announce: called with how ``--backend auto`` chose each runner's configuration.
+
+    Returns:
+        The :class:`BenchReport`.
+
+    Raises:
+        DeployError: both ``iterations`` and ``duration``, or as :func:`load_runners` and :func:`bench`.
+    """
+    if iterations is not None and duration is not None:
+        raise DeployError("give --iters or --duration, not both")
+    with contextlib.ExitStack() as stack:
+        runners = load_runners(stack, artifacts, backends, device=device, threads=threads, own=own)
+        for _, runner in runners:
+            if runner.selection and announce:
+                announce(runner.selection)
+        results = bench(runners, batch_sizes, iterations=iterations, duration=duration, warmup=warmup,
+                        progress=progress)
+        descriptions = [runner.describe() for _, runner in runners]
+    return BenchReport(results, descriptions, cpu_description(), tool_versions())
+
+
 def _label(runner: Runner, given: str | os.PathLike[str], stem: str, model: bool) -> tuple[str, str]:
     """(what runs: the file the runner runs and the runner, a row's name): --backend auto may run another file
     of the export than the one given, and the row's name then says for which."""
@@ -176,15 +235,7 @@ def bench(
             if not low <= batch_size <= high:
                 raise DeployError(f"batch size {batch_size} is outside {label}'s profile ({low} to {high})")
         batch = {label: _input_for(runner, batch_size, seed=batch_size) for label, runner in runners}
-        per_call: dict[str, float] = {}
-        for label, runner in runners:
-            if progress:
-                progress(f"batch {batch_size}: warming up {label}")
-            runner(batch[label])
-            start = time.perf_counter()
-            for _ in range(warmup):
-                runner(batch[label])
-            per_call[label] = (time.perf_counter() - start) / warmup if warmup else BLOCK_SECONDS
+        per_call = {label: _warm(label, runner, batch[label], warmup, progress) for label, runner in runners}
         samples = _interleaved(runners, batch, per_call, iterations, duration, progress, batch_size)
         first = None
         for label, runner in runners:
@@ -199,6 +250,18 @@ def bench(
             row.ratio = row.latency_ms["p50"] / first.latency_ms["p50"]
             results.append(row)
     return results
+
+
+def _warm(label: str, runner: Runner, batch: np.ndarray, warmup: int,
+          progress: Callable[[str], None] | None) -> float:
+    """One untimed call and ``warmup`` more: the seconds a call takes, from the warm-up calls (a block's size)."""
+    if progress:
+        progress(f"batch {len(batch)}: warming up {label}")
+    runner(batch)
+    start = time.perf_counter()
+    for _ in range(warmup):
+        runner(batch)
+    return (time.perf_counter() - start) / warmup if warmup else BLOCK_SECONDS
 
 
 def _interleaved(runners: Sequence[tuple[str, Runner]], batch: dict[str, np.ndarray], per_call: dict[str, float],

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..artifacts import LARGEST_RUN_BATCH, LOGITS
 from ..backends.base import Runner
 from ..data import ImagePreprocess, batched, imagenet_classes, list_images, load_images
 from ..errors import DeployError, within
 from ..fileio import regular_file
+from ..render import table
+from .runtime import load
 
 DEFAULT_TOPK = 5
 
@@ -65,14 +69,14 @@ def predict(
 ) -> list[Prediction]:
     """Top-``topk`` classes of each image. Images are decoded in parallel and run in batches the
     artifact's profile allows (a short last batch is padded up to the profile's minimum)."""
-    if "logits" not in runner.output_names:
+    if LOGITS not in runner.output_names:
         raise DeployError(f"predict needs a classifier; this artifact outputs {runner.output_names}")
     within("--topk", topk, 1, None)  # more than the classes shows them all
     files = expand_images(images)
-    high = runner.batch_range[1] if runner.batch_range else 32
+    high = runner.batch_range[1] if runner.batch_range else LARGEST_RUN_BATCH
     results: list[Prediction] = []
-    for chunk in batched(files, min(high, 32)):
-        probabilities = softmax(runner.run_padded(load_images(chunk, preprocess))["logits"])
+    for chunk in batched(files, min(high, LARGEST_RUN_BATCH)):
+        probabilities = softmax(runner.run_padded(load_images(chunk, preprocess))[LOGITS])
         k = min(topk, probabilities.shape[1])
         for path, row in zip(chunk, probabilities):
             order = np.argsort(-row, kind="stable")[:k]
@@ -81,3 +85,52 @@ def predict(
                 for i in order
             ]))
     return results
+
+
+@dataclass
+class Predictions:
+    """What ``predict`` answered: the file, backend and precision that ran, how ``auto`` chose them, and the
+    top classes of each image."""
+
+    artifact: str | None
+    backend: str
+    precision: str
+    selection: str | None
+    predictions: list[Prediction]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": self.artifact, "backend": self.backend, "precision": self.precision,
+                "selection": self.selection, "predictions": [p.to_dict() for p in self.predictions]}
+
+    def to_text(self) -> str:
+        rows = [[p.image if rank == 0 else "", rank + 1, c["label"], f"{c['probability']:.4f}"]
+                for p in self.predictions for rank, c in enumerate(p.top)]
+        return table(rows, ["image", "rank", "class", "probability"], right={1, 3})
+
+
+def classify(artifact: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]], *, topk: int = DEFAULT_TOPK,
+             labels: str | os.PathLike[str] | None = None, backend: str = "auto", device: str | None = None,
+             threads: int | None = None, announce: Callable[[str], None] | None = None) -> Predictions:
+    """Load ``artifact`` and classify ``images`` with it: what ``resnet-deploy predict`` does.
+
+    Args:
+        artifact: an artifact file (its manifest beside it).
+        images: image files or folders of them.
+        topk: classes per image.
+        labels: class names, one per line (default: ImageNet's for a 1000-class head).
+        backend, device, threads: as :func:`resnet_deploy.target.runtime.load` takes them.
+        announce: called with how ``auto`` chose the configuration.
+
+    Returns:
+        The :class:`Predictions`.
+
+    Raises:
+        DeployError: an artifact that is not a classifier, a file that is not an image, a bad labels file.
+    """
+    with load(artifact, backend=backend, device=device, threads=threads) as runner:
+        if runner.selection and announce:
+            announce(runner.selection)
+        manifest = runner.manifest
+        found = predict(runner, images, ImagePreprocess.from_manifest(manifest.preprocess), topk=topk,
+                        names=class_names(manifest.num_classes, labels))
+    return Predictions(runner.artifact, runner.name, runner.precision, runner.selection, found)

@@ -28,20 +28,20 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import Manifest, manifest_for
+from ..artifacts import DEFAULT_PROFILE, LOGITS, Manifest, manifest_for
 from ..backends.load_options import LoadOptions
 from ..backends.registry import BACKENDS, Backend, Variant, artifact_format
 from .bench import bench, pyplot, save_png
 from .plan import Configuration, DeployPlan
 from ..environment import cpu_description, physical_cores, tool_versions
 from ..errors import MAX_SEED, DeployError, within
-from ..parity.checks import plan_checks
-from ..parity.compare import judge
+from ..parity.checks import check
 from ..parity.inputs import HOLDOUT
-from ..parity.results import run
 from ..parity.tolerances import Policy
-from ..parity.verify import accuracy, reference_run, resolve_reference
+from ..parity.metrics import accuracy, top1_drop
+from ..parity.verify import reference_run, resolve_reference
 from ..precisions import FP32, PRECISIONS
+from ..render import pairs, table
 from .runtime import load
 
 OBJECTIVES = ("latency", "throughput")
@@ -217,36 +217,62 @@ class TuneReport:
         data["choice"] = self.choice.to_dict() if self.choice else None
         return data
 
+    def to_text(self) -> str:
+        """tune's table: every candidate ranked, its timings, accuracy and verdict; then what could not run here,
+        notes, the choice and the plan written."""
+        sizes = self.batch_sizes
+        headers = ["#", "configuration", "computes", *[f"p50 ms b{b}" for b in sizes],
+                   *[f"img/s b{b}" for b in sizes], "vs ORT fp32", "cosine", "top-1 drop", "result"]
+        rows = [self._cells(rank, c) for rank, c in enumerate(self.candidates, 1)]
+        lines = [f"{self.artifact}: {self.objective}, verified against {self.reference} on {pairs(self.inputs)}; "
+                 f"max top-1 drop {self.max_drop} points", "", table(rows, headers, right=range(3, len(headers) - 1))]
+        lines += [f"not available here: {s['variant']} for {', '.join(s['files'])}: {s['reason']}" for s in self.skipped]
+        lines += [f"note: {note}" for note in self.notes]
+        if self.choice is not None:
+            lines.append(f"chosen: {self.choice.config.label}: {self.why}")
+        if self.plan_file:
+            lines.append(f"wrote {self.plan_file}: `--backend auto` runs it on this kind of CPU "
+                         f"({' '.join(self.cpu.get('isa', []))})")
+        lines.append(f"took {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+    def _cells(self, rank: int, c: Candidate) -> list[str]:
+        timings = [c.timings.get(b) for b in self.batch_sizes]
+        ratio = next((t["vs_baseline"] for t in timings if t and "vs_baseline" in t), None)
+        drop = c.accuracy.get("top1_drop")
+        result = ("CHOSEN" if c is self.choice else "pass") if c.passed else (
+            f"REJECTED: {c.reason}" if c.passed is False else c.reason or "not tried")
+        return [str(rank), c.config.label, c.config.precision,
+                *[f"{t['p50_ms']:.2f}" if t else "-" for t in timings],
+                *[f"{t['images_per_s']:.1f}" if t else "-" for t in timings],
+                f"{ratio:.2f}x" if ratio is not None else "-",
+                f"{c.accuracy['min_cosine']:.6f}" if c.accuracy else "-",
+                f"{drop:.2f}" if drop is not None else "-", result]
+
 
 def _verify(candidate: Candidate, path: Path, manifest: Manifest, ran: Any, labels: np.ndarray | None,
             max_drop: float) -> None:
     """Judge one configuration against the reference: tolerances, then top-1 drop (labels, or the hold-out)."""
     config = candidate.config
     policy = Policy.make(config.precision, random_init=manifest.random_init)
-    plan = plan_checks(path, manifest, manifest_for(path)[1], policy, [_variant(config)])
-    try:
-        results = run(plan.runners, [], into=ran.results.copy())
-    finally:
-        plan.close()
-    candidate.runner = plan.runners[-1].name
-    rows = judge(results, plan.checks, reference=ran.name, judges=policy.judges_in(results.sets))
-    judged = [row for row in rows if row.judged] or rows
-    candidate.accuracy = {"min_cosine": min(r.figures["cosine"] for r in judged),
-                          "max_rel_to_scale": max(r.figures["rel_to_scale"] for r in judged), "top1_drop": None}
-    failed = next((row for row in rows if row.judged and not row.passed), None)
+    checked = check(path, manifest, manifest_for(path)[1], policy, [_variant(config)], ran.results, ran.name)
+    results, candidate.runner = checked.results, checked.runners[-1]
+    candidate.accuracy = {"min_cosine": min(r.figures["cosine"] for r in checked.judged),
+                          "max_rel_to_scale": max(r.figures["rel_to_scale"] for r in checked.judged), "top1_drop": None}
+    failed = checked.first_failure
     if failed is not None:
         candidate.passed, candidate.reason = False, f"{'; '.join(failed.failures)} ({failed.inputs} batch {failed.batch})"
         return
     first = manifest.outputs[0].name
-    if first == "logits" and labels is not None:
-        reference = accuracy(results.joined(ran.name, first), labels)["top1"]
-        got = accuracy(results.joined(candidate.runner, first), labels)["top1"]
-        candidate.accuracy.update(top1=got, top1_reference=reference, top1_drop=100 * (reference - got))
-    elif first == "logits" and any(s.label == HOLDOUT for s in results.sets):
+    if first == LOGITS and labels is not None:
+        want, got = results.joined(ran.name, first), results.joined(candidate.runner, first)
+        candidate.accuracy.update(top1=accuracy(got, labels)["top1"], top1_reference=accuracy(want, labels)["top1"],
+                                  top1_drop=top1_drop(want, got, labels))
+    elif first == LOGITS and any(s.label == HOLDOUT for s in results.sets):
         holdout = [i for i, (label, _) in enumerate(results.batches) if label == HOLDOUT]
-        want = np.concatenate([results.outputs[ran.name][i][first].argmax(1) for i in holdout])
-        got = np.concatenate([results.outputs[candidate.runner][i][first].argmax(1) for i in holdout])
-        candidate.accuracy["top1_drop"] = 100 * float((want != got).mean())  # changed classes: the drop's bound
+        want = np.concatenate([results.outputs[ran.name][i][first] for i in holdout])
+        got = np.concatenate([results.outputs[candidate.runner][i][first] for i in holdout])
+        candidate.accuracy["top1_drop"] = top1_drop(want, got)  # changed classes: the drop's bound
     drop = candidate.accuracy["top1_drop"]
     if drop is not None and drop > max_drop:
         candidate.passed, candidate.reason = False, f"top-1 drop {drop:.2f} points > {max_drop}"
@@ -293,10 +319,32 @@ def tune(
     Raises:
         DeployError: bad options, or nothing that runs the export here.
     """
-    start = time.perf_counter()
-    say = progress or (lambda _line: None)
-    path = Path(artifact)
+    start, say, path = time.perf_counter(), progress or (lambda _line: None), Path(artifact)
     manifest, _ = manifest_for(path)
+    sizes, counts = _checked_options(manifest, objective, max_drop, budget_s, duration, seed, batch_sizes, threads)
+    found, skipped = configurations(manifest, threads=counts)
+    if not found:
+        raise DeployError(f"nothing runs {manifest.stem}'s files here: " + "; ".join(
+            f"{s['variant']}: {s['reason']}" for s in skipped[:3]))
+    ran, notes = _reference(manifest, path.parent, resolve_reference(reference), seed, data)
+    candidates = [Candidate(config) for config in found]
+    _verify_all(candidates, path, manifest, ran, max_drop, start + budget_s / 2, say)
+    _time(candidates, path.parent, sizes, budget_s - (time.perf_counter() - start), say, duration)
+    _compare_with_baseline(candidates)
+    chosen, why = choose(candidates, objective)
+    report = TuneReport(artifact=str(path), objective=objective, batch_sizes=sizes, max_drop=max_drop,
+                        inputs=ran.given.description, reference=ran.described, candidates=rank(candidates, objective),
+                        choice=chosen, why=why, skipped=skipped, notes=notes, cpu=cpu_description())
+    report.seconds = time.perf_counter() - start
+    if chosen is not None and write:
+        report.plan_file = str(_plan(report, manifest, chosen).write(path.parent))
+    return report
+
+
+def _checked_options(manifest: Manifest, objective: str, max_drop: float, budget_s: float, duration: float | None,
+                     seed: int, batch_sizes: list[int] | None, threads: list[int] | None) -> tuple[list[int], list[int]]:
+    """tune's options checked against their bounds and the export's profile: the batch sizes to time and the
+    thread counts to try (each once)."""
     if objective not in OBJECTIVES:
         raise DeployError(f"unknown objective {objective!r}: choose from {', '.join(OBJECTIVES)}")
     within("--max-drop", max_drop, 0.0, 100.0, "top-1 points")
@@ -305,37 +353,43 @@ def tune(
         within("--duration", duration, 0.05, 3600.0, "seconds")
     within("--seed", seed, 0, MAX_SEED)
     profile = manifest.batch
-    sizes = batch_sizes or sorted({max(profile.min, 1), min(profile.max, 8)})
+    sizes = batch_sizes or sorted({profile.min, min(profile.max, DEFAULT_PROFILE.opt)})
     outside = [b for b in sizes if not profile.min <= b <= profile.max]
     if outside:
         raise DeployError(f"batch sizes {outside} are outside the export's profile {profile}")
     counts = sorted(set(threads or {physical_cores(), os.cpu_count() or 1}))  # a count named twice is one
     for count in counts:
         LoadOptions(threads=count)  # the bound check of --threads
-    found, skipped = configurations(manifest, threads=counts)
-    if not found:
-        raise DeployError(f"nothing runs {manifest.stem}'s files here: " + "; ".join(
-            f"{s['variant']}: {s['reason']}" for s in skipped[:3]))
-    reference = resolve_reference(reference)
+    return sizes, counts
+
+
+def _reference(manifest: Manifest, folder: Path, reference: str, seed: int, data: str | None) -> tuple[Any, list[str]]:
+    """The float32 reference's run on the inputs every candidate is verified on, and what it cannot measure."""
     if reference == "golden" and data is not None:
         raise DeployError("--data needs PyTorch (the reference's accuracy on it): install 'resnet-deploy[export]'")
-    ran = reference_run(manifest, Policy.make(FP32, random_init=manifest.random_init), path.parent,
+    ran = reference_run(manifest, Policy.make(FP32, random_init=manifest.random_init), folder,
                         reference=reference, batch_sizes=None, seed=seed, data=data)
-    candidates = [Candidate(config) for config in found]
     notes = [n for n in (ran.given.note,) if n]
     if ran.given.labels is None and not any(s.label == HOLDOUT for s in ran.results.sets):
         notes.append("top-1 drop not measured: no --data and no calibration hold-out; judged by each precision's "
                      "tolerances on random images")
+    return ran, notes
+
+
+def _verify_all(candidates: list[Candidate], path: Path, manifest: Manifest, ran: Any, max_drop: float,
+                deadline: float, say: Callable[[str], None]) -> None:
+    """Verify each candidate against the reference run, once per file and variant (threads do not change what
+    is computed); those left when ``deadline`` (perf_counter) passes are reported as not tried."""
     verified: dict[tuple[Any, ...], Candidate] = {}
     for index, candidate in enumerate(candidates, 1):
         config = candidate.config
         key = (config.artifact, config.backend, tuple(sorted(config.own.items())), config.device)
-        if key in verified:  # threads do not change what is computed: verified once per file and variant
+        if key in verified:
             done = verified[key]
             candidate.passed, candidate.reason, candidate.accuracy, candidate.runner = (
                 done.passed, done.reason, done.accuracy, done.runner)
             continue
-        if time.perf_counter() - start > budget_s / 2:
+        if time.perf_counter() > deadline:
             candidate.reason = "not tried: half of --budget-s was spent verifying the others"
             continue
         say(f"verify {index}/{len(candidates)}: {config.label} ({config.precision})")
@@ -344,21 +398,16 @@ def tune(
         except DeployError as exc:
             candidate.reason = f"did not load: {exc}"
         verified[key] = candidate
-    _time(candidates, path.parent, sizes, budget_s - (time.perf_counter() - start), say, duration)
-    chosen, why = choose(candidates, objective)
-    report = TuneReport(artifact=str(path), objective=objective, batch_sizes=sizes, max_drop=max_drop,
-                        inputs=ran.given.description, reference=ran.described, candidates=rank(candidates, objective),
-                        choice=chosen, why=why, skipped=skipped, notes=notes, cpu=cpu_description())
+
+
+def _compare_with_baseline(candidates: list[Candidate]) -> None:
+    """Each timing's ``vs_baseline``: its p50 over ONNX Runtime fp32's on the physical cores at that batch."""
     baseline = next((c for c in candidates if (c.config.backend, c.config.precision) == BASELINE
                      and c.config.threads == physical_cores() and c.timings), None)
     for candidate in candidates:
         for batch, figures in candidate.timings.items():
             if baseline is not None and batch in baseline.timings:
                 figures["vs_baseline"] = figures["p50_ms"] / baseline.timings[batch]["p50_ms"]
-    report.seconds = time.perf_counter() - start
-    if chosen is not None and write:
-        report.plan_file = str(_plan(report, manifest, chosen).write(path.parent))
-    return report
 
 
 def _time(candidates: list[Candidate], folder: Path, sizes: list[int], seconds_left: float,

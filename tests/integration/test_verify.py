@@ -198,7 +198,7 @@ def test_verify_on_images_and_labelled_data(cli, exported, tmp_path):
 
 
 def test_accuracy_figures():
-    from resnet_deploy.parity.verify import accuracy
+    from resnet_deploy.parity.metrics import accuracy
 
     logits = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
     assert accuracy(logits, np.array([1, 1, 0])) == {"top1": 1 / 3, "top5": 1.0}
