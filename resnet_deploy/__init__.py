@@ -13,16 +13,16 @@ from .lazy import lazy_attributes  # noqa: E402
 
 # Imported on first use: the PyTorch side (export, the model zoo) is not needed, or installed, on a target
 # that only runs and verifies artifacts (runtime, predict, serve, verify --reference golden).
-_LAZY = {"ExportResult": ".export", "create_model": ".models", "get_model_info": ".models",
+_LAZY = {"ExportResult": ".export", "ExportOptions": ".export", "create_model": ".models", "get_model_info": ".models",
          "list_models": ".models", "Report": ".parity.verify", "verify": ".parity.verify",
          "load": ".target.runtime", "tune": ".target.tune", "serve": ".serving.server",
          "ServeLimits": ".serving.limits", "TritonOptions": ".serving.triton",
          "write_model_repository": ".serving.triton"}
 
 
-def export(arch: str, **options: Any) -> Any:
+def export(arch: str, options: Any = None, **keywords: Any) -> Any:
     """Export ``arch``: :func:`resnet_deploy.export.pipeline.export` (imports PyTorch on first call)."""
-    return _export_package.export(arch, **options)
+    return _export_package.export(arch, options, **keywords)
 
 
 __getattr__ = lazy_attributes(__name__, _LAZY)
@@ -32,6 +32,7 @@ __all__ = [
     "CheckpointError",
     "DeployError",
     "ExportError",
+    "ExportOptions",
     "ExportResult",
     "ParityError",
     "Report",

@@ -17,9 +17,11 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
 
 from .errors import DeployError
+
+T = TypeVar("T")
 
 TEMP_PREFIX = ".tmp-"  # then the writer's PID: what a later sweep asks about
 
@@ -53,6 +55,23 @@ def regular_file(path: str | os.PathLike[str], what: str, error: type[DeployErro
     if kind is not None or not path.exists():
         raise error(f"{what} {path} is {kind or 'a broken link'}, not a regular file")
     return path
+
+
+def recorded_problem(path: str | os.PathLike[str], sha256: str) -> str | None:
+    """Why ``path`` is not the file an export recorded by its ``sha256`` (it is gone, is not a regular file, or its
+    bytes changed), in words that follow the path; None when it is that file."""
+    if not os.path.lexists(path):
+        return "is gone"
+    kind = special_file(path)
+    if kind is not None or not os.path.exists(path):
+        return f"is {kind or 'a broken link'}, not a regular file"
+    return None if sha256_file(path) == sha256 else "changed since export (its sha256 is not the recorded one)"
+
+
+def from_record(cls: type[T], record: dict[str, Any]) -> T:
+    """The dataclass ``cls`` from a record read back (a manifest's, a plan's): the fields it knows; keys a later
+    version added are left, fields an earlier one lacked take their defaults."""
+    return cls(**{name: record[name] for name in cls.__dataclass_fields__ if name in record})
 
 
 def clear_derived(path: str | os.PathLike[str]) -> str | None:

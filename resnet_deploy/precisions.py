@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .environment import int8_kernel_problem
+from .fileio import from_record
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,7 @@ class Int8Options:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Int8Options:
         """Manifests from before ``reduce_range`` was recorded had 8-bit weights."""
-        known = {name: record[name] for name in cls.__dataclass_fields__ if name in record}
-        return cls(**known)
+        return from_record(cls, record)
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class Bf16Options:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Bf16Options:
-        return cls(**{name: record[name] for name in cls.__dataclass_fields__ if name in record})
+        return from_record(cls, record)
 
 
 @dataclass(frozen=True)

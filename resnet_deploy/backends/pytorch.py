@@ -13,7 +13,7 @@ from torch import nn
 
 from ..artifacts import Manifest, TensorSpec
 from ..errors import ArtifactError
-from ..fileio import sha256_file
+from ..fileio import recorded_problem
 from ..models import EmbeddedPreprocess, create_model
 from .base import Runner
 from .load_options import LoadOptions
@@ -35,10 +35,10 @@ def _bare_reference(manifest: Manifest) -> nn.Module:
     num_classes = None if kwargs["features_only"] else manifest.num_classes
     if not manifest.random_init:
         path = Path(weights["file"])
-        if not path.is_file():
-            raise ArtifactError(f"the weights file the artifact was exported from, {path}, is gone")
-        if sha256_file(path) != weights["sha256"]:
-            raise ArtifactError(f"{path} changed since export (sha256 differs from the manifest): re-export")
+        problem = recorded_problem(path, weights["sha256"])
+        if problem is not None:
+            raise ArtifactError(f"the weights file the artifact was exported from, {path}, {problem}: the PyTorch "
+                                "reference cannot be rebuilt; re-export, or verify --reference golden")
         return create_model(manifest.arch, num_classes=num_classes, weights=path, **kwargs)
     with torch.random.fork_rng():
         torch.manual_seed(int(weights["seed"]))

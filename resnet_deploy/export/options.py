@@ -17,7 +17,7 @@ EXPORTERS = ("dynamo", "torchscript")
 LAST_STRIDES = (1, 2)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportOptions:
     """What :func:`export` makes and how (its keywords; see there)."""
 

@@ -13,7 +13,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +266,22 @@ class Step:
     runs_for: Callable[[Job], bool] = lambda job: True
 
 
+def export_options(options: ExportOptions | None, keywords: dict[str, Any]) -> ExportOptions:
+    """``options`` with ``keywords`` in place of its fields; ``fp16=True``-style precision flags join
+    ``precisions``.
+
+    Raises:
+        ArgumentError: a keyword that is neither a field nor a precision flag.
+    """
+    keywords = dict(keywords)
+    flagged = {name for name, row in PRECISIONS.items() if row.flag_help and keywords.pop(name, False)}
+    unknown = sorted(set(keywords) - {f.name for f in fields(ExportOptions)})
+    if unknown:
+        raise ArgumentError(f"unknown export option(s) {unknown}")
+    options = replace(options or ExportOptions(), **keywords)
+    return replace(options, precisions=tuple(sorted(flagged | set(options.precisions))))
+
+
 def _plan(arch: str, o: ExportOptions) -> Job:
     """Every check that needs no work: bad input fails here, before a file is written."""
     profile = o.batch if isinstance(o.batch, BatchProfile) else BatchProfile.parse(o.batch)
@@ -295,7 +311,7 @@ def _plan(arch: str, o: ExportOptions) -> Job:
     if any(PRECISIONS[name].calibrated for name in job.precisions):  # before the slow steps: a missing data set fails at once
         job.calibration = calibration_data(o.calib_data, preprocess=job.image_preprocess, shape=job.shape,
                                            size=o.calib_size, seed=o.seed)
-        o.reduce_range = quantize.resolve_reduce_range(o.int8_target, o.reduce_range)
+        job.options = o = replace(o, reduce_range=quantize.resolve_reduce_range(o.int8_target, o.reduce_range))
     elif o.reduce_range is not None or o.max_drop is not None:
         raise ExportError("--reduce-range, --no-reduce-range and --max-drop go with --int8")
     if o.max_drop is not None and not 0 <= o.max_drop <= 100:
@@ -588,13 +604,14 @@ def _run_steps(job: Job, steps: list[Step], log: StepLog) -> None:
                 step.run(job, log)
 
 
-def export(arch: str, **options: Any) -> ExportResult:
+def export(arch: str, options: ExportOptions | None = None, **keywords: Any) -> ExportResult:
     """Export ``arch`` to ``out/STEM.onnx``, its reduced precisions and its manifest ``out/STEM.json``,
     each artifact gated on parity with PyTorch before anything is written.
 
     Args:
         arch: a name from :func:`resnet_deploy.models.list_models`.
-        **options: the fields of :class:`ExportOptions`, and a keyword per precision row with a flag
+        options: the typed request (:class:`ExportOptions`, frozen); keywords replace its fields.
+        **keywords: the fields of :class:`ExportOptions`, and a keyword per precision row with a flag
             (``fp16=True`` writes ``STEM.fp16.onnx``, ``int8=True`` ``STEM.int8.onnx``). Among them:
             ``calib_data``, INT8's calibration (a folder of images, a preprocessed .npy batch, or
             ``"random"`` on purpose, with ``calib_method``; with real data a seeded fifth is held out of
@@ -615,12 +632,7 @@ def export(arch: str, **options: Any) -> ExportResult:
         ParityError: an artifact disagrees with PyTorch. In every failure no new file is left in ``out``.
     """
     start = time.perf_counter()
-    flagged = {name for name, row in PRECISIONS.items() if row.flag_help and options.pop(name, False)}
-    unknown = sorted(set(options) - set(ExportOptions.__dataclass_fields__))
-    if unknown:
-        raise ArgumentError(f"unknown export option(s) {unknown}")
-    options["precisions"] = tuple(sorted(flagged | set(options.get("precisions", ()))))
-    job = _plan(arch, ExportOptions(**options))
+    job = _plan(arch, export_options(options, keywords))
     steps = [step for step in STEPS if step.runs_for(job)]
     log = StepLog(len(steps), quiet=job.options.quiet)
     o = job.options
@@ -629,8 +641,9 @@ def export(arch: str, **options: Any) -> ExportResult:
                 "FILE or a published tag (`resnet-deploy list --weights`) to export trained weights")
     elif job.published is not None:  # before the output folder exists: a failed download leaves nothing
         log.say(f"weights: {job.published.tag} ({job.published.url})")
-        o.weights, job.weights_sha256 = pretrained.fetch(
+        fetched, job.weights_sha256 = pretrained.fetch(
             job.published, progress=None if o.quiet else pretrained.stderr_progress)
+        job.options = o = replace(o, weights=fetched)  # the resolved file, not the tag, from here on
     job.folder = _prepare_folder(o.out, log)
     _run_steps(job, steps, log)
     return ExportResult(

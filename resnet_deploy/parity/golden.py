@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..artifacts import Manifest
 from ..errors import ArtifactError
-from ..fileio import sha256_file
+from ..fileio import recorded_problem
 from .inputs import HOLDOUT, InputSet
 from .results import RunResults
 
@@ -49,10 +49,10 @@ def read_golden(manifest: Manifest, folder: Path) -> RunResults:
         raise ArtifactError(f"{manifest.stem}.json lists no golden outputs (exported before they existed): "
                             "re-export, or verify where PyTorch is installed")
     path = folder / record["file"]
-    if not path.is_file():
-        raise ArtifactError(f"golden outputs {path} not found: copy it beside the artifact")
-    if sha256_file(path) != record["sha256"]:
-        raise ArtifactError(f"{path.name} differs from what {manifest.stem}.json recorded: re-export it")
+    problem = recorded_problem(path, record["sha256"])
+    if problem is not None:
+        raise ArtifactError(f"the golden outputs {path} {problem}: copy the ones {manifest.stem}.json records beside "
+                            "the artifact, or re-export")
     results = RunResults.load(path)
     if len(results.outputs) != 1:
         raise ArtifactError(f"{path.name} holds {len(results.outputs)} runners' outputs, not the reference's alone")

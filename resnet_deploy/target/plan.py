@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..artifacts import Manifest, split_artifact_name
 from ..environment import cpu_description
 from ..errors import ArtifactError
-from ..fileio import atomic_open, special_file
+from ..fileio import atomic_open, from_record, special_file
 
 SUFFIX = ".deploy.json"
 FORMAT = "resnet-deploy/deploy-plan-1"
@@ -57,7 +57,7 @@ class Configuration:
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Configuration:
-        return cls(**{name: record[name] for name in cls.__dataclass_fields__ if name in record})
+        return from_record(cls, record)
 
 
 @dataclass
@@ -85,9 +85,7 @@ class DeployPlan:
             ValueError: the field that is missing or of the wrong kind.
         """
         _check_plan(data)
-        fields = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
-        fields["choice"] = Configuration.from_dict(data["choice"])
-        return cls(**fields)
+        return replace(from_record(cls, data), choice=Configuration.from_dict(data["choice"]))
 
     def write(self, folder: str | os.PathLike[str]) -> Path:
         path = plan_path(folder, self.stem)

@@ -293,3 +293,22 @@ def test_export_runs_its_steps_in_order_each_timed(precision_export):
     assert steps[4].startswith("INT8 QDQ for trt")
     with pytest.raises(DeployError, match=r"unknown export option\(s\) \['fp8'\]"):
         export("resnet18", fp8=True)
+
+
+def test_export_takes_typed_frozen_options_and_keywords_alike():
+    """``export(arch, ExportOptions(...), **keywords)``: the options are frozen (a step cannot change the request
+    under the later ones), keywords replace fields, precision flags join ``precisions``, anything else is refused."""
+    import dataclasses
+
+    from resnet_deploy.errors import ArgumentError
+    from resnet_deploy.export.options import ExportOptions
+    from resnet_deploy.export.pipeline import export_options
+
+    base = ExportOptions(seed=3, precisions=("int8",))
+    merged = export_options(base, {"fp16": True, "input_size": 32})
+    assert merged == dataclasses.replace(base, input_size=32, precisions=("fp16", "int8"))
+    assert export_options(None, {}) == ExportOptions() and base.precisions == ("int8",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        merged.seed = 4
+    with pytest.raises(ArgumentError, match=r"unknown export option\(s\) \['colour'\]"):
+        export_options(base, {"colour": "red"})

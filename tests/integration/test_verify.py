@@ -288,3 +288,18 @@ def test_export_side_commands_without_torch_name_the_extra(command, tmp_path):
     assert done.stderr.strip() == (f"error: `resnet-deploy {command[0]}` needs torch, which is not installed here "
                                    "(a target install has no PyTorch): pip install 'resnet-deploy[export]'")
     assert not (tmp_path / "out").exists()
+
+
+def test_golden_outputs_that_are_not_the_exports_are_refused(cli, copied):
+    """The golden reference is checked against the manifest's record like the artifact: changed bytes, a file
+    gone, or a FIFO in its place are one line each, never a comparison against other numbers."""
+    import os
+
+    golden = copied.with_name("resnet18.golden.npz")
+    golden.write_bytes(golden.read_bytes() + b"\0")
+    changed = cli("verify", str(copied), "--reference", "golden")
+    assert_one_line_error(changed, 2, f"the golden outputs {golden} changed since export")
+    golden.unlink()
+    assert_one_line_error(cli("verify", str(copied), "--reference", "golden"), 2, f"{golden} is gone")
+    os.mkfifo(golden)
+    assert_one_line_error(cli("verify", str(copied), "--reference", "golden"), 2, "is a FIFO, not a regular file")
