@@ -9,6 +9,7 @@ import importlib.util
 import os
 import platform
 import re
+from pathlib import Path
 
 
 _TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "openvino", "tensorrt")
@@ -33,8 +34,11 @@ def extra_modules(extra: str) -> set[str]:
     installed metadata: pyproject.toml is the one list."""
     try:
         requirements = importlib.metadata.requires("resnet-deploy") or []
-    except importlib.metadata.PackageNotFoundError:  # a source tree on the path, not installed
-        return set()
+    except importlib.metadata.PackageNotFoundError:  # a source tree on the path, not installed: its pyproject
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        listed = re.search(rf"^{re.escape(extra)}\s*=\s*\[(.*?)\]", pyproject.read_text(), re.M | re.S) \
+            if pyproject.is_file() else None
+        requirements = [f'{r}; extra == "{extra}"' for r in re.findall(r'"([^"]+)"', listed.group(1))] if listed else []
     marker = re.compile(r"""extra\s*==\s*["']""" + re.escape(extra) + """["']""")
     return {re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0].replace("-", "_")
             for line in requirements if marker.search(line)}

@@ -162,14 +162,14 @@ class Staging:
         return path
 
     def commit(self, staged: Path, target: str | os.PathLike[str]) -> Path:
-        """Put ``staged`` in place as ``target`` (same folder), durably."""
+        """Put ``staged`` in place as ``target`` (in this folder, or another of the same file system), durably."""
         with open(staged, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(staged, 0o644)
         _replaceable(Path(target))
         os.replace(staged, target)
         self._pending.remove(staged)
-        _fsync_folder(self.folder)
+        _fsync_folder(Path(target).parent)
         return Path(target)
 
     def discard(self) -> None:

@@ -62,6 +62,14 @@ LEVELS = (1, 8, 32)
 # Overload clients share the server's cores here, 100 threads a core retrying at once: they run at this nice
 # value, so what is measured is the server under that load, not the load generator taking its cores.
 OVERLOAD_NICE = 10
+# label, serve's options, clients ("clients": --clients, "overload": --overload-clients, or a number), images a
+# request, the clients' nice value
+SCENARIOS = (
+    ("dynamic batching", ["--max-batch", "8", "--max-delay-ms", "5"], "clients", 1, 0),
+    ("no batching", ["--max-batch", "1"], "clients", 1, 0),
+    ("overload", ["--max-batch", "8", "--max-delay-ms", "5", "--queue", "4"], "overload", 1, OVERLOAD_NICE),
+    ("overload, 32-image requests", ["--max-batch", "32", "--queue", "4"], 32, 32, OVERLOAD_NICE),
+)
 
 
 def _free_port() -> int:
@@ -91,7 +99,8 @@ def _client(url: str, name: str, batch: np.ndarray, stop: float, record: list, n
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    os.setpriority(os.PRIO_PROCESS, 0, nice)  # this thread only (Linux)
+    if nice:
+        os.nice(nice)  # this thread only (Linux: a thread's own priority), relative to the tool's
     client = httpclient.InferenceServerClient(url, connection_timeout=30, network_timeout=30)
     tensor = httpclient.InferInput("input", list(batch.shape), "FP32")
     tensor.set_data_from_numpy(batch, binary_data=True)
@@ -151,6 +160,16 @@ def scenario(artifact: Path, name: str, options: list[str], clients: int, second
              images: int = 1, nice: int = 0) -> dict:
     port = _free_port()
     process = _start(artifact, port, options)
+    try:
+        return _measure(artifact, name, options, clients, seconds, images, nice, port, process)
+    finally:  # whatever failed, the server started here stops
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def _measure(artifact: Path, name: str, options: list[str], clients: int, seconds: float, images: int, nice: int,
+             port: int, process: subprocess.Popen) -> dict:
     shape = manifest_for(artifact)[0].input.shape[1:]
     batch = np.random.default_rng(0).standard_normal((images, *shape)).astype(np.float32)
     _closed_loop(f"127.0.0.1:{port}", name, batch[:1], 1, 2)  # warm: the memory a one-image request needs
@@ -168,8 +187,6 @@ def scenario(artifact: Path, name: str, options: list[str], clients: int, second
     alive = process.poll() is None
     memory = _resident_mib(process.pid) if alive else {}
     deepest = _deepest_queue(port) if alive else None
-    process.terminate()
-    process.wait(timeout=30)
     every = [r for rec in records for r in rec]
     ok = [r for r in every if r[0] == "200"]
     latencies = [r[1] * 1e3 for r in ok]
@@ -309,14 +326,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", help="an exported .onnx (default: export resnet50 now)")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--overload-clients", type=int, default=200, help="clients of the two overload scenarios")
+    parser.add_argument("--overload-clients", type=int, default=200,
+                        help="clients of the overload scenario (the 32-image one has 32)")
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--only", action="append", metavar="SCENARIO", help="run this scenario (repeatable)")
+    parser.add_argument("--only", action="append", choices=[s[0] for s in SCENARIOS],
+                        help="run this scenario (repeatable; not with --write, which replaces the whole table)")
     parser.add_argument("--vs-triton", action="store_true", help="serve and a real Triton side by side")
     parser.add_argument("--requests", type=int, default=320, help="--vs-triton: requests per concurrency level")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--write", action="store_true", help="replace the serving section of BENCHMARKS.md")
     args = parser.parse_args()
+    if args.only and args.write:
+        parser.error("--only runs part of the table: --write replaces the whole section, so give one or the other")
     with tempfile.TemporaryDirectory() as out:
         if args.artifact:
             artifact = Path(args.artifact)
@@ -327,13 +348,8 @@ def main() -> int:
             return _report_vs_triton(artifact, args)
         name = artifact.name.split(".")[0]
         runs = {}
-        for label, options, clients, images, nice in (
-            ("dynamic batching", ["--max-batch", "8", "--max-delay-ms", "5"], args.clients, 1, 0),
-            ("no batching", ["--max-batch", "1"], args.clients, 1, 0),
-            ("overload", ["--max-batch", "8", "--max-delay-ms", "5", "--queue", "4"], args.overload_clients, 1,
-             OVERLOAD_NICE),
-            ("overload, 32-image requests", ["--max-batch", "32", "--queue", "4"], 32, 32, OVERLOAD_NICE),
-        ):
+        for label, options, clients, images, nice in SCENARIOS:
+            clients = {"clients": args.clients, "overload": args.overload_clients}.get(clients, clients)
             if args.only and label not in args.only:
                 continue
             print(f"{label}: {clients} clients for {args.seconds:g} s ...", file=sys.stderr)
@@ -346,7 +362,19 @@ def main() -> int:
     if args.write:
         replace_section(SECTION, text)
     failed = sum(n for run in runs.values() for status, n in run["statuses"].items() if status not in ("200", "503"))
-    return 1 if failed or not all(run["server_alive_after"] for run in runs.values()) else 0
+    overfull = [label for label, run in runs.items() if run["deepest_queue"] is None or run["deepest_queue"] > _queue(
+        run["options"])]
+    if overfull:
+        print(f"the queue bound did not hold (or /metrics did not answer) in: {', '.join(overfull)}", file=sys.stderr)
+    return 1 if failed or overfull or not all(run["server_alive_after"] for run in runs.values()) else 0
+
+
+def _queue(options: str) -> int:
+    """The --queue a scenario's server ran with (serve's default where not given)."""
+    from resnet_deploy.serving.limits import DEFAULT_QUEUE
+
+    words = options.split()
+    return int(words[words.index("--queue") + 1]) if "--queue" in words else DEFAULT_QUEUE
 
 
 def _report_vs_triton(artifact: Path, args: argparse.Namespace) -> int:

@@ -72,6 +72,11 @@ class Runner:
         is atomic, so two threads' first calls get the same lock."""
         return self.__dict__.setdefault("_serial_lock", threading.Lock())
 
+    def release_memory_above(self, batch: int | None) -> None:
+        """After a call with more than ``batch`` images, hand the memory the call took back (None: keep it for
+        the next call, the fastest). For a long-lived server: its memory returns after an overload. A runtime
+        that manages its own memory (TensorRT's fixed buffers, OpenVINO's requests) ignores it."""
+
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run a batch already checked by :meth:`check_input`."""
         raise NotImplementedError

@@ -142,9 +142,9 @@ class OnnxRuntimeRunner(Runner):
     Tuned rather than default: intra-op threads = physical cores, every graph optimisation,
     IO binding (outputs stay on the provider's device until copied once). With ``graph_cache``
     the optimised graph is saved under ``.ort-cache/`` beside the model and later sessions load it
-    without optimising again. With ``arena_keeps`` the CPU memory arena keeps what batches up to
-    that size need and hands back, when the call ends, what a larger one took: a server's memory
-    returns to its working size after an overload instead of staying at the largest batch's peak.
+    without optimising again. With ``arena_keeps`` (:meth:`release_memory_above`) a call whose batch is
+    larger ends by handing back every region of the CPU memory arena not in use (its first excepted):
+    a server's memory returns after an overload instead of staying at the largest batch's peak.
     """
 
     def __init__(
@@ -201,6 +201,10 @@ class OnnxRuntimeRunner(Runner):
         self.session.run_with_iobinding(binding, self._shrink if oversized else None)
         return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
 
+    def release_memory_above(self, batch: int | None) -> None:
+        if self._output_device[0] == "cpu":
+            self.arena_keeps = batch
+
     def describe(self) -> dict:
         return {**super().describe(), "threads": self.threads, "graph_cache": self.graph_cache,
                 "providers": self.session.get_providers()}
@@ -218,5 +222,5 @@ def load(path: Path, manifest: Manifest, precision: str, device: tuple[str, int]
     entry = manifest.artifact(precision)
     return OnnxRuntimeRunner(path, provider=provider, device_id=index, threads=options.threads,
                              graph_cache=options.graph_cache, model_sha256=entry.sha256 if entry else None,
-                             optimize=not options.own.as_written, arena_keeps=manifest.batch.opt)
+                             optimize=not options.own.as_written)
 

@@ -106,18 +106,21 @@ class Checked:
 
 
 def check(artifact: Path, manifest: Manifest, precision: str, policy: Policy, variants: list[tuple[Backend, Variant]],
-          reference: RunResults, reference_name: str, *, reference_label: str = REFERENCE) -> Checked:
+          reference: RunResults, reference_name: str, *, reference_label: str = REFERENCE,
+          plan: CheckPlan | None = None) -> Checked:
     """Run ``artifact`` on each variant on the reference's inputs and judge every output by ``policy``.
 
     Args:
         artifact, manifest, precision, policy, variants: as :func:`plan_checks` takes them.
         reference: the reference's outputs on its input sets (left as they were: runners are added to a copy).
         reference_name: the reference's runner name in ``reference``; rows name it ``reference_label``.
+        plan: the runners already opened by :func:`plan_checks` (a caller that tells a file that does not
+            load apart from one that fails later); default: opened here.
 
     Returns:
         The :class:`Checked` outputs and rows; the runners are closed.
     """
-    plan = plan_checks(artifact, manifest, precision, policy, variants)
+    plan = plan or plan_checks(artifact, manifest, precision, policy, variants)
     try:
         results = run(plan.runners, [], into=reference.copy())
     finally:

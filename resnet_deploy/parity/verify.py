@@ -26,7 +26,7 @@ from ..errors import MAX_SEED, ArtifactError, DeployError, within
 from ..fileio import atomic_open
 from ..precisions import ENGINE, ENGINE_SUFFIX, FP32, PRECISIONS
 from ..render import pairs, table
-from .checks import check
+from .checks import check, plan_checks
 from .compare import REFERENCE, ResultRow
 from .golden import NAME as GOLDEN
 from .golden import read_golden
@@ -294,12 +294,13 @@ def _checked(artifact: Path, manifest: Manifest, file_precision: str, policy: Po
              usable: list[tuple[Backend, Variant]], ran: Any, changed: str | None) -> Any:
     """The one verification sequence on every usable variant; a changed file that does not load says so."""
     try:
-        return check(artifact, manifest, file_precision, policy, usable, ran.results, ran.name,
-                     reference_label=ran.label)
+        plan = plan_checks(artifact, manifest, file_precision, policy, usable)
     except DeployError as exc:
         if changed is None:
             raise
         raise ArtifactError(f"{changed}, and it does not load: {exc}") from None
+    return check(artifact, manifest, file_precision, policy, usable, ran.results, ran.name,
+                 reference_label=ran.label, plan=plan)
 
 
 def _verifiable(artifact: Path) -> Path:

@@ -15,6 +15,8 @@ from ..backends.base import Runner
 from ..errors import DeployError, within
 from .limits import DEFAULT_HOST, DEFAULT_PORT, ServeLimits
 
+SERVE_EXTRA_MISSING = "serve needs uvicorn, starlette and pydantic: pip install 'resnet-deploy[serve]'"
+
 
 @dataclass
 class Service:
@@ -37,9 +39,7 @@ class Service:
         Raises:
             DeployError: the server did not start.
         """
-        from .connections import http_server
-
-        server = http_server(self.app, host, port)
+        server = _http_server_factory()(self.app, host, port)
         server.run()
         if not server.started:
             raise DeployError(f"the server on {host}:{port} did not start (the reason is logged above)")
@@ -49,7 +49,9 @@ def prepare(artifact: str | os.PathLike[str] | Runner, *, model_name: str | None
             limits: ServeLimits | None = None, backend: str = "auto", device: str | None = None,
             threads: int | None = None) -> Service:
     """A :class:`Service` for ``artifact``: loaded as :func:`resnet_deploy.target.runtime.load` loads it
-    (``auto``: tune's plan), the limits checked against the runner, the app built, the runner warmed.
+    (``auto``: tune's plan), the limits checked against the runner, the app built, the runner warmed, and
+    told to hand back the memory of batches above the profile's opt (a server's memory returns after an
+    overload; :meth:`~resnet_deploy.backends.base.Runner.release_memory_above`).
 
     Args:
         artifact: an artifact file (its manifest beside it), or a runner already loaded.
@@ -66,13 +68,22 @@ def prepare(artifact: str | os.PathLike[str] | Runner, *, model_name: str | None
     """
     create_app = _app_factory()
     if isinstance(artifact, Runner):
-        runner = artifact
-    else:
-        from ..target.runtime import load
+        return _service(create_app, artifact, model_name, limits)
+    from ..target.runtime import load
 
-        runner = load(artifact, backend=backend, device=device, threads=threads)
-    name = model_name or split_artifact_name(runner.artifact or "model")[0]
+    runner = load(artifact, backend=backend, device=device, threads=threads)
+    try:
+        return _service(create_app, runner, model_name, limits)
+    except BaseException:  # a limit that does not fit, a failed warm-up: the runner loaded here is released
+        runner.close()
+        raise
+
+
+def _service(create_app: Callable[..., Any], runner: Runner, model_name: str | None,
+             limits: ServeLimits | None) -> Service:
+    name = model_name or (split_artifact_name(runner.artifact)[0] if runner.artifact else "model")
     app = create_app(runner, model_name=name, limits=limits)
+    runner.release_memory_above(runner.manifest.batch.opt if runner.manifest else None)
     runner.warmup()
     return Service(runner, app, app.state.limits, name)
 
@@ -91,25 +102,39 @@ def serve(artifact: str | os.PathLike[str] | Runner, *, host: str = DEFAULT_HOST
         DeployError: the address cannot be listened on, or as :func:`prepare` and :meth:`Service.run`.
     """
     _app_factory()  # a missing extra first, before the address and the model
+    _http_server_factory()
     within("--port", port, 1, 65535)
     check_listen(host, port)
     service = prepare(artifact, **options)
-    for line in (service.runner.selection, service.describe(host, port)):
-        if line and announce:
-            announce(line)
-    service.run(host, port)
+    try:
+        for line in (service.runner.selection, service.describe(host, port)):
+            if line and announce:
+                announce(line)
+        service.run(host, port)
+    finally:
+        if not isinstance(artifact, Runner):  # loaded here: released here
+            service.runner.close()
 
 
 def _app_factory() -> Callable[..., Any]:
     """:func:`.app.create_app`, or a one-line error naming the serve extra where it is not installed."""
     try:
         import pydantic  # noqa: F401  (the request schema)
-        import uvicorn  # noqa: F401  (the HTTP server)
 
         from .app import create_app
     except ImportError:
-        raise DeployError("serve needs uvicorn, starlette and pydantic: pip install 'resnet-deploy[serve]'") from None
+        raise DeployError(SERVE_EXTRA_MISSING) from None
     return create_app
+
+
+def _http_server_factory() -> Callable[..., Any]:
+    """:func:`.connections.http_server` (uvicorn's), or a one-line error naming the serve extra; only what
+    listens needs it: :func:`prepare`'s app goes into any ASGI server."""
+    try:
+        from .connections import http_server
+    except ImportError:
+        raise DeployError(SERVE_EXTRA_MISSING) from None
+    return http_server
 
 
 def check_listen(host: str, port: int) -> None:

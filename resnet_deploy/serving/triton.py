@@ -14,7 +14,6 @@ outputs) is refused with the reason.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from ..backends.registry import BACKENDS, Backend, artifact_format, backend_for
 from ..data import imagenet_classes
 from ..environment import physical_cores
 from ..errors import DeployError, within
-from ..fileio import atomic_open, atomic_path, locked, sha256_file, special_file
+from ..fileio import Staging, atomic_open, locked, sha256_file, special_file
 from ..precisions import PRECISIONS
 from .codec import OIP_DATATYPES
 
@@ -314,21 +313,23 @@ def _write_model(artifact: Path, model_dir: Path, entry: dict[str, Any], manifes
                  options: TritonOptions, force: bool) -> int:
     """The version folder, the label file, the record and the config (last), under the model's lock."""
     name, filename = model_dir.name, MODEL_FILES[backend.runs]
-    record = _read_record(model_dir)
-    replaced = _replaced_model(model_dir, record, entry)
-    if replaced is not None:
-        if not force:
-            raise DeployError(f"{model_dir} {replaced}: choose another --model-name, or --force to replace it")
-        _remove_model(model_dir)
-        record = {"versions": {}}
-    version = _choose_version(model_dir, record, entry, options.version, force)
-    version_dir = model_dir / str(version)
-    try:
-        version_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DeployError(f"cannot create {version_dir}: {exc.strerror}") from None
+    with Staging(model_dir.parent) as staging:
+        copied = _verified_copy(artifact, staging, entry["sha256"])  # before anything there changes
+        record = _read_record(model_dir)
+        replaced = _replaced_model(model_dir, record, entry)
+        if replaced is not None:
+            if not force:
+                raise DeployError(f"{model_dir} {replaced}: choose another --model-name, or --force to replace it")
+            _remove_model(model_dir)
+            record = {"versions": {}}
+        version = _choose_version(model_dir, record, entry, options.version, force)
+        version_dir = model_dir / str(version)
+        try:
+            version_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DeployError(f"cannot create {version_dir}: {exc.strerror}") from None
+        staging.commit(copied, version_dir / filename)
     labels = manifest.num_classes == 1000 and any(o.name == LOGITS for o in manifest.outputs)
-    _copy_verified(artifact, version_dir / filename, entry["sha256"])
     if labels:
         with atomic_open(model_dir / LABELS_FILE) as handle:
             handle.write(_labels_text())
@@ -342,18 +343,15 @@ def _write_model(artifact: Path, model_dir: Path, entry: dict[str, Any], manifes
     return version
 
 
-def _copy_verified(artifact: Path, target: Path, sha256: str) -> None:
-    """Copy ``artifact`` to ``target`` only if the copy's bytes are those verified (``sha256``): the file
-    served is the one checked, even if the source changed since; on a mismatch nothing is left behind."""
-    try:
-        with atomic_path(target) as tmp:
-            shutil.copyfile(artifact, tmp)
-            if sha256_file(tmp) != sha256:
-                raise DeployError(f"{artifact.name} changed while it was copied into {target.parent}: nothing written")
-    except BaseException:
-        with contextlib.suppress(OSError):  # the version folder made for it, if nothing else is there
-            target.parent.rmdir()
-        raise
+def _verified_copy(artifact: Path, staging: Staging, sha256: str) -> Path:
+    """``artifact`` copied to a staged file whose bytes are those verified (``sha256``): the file served is the
+    one checked, even if the source changed since; on a mismatch nothing is written (the staging removes it)."""
+    copied = staging.file(artifact.suffix)
+    shutil.copyfile(artifact, copied)
+    if sha256_file(copied) != sha256:
+        raise DeployError(f"{artifact.name} changed since it was checked against its manifest: nothing written "
+                          "(re-export it, or verify it)")
+    return copied
 
 
 def _model(manifest: Manifest) -> dict[str, Any]:

@@ -315,6 +315,13 @@ def test_memory_a_batch_above_the_arena_size_took_is_handed_back():
     assert handed_back < 100, f"{handed_back} MiB still held after the oversized batch"
 
 
-def test_a_loaded_runner_keeps_the_memory_of_the_profiles_opt_batch(exported):
-    runner = runtime.load(exported.onnx_path)
-    assert runner.arena_keeps == exported.manifest.batch.opt == 4
+def test_a_served_runner_hands_back_the_memory_of_batches_above_the_opt(exported):
+    """serve's runner releases what a batch above the profile's opt took; bench, tune and predict keep it (the
+    fastest, and what they time)."""
+    pytest.importorskip("starlette", reason="serving needs the serve extra")
+    from resnet_deploy.serving.server import prepare
+
+    assert runtime.load(exported.onnx_path).arena_keeps is None
+    service = prepare(exported.onnx_path)
+    assert service.runner.arena_keeps == exported.manifest.batch.opt == 4
+    service.runner.close()

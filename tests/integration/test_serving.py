@@ -601,46 +601,64 @@ def test_an_overloaded_server_answers_503_before_the_body_is_read():
 
 
 def test_triton_serves_the_bytes_verified_even_if_the_file_changes_during_the_copy(exported, tmp_path, monkeypatch):
-    """The record's sha256 is the manifest's, and the copy is checked against it: a file changed between the
-    check and the copy leaves nothing in the repository (no version folder, no record, no config)."""
+    """The record's sha256 is the manifest's, and the copy is checked against it before anything in the
+    repository changes: a file changed between the check and the copy leaves the repository as it was (with
+    --force too, whose removal of a model it would replace now comes after the copy)."""
     import shutil
 
     from resnet_deploy.serving import triton
 
-    copy = shutil.copyfile
-
-    def copy_of_other_bytes(source, target):
-        copy(exported.paths["fp16"], target)
-
     repo = tmp_path / "repo"
-    monkeypatch.setattr(triton.shutil, "copyfile", copy_of_other_bytes)
-    with pytest.raises(DeployError, match="resnet18.onnx changed while it was copied into .*: nothing written"):
-        write_model_repository(exported.onnx_path, repo, TritonOptions(kind="cpu"))
-    assert [p.name for p in (repo / "resnet18").iterdir()] == []
+    written = write_model_repository(exported.paths["fp16"], repo, TritonOptions(kind="cpu", model_name="m"))
+    before = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    copy = shutil.copyfile
+    monkeypatch.setattr(triton.shutil, "copyfile", lambda source, target: copy(exported.paths["fp16"], target))
+    with pytest.raises(DeployError, match="resnet18.onnx changed since it was checked against its manifest"):
+        write_model_repository(exported.onnx_path, repo, TritonOptions(kind="cpu", model_name="m"), force=True)
+    assert {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
     monkeypatch.undo()
-    written = write_model_repository(exported.onnx_path, repo, TritonOptions(kind="cpu"))
-    record = json.loads((written.folder / "resnet_deploy.json").read_text())
-    assert record["versions"]["1"]["sha256"] == exported.manifest.artifact("fp32").sha256
+    again = write_model_repository(exported.onnx_path, repo, TritonOptions(kind="cpu", model_name="other"))
+    record = json.loads((again.folder / "resnet_deploy.json").read_text())
+    assert record["versions"]["1"]["sha256"] == exported.manifest.artifact("fp32").sha256 and written.version == 1
 
 
 def test_serve_from_python_is_what_the_cli_serves(cli, exported, monkeypatch):
     """`resnet-deploy serve` is one call of :func:`resnet_deploy.serve`: the same runner (file, backend,
     precision, threads), the same limits (the default batch resolved against the profile) and model name as
-    :func:`~resnet_deploy.serving.server.prepare` gives a Python caller."""
+    :func:`~resnet_deploy.serving.server.prepare` gives a Python caller; the runner it loaded is closed after."""
     from resnet_deploy.serving import server
-
-    listened = []
-    monkeypatch.setattr(server.Service, "run", lambda service, host, port: listened.append((service, host, port)))
-    port = free_port()
-    result = cli("serve", str(exported.onnx_path), "--port", str(port), "--queue", "16")
-    assert result.exit_code == 0, result.output
-    (served, host, bound), = listened
-    assert (host, bound) == ("127.0.0.1", port) and f"on http://127.0.0.1:{port}/v2" in result.stderr
-    from_python = server.prepare(exported.onnx_path, limits=ServeLimits(queue_size=16))
 
     def runner_facts(service):
         return {k: v for k, v in service.runner.describe().items() if k != "graph_cache"}  # written, then a hit
 
-    assert runner_facts(from_python) == runner_facts(served)
+    listened = []
+    monkeypatch.setattr(server.Service, "run", lambda service, host, port: listened.append(
+        (service, runner_facts(service), host, port)))
+    port = free_port()
+    result = cli("serve", str(exported.onnx_path), "--port", str(port), "--queue", "16")
+    assert result.exit_code == 0, result.output
+    (served, facts, host, bound), = listened
+    assert (host, bound) == ("127.0.0.1", port) and f"on http://127.0.0.1:{port}/v2" in result.stderr
+    assert served.runner.session is None  # released when the server stopped
+    from_python = server.prepare(exported.onnx_path, limits=ServeLimits(queue_size=16))
+    assert runner_facts(from_python) == facts
     assert from_python.limits == served.limits and from_python.model_name == served.model_name == "resnet18"
     assert served.limits.max_batch == min(exported.manifest.batch.max, 32) == 8
+    from_python.runner.close()
+
+
+def test_prepare_takes_a_bare_runner_and_releases_a_runner_it_loaded_when_a_limit_does_not_fit(exported, monkeypatch):
+    from resnet_deploy.backends.onnxrt import OnnxRuntimeRunner
+    from resnet_deploy.errors import ArgumentError
+    from resnet_deploy.serving import server
+    from resnet_deploy.target import runtime as target_runtime
+
+    bare = OnnxRuntimeRunner(str(exported.onnx_path))  # not from runtime.load: no artifact, no manifest
+    service = server.prepare(bare)
+    assert service.model_name == "model" and service.limits.max_batch == 32 and bare.session is not None
+    loaded = []
+    real_load = target_runtime.load
+    monkeypatch.setattr(target_runtime, "load", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1])
+    with pytest.raises(ArgumentError, match="--max-batch"):
+        server.prepare(exported.onnx_path, limits=ServeLimits(max_batch=1000))
+    assert loaded and loaded[0].session is None  # closed, not left holding its session

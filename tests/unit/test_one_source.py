@@ -95,3 +95,20 @@ def test_no_function_over_sixty_lines():
             for path in PACKAGE.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60]
     assert not long, long
+
+
+def test_the_export_extra_is_read_from_one_list(monkeypatch):
+    """The modules that make a command export-side are the `export` extra's, read from the installed metadata,
+    or from pyproject.toml in a source tree that is not installed: the same set either way."""
+    import importlib.metadata
+
+    from resnet_deploy.environment import extra_modules
+
+    installed = extra_modules("export")
+    assert "torch" in installed and "uvicorn" not in installed
+
+    def not_installed(_name):
+        raise importlib.metadata.PackageNotFoundError(_name)
+
+    monkeypatch.setattr(importlib.metadata, "requires", not_installed)
+    assert extra_modules("export") == installed
