@@ -120,7 +120,7 @@ def quantize_within(
     block_names: list[str],
     max_drop: float,
     measure: DropMeasure,
-    quantize: Callable[[Path, list[str]], None],
+    quantize: Callable[[Path, list[str]], bool],
     on_progress: Callable[[str], None] = lambda _text: None,
 ) -> MixedResult:
     """Write to ``out_path`` the INT8 graph of ``prepared`` with the fewest most-sensitive units in float

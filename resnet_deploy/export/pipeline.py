@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from torch import nn
 
 from ..artifacts import (
     GOLDEN_SUFFIX,
@@ -33,8 +34,9 @@ from ..artifacts import (
 )
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner, reference_model
+from ..backends.detect import Availability
 from ..backends.registry import precision_variant, runs_here
-from ..data import ImagePreprocess, calibration_data
+from ..data import Calibration, ImagePreprocess, calibration_data
 from ..environment import cpu_description, package_version, tool_versions
 from ..errors import MAX_SEED, ArgumentError, DeployError, DeployWarning, ExportError, ParityError, within
 from ..fileio import Staging, clear_derived, sha256_file, sweep_temporaries
@@ -226,15 +228,15 @@ class Job:
     preprocess_record: dict[str, Any]
     image_preprocess: ImagePreprocess
     precisions: list[str]  # the ONNX artifacts to make, in the registry's order
-    calibration: Any = None  # data.CalibrationData with int8
-    published: Any = None  # models.pretrained.PublishedWeights for a tag
+    calibration: Calibration | None = None  # with int8
+    published: pretrained.PublishedWeights | None = None  # for a tag
     weights_sha256: str | None = None
-    trt: Any = None  # backends.detect.Availability: whether engines run here
+    trt: Availability | None = None  # whether engines run here
     folder: Path = Path()
     staging: Staging | None = None
     resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-    model: Any = None
-    exported: Any = None  # the module exported: the model, or the model behind its input normalisation
+    model: nn.Module | None = None
+    exported: nn.Module | None = None  # the model, or the model behind its input normalisation
     outputs: list[str] = field(default_factory=list)
     raw: onnx.ModelProto | None = None  # the graph as exported, until the fp32 gate passed
     final: onnx.ModelProto | None = None  # the checked fp32 graph
@@ -242,7 +244,7 @@ class Job:
     precision_options: dict[str, Any] = field(default_factory=dict)
     holdout: np.ndarray | None = None
     prepared: Path | None = None  # the fp32 graph prepared for quantization
-    quantize: Any = None  # (out path, units kept in float) -> ranges read from cache?
+    int8_writer: quantize.Int8Writer | None = None  # the INT8 step's writer, which the accuracy-bounded search reuses
     range_cache: tuple[Path, Path] | None = None  # (staged, final) activation ranges measured by this export
     gate_sets: list[InputSet] | None = None  # the gates' inputs
     reference: RunResults | None = None  # PyTorch's outputs on them
@@ -392,17 +394,12 @@ def _int8(job: Job, log: StepLog) -> None:
     # new ranges go to a staged file, put in place with the artifacts: a failed export leaves none
     ranges = cache if problem is None else job.staging.name(".json")
 
-    def write_int8(out: Path, keep_float: list[str]) -> bool:
-        return quantize.to_int8(
-            job.prepared, out, calibration, target=o.int8_target, method=o.calib_method, cache_path=ranges,
-            reduce_range=o.reduce_range, keep_float=keep_float,
-            on_progress=lambda done, total: log.progress(done, total, "images"),
-        )
-
-    job.quantize = write_int8
+    job.int8_writer = quantize.Int8Writer(job.prepared, calibration, o.int8_target, o.calib_method,
+                                          bool(o.reduce_range), ranges,
+                                          lambda done, total: log.progress(done, total, "images"))
     # images the ranges never see: decoded once, for the mixed-precision measure and the gates
     job.holdout = calibration.holdout() if calibration.holdout else None
-    from_cache = write_int8(path, [])
+    from_cache = job.int8_writer(path)
     if ranges != cache and ranges.exists():
         bad = quantize.range_cache_problem(ranges)
         if bad is not None:
@@ -421,7 +418,7 @@ def _mixed(job: Job, log: StepLog) -> None:
     measure = mixed.DropMeasure.make(job.artifacts[FP32], o.eval_data, job.holdout, job.image_preprocess)
     chosen = mixed.quantize_within(
         job.prepared, job.artifacts["int8"], block_names=[name for name, _ in job.model.block_points()][1:],
-        max_drop=o.max_drop, measure=measure, quantize=job.quantize, on_progress=log.status,
+        max_drop=o.max_drop, measure=measure, quantize=job.int8_writer, on_progress=log.status,
     )
     log.note(mixed.summary(chosen))
     int8 = Int8Options.from_record(job.precision_options["int8"])

@@ -193,6 +193,26 @@ def to_int8(
     return cached
 
 
+@dataclass(frozen=True)
+class Int8Writer:
+    """How one export writes an INT8 graph of its prepared fp32 graph: calibration, target, method and where the
+    activation ranges are cached. Called with (file, nodes kept in float) by the INT8 step and by the
+    accuracy-bounded search (:func:`.mixed.quantize_within`); returns whether the ranges came from the cache."""
+
+    prepared: Path
+    calibration: Calibration
+    target: str
+    method: str
+    reduce_range: bool
+    cache_path: Path
+    on_progress: Callable[[int, int], None] | None = None
+
+    def __call__(self, out_path: Path, keep_float: Sequence[str] = ()) -> bool:
+        return to_int8(self.prepared, out_path, self.calibration, target=self.target, method=self.method,
+                       cache_path=self.cache_path, reduce_range=self.reduce_range, keep_float=keep_float,
+                       on_progress=self.on_progress)
+
+
 @contextlib.contextmanager
 def _quiet_logging() -> Iterator[None]:
     """onnxruntime.quantization logs through the root logger at INFO/WARNING."""
