@@ -139,7 +139,11 @@ MAX_CLASSES = 1_000_000
 
 
 def list_models() -> list[str]:
-    """Names of every registered architecture, in table order."""
+    """Names of every registered architecture, in table order.
+
+    Returns:
+        The names :func:`create_model`, :func:`get_model_info` and ``export`` take.
+    """
     return list(_REGISTRY)
 
 
@@ -219,7 +223,18 @@ class ModelInfo:
 
 @functools.lru_cache(maxsize=None)
 def get_model_info(name: str) -> ModelInfo:
-    """Params, GMACs at the default input size, default input, block type, family."""
+    """Params, GMACs at the default input size, default input, block type, family (built on the meta device:
+    no weights are allocated).
+
+    Args:
+        name: a name from :func:`list_models`.
+
+    Returns:
+        The :class:`ModelInfo`.
+
+    Raises:
+        UnknownArchError: an unknown name (the closest matches named).
+    """
     spec = get_spec(name)
     with torch.device("meta"):
         model = build_model(name)

@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -19,6 +20,7 @@ from starlette.routing import Route
 
 from ..backends.base import Runner
 from ..backends.registry import BACKENDS
+from ..data import imagenet_classes
 from ..environment import package_version
 from ..errors import ArgumentError
 from .batcher import DynamicBatcher
@@ -35,6 +37,8 @@ class _Endpoints:
         self.batcher = DynamicBatcher(runner, max_batch=limits.max_batch, max_delay=limits.max_delay_ms / 1e3,
                                       queue_size=limits.queue_size, workers=limits.workers)
         self.ready_now = False
+        manifest = runner.manifest  # class names where Triton's writer gives a label file: ImageNet's 1000
+        self.labels = imagenet_classes() if manifest is not None and manifest.num_classes == 1000 else None
 
     @staticmethod
     def answering_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -62,7 +66,8 @@ class _Endpoints:
         return JSONResponse({"ready": self.ready_now}, status_code=200 if self.ready_now else 503)
 
     async def server_metadata(self, _: Request) -> Response:
-        return JSONResponse({"name": "resnet-deploy", "version": package_version("resnet-deploy") or "unknown", "extensions": ["binary_tensor_data"]})
+        return JSONResponse({"name": "resnet-deploy", "version": package_version("resnet-deploy") or "unknown",
+                             "extensions": ["binary_tensor_data", "classification"]})
 
     async def model_metadata(self, request: Request) -> Response:
         self.check_model(request)
@@ -131,7 +136,8 @@ class _Endpoints:
         finally:
             admission.leave()
         content, headers = await run_in_threadpool(build_infer_response, parsed, outputs,
-                                                   model_name=self.model_name, batch_size=batch_size)
+                                                   model_name=self.model_name, batch_size=batch_size,
+                                                   labels=self.labels)
         return Response(content, headers=headers)
 
     async def metrics(self, _: Request) -> Response:
@@ -158,6 +164,14 @@ class _Endpoints:
         finally:
             self.ready_now = False
             await self.batcher.stop()
+
+
+async def _json_http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own refusals (a path no endpoint serves: 404; a method an endpoint does not take: 405) in the
+    protocol's error form, ``{"error": ...}``, which tritonclient parses (plain text read as a parse error)."""
+    reason = {404: f"{request.url.path} is not an endpoint of this server",
+              405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    return JSONResponse({"error": reason}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 def create_app(runner: Runner, *, model_name: str, limits: ServeLimits | None = None) -> Any:
@@ -190,6 +204,7 @@ def create_app(runner: Runner, *, model_name: str, limits: ServeLimits | None = 
         (model + "/infer", endpoints.infer, "POST"), (versioned + "/infer", endpoints.infer, "POST"),
     ]
     routes = [Route(path, endpoints.answering_errors(handler), methods=[method]) for path, handler, method in paths]
-    app = Starlette(routes=routes, lifespan=endpoints.lifespan)
+    app = Starlette(routes=routes, lifespan=endpoints.lifespan,
+                    exception_handlers={HTTPException: _json_http_error})
     app.state.batcher, app.state.limits = endpoints.batcher, limits
     return app

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..artifacts import LOGITS
 from ..backends.base import Runner
 from .limits import RequestError
 
@@ -51,6 +52,7 @@ def parse_infer_request(body: bytes | bytearray, header_length: str | None, runn
         raise RequestError(f"invalid request: {describe_error(exc)}") from None
     if len(request.inputs) != 1:
         raise RequestError(f"the request needs \"inputs\": one tensor named {runner.input_name!r}")
+    _check_extensions(request, runner)
     tensor = request.inputs[0]
     if tensor.name != runner.input_name:
         raise RequestError(f"unknown input {tensor.name!r}; the model's input is {runner.input_name!r}")
@@ -83,6 +85,35 @@ def parse_infer_request(body: bytes | bytearray, header_length: str | None, runn
     return np.ascontiguousarray(array, dtype=dtype), request
 
 
+def _check_extensions(request: InferRequest, runner: Runner) -> None:
+    """A tensor parameter this server does not implement (shared memory, ...) is a 400 naming it, never ignored;
+    so is classification on an output that is not [batch, classes]."""
+    tensors = [("input", t.name, t.parameters) for t in request.inputs]
+    tensors += [("output", o.name, o.parameters) for o in request.outputs or []]
+    for kind, name, parameters in tensors:
+        unknown = sorted((parameters.model_extra or {}) if parameters else {})
+        if unknown:
+            raise RequestError(f"{kind} {name!r}: parameter {unknown[0]!r} is not supported by this server "
+                               "(it takes binary_data, binary_data_size and classification)")
+    shapes = {spec.name: spec.shape for spec in runner.outputs}
+    for output in request.outputs or []:
+        if output.parameters and output.parameters.classification and len(shapes.get(output.name, [])) != 2:
+            raise RequestError(f"output {output.name!r}: classification needs a [batch, classes] output")
+
+
+def classified(scores: np.ndarray, count: int, labels: list[str] | None) -> np.ndarray:
+    """The classification extension's answer, as Triton gives it: per row, the ``count`` highest scores (or
+    all, where fewer) as ``"score:index:label"`` (``"score:index"`` without labels), highest first."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :min(count, scores.shape[1])]
+    return np.array([[f"{row[i]:f}:{i}" + (f":{labels[i]}" if labels else "") for i in ranked]
+                     for row, ranked in zip(scores, order)], dtype=object)
+
+
+def _bytes_tensor(values: np.ndarray) -> bytes:
+    """BYTES elements in the binary tensor data extension: each a 4-byte little-endian length, then its bytes."""
+    return b"".join(len(v).to_bytes(4, "little") + v for v in (s.encode() for s in values.ravel()))
+
+
 def _json_values(data: list[Any], dtype: np.dtype, name: str) -> np.ndarray:
     """A JSON tensor's values as float32, refused unless they are numbers of the datatype: JSON numbers for
     FP32 (not strings, not booleans); for UINT8 pixels, integers 0 to 255 as JSON writes integers ("7", true
@@ -106,8 +137,10 @@ def _json_values(data: list[Any], dtype: np.dtype, name: str) -> np.ndarray:
 
 
 def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], *, model_name: str,
-                         batch_size: int) -> tuple[bytes, dict[str, str]]:
-    """The response body and headers: JSON, or JSON then binary tensors where the client asked for them."""
+                         batch_size: int, labels: list[str] | None = None) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers: JSON, or JSON then binary tensors where the client asked for them; an
+    output asked with ``classification`` is its top classes as BYTES (``labels``: the names of the classifier's
+    classes, as Triton's label file gives them)."""
     from .protocol import RequestedOutput
 
     default_binary = bool(request.parameters and request.parameters.binary_data_output)
@@ -117,11 +150,14 @@ def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], 
         if spec.name not in outputs:
             raise RequestError(f"unknown output {spec.name!r}; the model's outputs are {list(outputs)}")
         array = np.ascontiguousarray(outputs[spec.name], dtype=np.float32)
-        entry: dict[str, Any] = {"name": spec.name, "datatype": "FP32", "shape": list(array.shape)}
+        top = spec.parameters.classification if spec.parameters else None
+        if top:
+            array = classified(array, top, labels if spec.name == LOGITS else None)
+        entry: dict[str, Any] = {"name": spec.name, "datatype": "BYTES" if top else "FP32", "shape": list(array.shape)}
         binary = spec.parameters.binary_data if spec.parameters and spec.parameters.binary_data is not None \
             else default_binary
         if binary:
-            data = array.astype("<f4").tobytes()
+            data = _bytes_tensor(array) if top else array.astype("<f4").tobytes()
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:

@@ -36,9 +36,13 @@ class InputTensor(_Open):
     data: list[Any] | None = None
 
 
+class OutputParameters(TensorParameters):
+    classification: StrictInt | None = Field(default=None, ge=1)  # the classification extension: top-k as BYTES
+
+
 class RequestedOutput(_Open):
     name: StrictStr
-    parameters: TensorParameters | None = None
+    parameters: OutputParameters | None = None
 
 
 class InferRequest(_Open):

@@ -98,6 +98,9 @@ def serve(artifact: str | os.PathLike[str] | Runner, *, host: str = DEFAULT_HOST
         announce: called with each line to show (how ``auto`` chose, where it serves); None: silent.
         **options: :func:`prepare`'s keywords (model_name, limits, backend, device, threads).
 
+    Returns:
+        When the server stops (SIGINT, SIGTERM), after closing a runner it loaded.
+
     Raises:
         DeployError: the address cannot be listened on, or as :func:`prepare` and :meth:`Service.run`.
     """

@@ -662,3 +662,52 @@ def test_prepare_takes_a_bare_runner_and_releases_a_runner_it_loaded_when_a_limi
     with pytest.raises(ArgumentError, match="--max-batch"):
         server.prepare(exported.onnx_path, limits=ServeLimits(max_batch=1000))
     assert loaded and loaded[0].session is None  # closed, not left holding its session
+
+
+def test_classification_extension_answers_the_top_classes_as_triton_does(server):
+    """tritonclient's ``class_count=k`` gets BYTES ``"score:index:label"`` rows, highest first, equal to the logits'
+    top k (it was ignored: FP32 logits came back), over binary and JSON outputs alike."""
+    from resnet_deploy.data import imagenet_classes
+
+    url, runner, _ = server
+    client = httpclient.InferenceServerClient(url)
+    batch = random_images(2, (3, 64, 64), MEAN, STD, seed=5)
+    logits = runner(batch)["logits"]
+    names = imagenet_classes()
+    for binary in (True, False):
+        asked = httpclient.InferRequestedOutput("logits", binary_data=binary, class_count=3)
+        got = client.infer("resnet18", _inputs(batch), outputs=[asked]).as_numpy("logits")
+        assert got.shape == (2, 3)
+        for row, answer in zip(logits, got):
+            expected = np.argsort(-row, kind="stable")[:3]
+            parsed = [(entry.decode() if isinstance(entry, bytes) else entry).split(":") for entry in answer]
+            assert [int(index) for _, index, _ in parsed] == list(expected)
+            assert [label for _, _, label in parsed] == [names[i] for i in expected]
+            np.testing.assert_allclose([float(score) for score, _, _ in parsed], row[expected], rtol=1e-5, atol=1e-5)
+    assert "classification" in client.get_server_metadata()["extensions"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32",
+                  "parameters": {"shared_memory_region": "r"}}]}, "input 'input': parameter 'shared_memory_region'"),
+    ({"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": [0.0] * 12288}],
+      "outputs": [{"name": "logits", "parameters": {"shared_memory_byte_size": 4}}]},
+     "output 'logits': parameter 'shared_memory_byte_size' is not supported"),
+])
+def test_what_serve_cannot_do_is_refused_by_name_not_ignored(server, body, message):
+    url, _, _ = server
+    status, answer = _post(url, json.dumps(body).encode())
+    assert status == 400 and message in answer["error"], answer
+
+
+def test_unknown_routes_and_methods_answer_the_protocols_json_error(server):
+    """A path serve has no endpoint for is a JSON 404 (tritonclient read the plain-text one as 'Parse error at
+    offset 1'); a wrong method a JSON 405."""
+    url, _, _ = server
+    for method, path, status in (("GET", "/v2/models/resnet18/stats/nothing", 404), ("GET", "/nowhere", 404),
+                                 ("DELETE", "/v2/models/resnet18/infer", 405)):
+        request = urllib.request.Request(f"http://{url}{path}", method=method)
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request)
+        assert caught.value.code == status and caught.value.headers["content-type"] == "application/json"
+        assert path in json.loads(caught.value.read())["error"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -190,3 +191,30 @@ def test_an_embedded_preprocessing_artifact_is_served_as_uint8(triton, embedded_
                                atol=1e-5 * np.abs(want).max())
     got = client.infer("pixels_ensemble", _images_request(photos)).as_numpy("logits")
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_serve_answers_classification_as_triton_does(triton, small_export):
+    """The same artifact behind `serve` and behind Triton, asked for the top 3 classes: the same BYTES answer,
+    score, index and label (binary and JSON outputs)."""
+    pytest.importorskip("starlette", reason="serving needs the serve extra")
+    from resnet_deploy.serving.app import create_app
+    from tests.conftest import serving_in_thread
+
+    server, _repo = triton
+    batch = random_images(2, (3, 64, 64), MEAN, STD, seed=9)
+    with runtime.load(small_export.onnx_path) as runner, serving_in_thread(
+            create_app(runner, model_name="resnet18")) as url:
+        answers = {}
+        for name, address in (("triton", server.url), ("serve", url)):
+            client = httpclient.InferenceServerClient(address)
+            for binary in (True, False):
+                asked = httpclient.InferRequestedOutput("logits", binary_data=binary, class_count=3)
+                got = _infer(client, "resnet18", batch, outputs=[asked]).as_numpy("logits")
+                answers[name, binary] = [[e.decode() if isinstance(e, bytes) else e for e in row] for row in got]
+    for binary in (True, False):
+        triton_rows, serve_rows = answers["triton", binary], answers["serve", binary]
+        assert [[e.split(":")[1:] for e in row] for row in serve_rows] == \
+            [[e.split(":")[1:] for e in row] for row in triton_rows]
+        np.testing.assert_allclose([[float(e.split(":")[0]) for e in row] for row in serve_rows],
+                                   [[float(e.split(":")[0]) for e in row] for row in triton_rows], rtol=0, atol=1e-4)
+        assert all(re.fullmatch(r"-?\d+\.\d{6}", e.split(":")[0]) for row in serve_rows + triton_rows for e in row)
