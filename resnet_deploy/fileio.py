@@ -41,6 +41,20 @@ def special_file(path: str | os.PathLike[str]) -> str | None:
     return None if stat.S_ISREG(mode) else _kind(mode)
 
 
+_MISSING = "is missing"
+
+
+def _not_regular(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not a regular file to read: :data:`_MISSING`, "is a FIFO, not a regular file" (or a
+    device, a folder, a broken link...); None when it is one."""
+    if not os.path.lexists(path):
+        return _MISSING
+    kind = special_file(path)
+    if kind is not None or not os.path.exists(path):
+        return f"is {kind or 'a broken link'}, not a regular file"
+    return None
+
+
 def regular_file(path: str | os.PathLike[str], what: str, error: type[DeployError] = DeployError) -> Path:
     """``path``, which must be a regular file: a one-line ``error`` naming ``what`` otherwise, before
     anything opens it.
@@ -49,22 +63,18 @@ def regular_file(path: str | os.PathLike[str], what: str, error: type[DeployErro
         DeployError: (or ``error``) it does not exist, or is a FIFO, a device, a folder or a socket.
     """
     path = Path(path)
-    if not os.path.lexists(path):
-        raise error(f"{what} {path} does not exist")
-    kind = special_file(path)
-    if kind is not None or not path.exists():
-        raise error(f"{what} {path} is {kind or 'a broken link'}, not a regular file")
+    problem = _not_regular(path)
+    if problem is not None:
+        raise error(f"{what} {path} {'does not exist' if problem is _MISSING else problem}")
     return path
 
 
 def recorded_problem(path: str | os.PathLike[str], sha256: str) -> str | None:
     """Why ``path`` is not the file an export recorded by its ``sha256`` (it is gone, is not a regular file, or its
     bytes changed), in words that follow the path; None when it is that file."""
-    if not os.path.lexists(path):
-        return "is gone"
-    kind = special_file(path)
-    if kind is not None or not os.path.exists(path):
-        return f"is {kind or 'a broken link'}, not a regular file"
+    problem = _not_regular(path)
+    if problem is not None:
+        return "is gone" if problem is _MISSING else problem
     return None if sha256_file(path) == sha256 else "changed since export (its sha256 is not the recorded one)"
 
 
@@ -248,8 +258,9 @@ def locked(path: str | os.PathLike[str]) -> Iterator[None]:
     except OSError as exc:
         raise DeployError(f"cannot open the lock file {lock}: {exc.strerror}") from None
     with os.fdopen(fd, "a") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise DeployError(f"the lock file {lock} is {_kind(os.fstat(fd).st_mode)}, not a regular file: remove it")
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DeployError(f"the lock file {lock} is {_kind(mode)}, not a regular file: remove it")
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield

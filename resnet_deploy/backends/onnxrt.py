@@ -71,8 +71,9 @@ def _cache_problem(cache: Path) -> str | None:
     """Why the cached graph at ``cache`` is not the one this package wrote there (damaged, replaced by
     another model's, or from before the record existed), or None."""
     record = _cache_record(cache)
-    if special_file(record) is not None:
-        return f"its record is {special_file(record)}"
+    kind = special_file(record)
+    if kind is not None:
+        return f"its record is {kind}"
     try:
         with open(record, "rb") as handle:
             recorded = handle.read(128).decode("ascii").strip()
@@ -142,7 +143,7 @@ class OnnxRuntimeRunner(Runner):
     Tuned rather than default: intra-op threads = physical cores, every graph optimisation,
     IO binding (outputs stay on the provider's device until copied once). With ``graph_cache``
     the optimised graph is saved under ``.ort-cache/`` beside the model and later sessions load it
-    without optimising again. With ``arena_keeps`` (:meth:`release_memory_above`) a call whose batch is
+    without optimising again. After :meth:`release_memory_above` (``arena_keeps``) a call whose batch is
     larger ends by handing back every region of the CPU memory arena not in use (its first excepted):
     a server's memory returns after an overload instead of staying at the largest batch's peak.
     """
@@ -158,7 +159,6 @@ class OnnxRuntimeRunner(Runner):
         graph_cache: bool = False,
         model_sha256: str | None = None,
         batch_range: tuple[int, int] | None = None,
-        arena_keeps: int | None = None,
     ) -> None:
         providers: list = ["CPUExecutionProvider"]
         if provider == "TensorrtExecutionProvider":  # subgraphs TensorRT cannot take fall back to CUDA
@@ -188,7 +188,7 @@ class OnnxRuntimeRunner(Runner):
                         for v in self.session.get_outputs()]
         self.batch_range = batch_range
         self._output_device = ("cpu", 0) if short == "cpu" else ("cuda", device_id)
-        self.arena_keeps = arena_keeps if short == "cpu" else None
+        self.arena_keeps: int | None = None  # set by release_memory_above
         self._shrink = ort.RunOptions()  # hands the CPU arena's unused chunks back when the call ends
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 

@@ -20,9 +20,9 @@ from starlette.routing import Route
 
 from ..backends.base import Runner
 from ..backends.registry import BACKENDS
-from ..data import imagenet_classes
 from ..environment import package_version
 from ..errors import ArgumentError
+from ..target.predict import class_names
 from .batcher import DynamicBatcher
 from .codec import BINARY_HEADER, build_infer_response, parse_infer_request, tensor_meta
 from .limits import MODEL_NAME, RequestError, ServeLimits
@@ -37,8 +37,7 @@ class _Endpoints:
         self.batcher = DynamicBatcher(runner, max_batch=limits.max_batch, max_delay=limits.max_delay_ms / 1e3,
                                       queue_size=limits.queue_size, workers=limits.workers)
         self.ready_now = False
-        manifest = runner.manifest  # class names where Triton's writer gives a label file: ImageNet's 1000
-        self.labels = imagenet_classes() if manifest is not None and manifest.num_classes == 1000 else None
+        self.labels = class_names(runner.manifest.num_classes) if runner.manifest else None  # as predict names them
 
     @staticmethod
     def answering_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:

@@ -78,6 +78,11 @@ class ModelWritten:
         return "\n".join(lines)
 
 
+def _triton_type(dtype: str) -> str:
+    """A model config's data type for a numpy dtype: ``TYPE_`` and the protocol's name (``TYPE_FP32``)."""
+    return "TYPE_" + OIP_DATATYPES[dtype]
+
+
 def _dims(shape: list) -> list[int]:
     """Dims without the batch axis; symbolic dims become -1."""
     return [d if isinstance(d, int) else -1 for d in shape[1:]]
@@ -138,7 +143,7 @@ def _tensor(name: str, dtype: str, dims: list[int], **extra: Any) -> dict[str, A
 
 def _outputs(manifest: Manifest, labels: bool) -> list[dict[str, Any]]:
     """The network's outputs; with ``labels``, ImageNet's class names on the logits (the classification extension)."""
-    return [_tensor(o.name, "TYPE_" + OIP_DATATYPES[o.dtype], _dims(o.shape),
+    return [_tensor(o.name, _triton_type(o.dtype), _dims(o.shape),
                     **({"label_filename": LABELS_FILE} if labels and o.name == LOGITS else {}))
             for o in manifest.outputs]
 
@@ -154,7 +159,7 @@ def model_config(manifest: Manifest, backend: Backend, name: str, options: Trito
         config["default_model_filename"] = MODEL_FILES[backend.runs]
     config["max_batch_size"] = options.max_batch
     layout = "FORMAT_NHWC" if manifest.embedded_preprocess else "FORMAT_NCHW"
-    config["input"] = [_tensor(manifest.input.name, "TYPE_" + OIP_DATATYPES[manifest.input.dtype], _dims(manifest.input.shape),
+    config["input"] = [_tensor(manifest.input.name, _triton_type(manifest.input.dtype), _dims(manifest.input.shape),
                                format=Enum(layout))]
     config["output"] = _outputs(manifest, labels)
     config["dynamic_batching"] = _batching(options)
@@ -296,9 +301,7 @@ def write_model_repository(artifact: str | os.PathLike[str], repo: str | os.Path
     options = _check(options, manifest, backend)
     name = check_stem(options.model_name or manifest.stem)
     model_dir = Path(repo) / name
-    recorded = manifest.artifact(precision)
-    entry = {"artifact": artifact.name, "sha256": recorded.sha256 if recorded else sha256_file(artifact),
-             "model": _model(manifest),
+    entry = {"artifact": artifact.name, "sha256": manifest.artifact(precision).sha256, "model": _model(manifest),
              "interface": _interface(manifest, backend.platform), "computes": computes}
     try:
         Path(repo).mkdir(parents=True, exist_ok=True)
@@ -460,7 +463,7 @@ def write_ensemble(repo: Path, name: str, manifest: Manifest, options: TritonOpt
     preprocess = {
         "name": preprocess_dir.name, "backend": "python", "max_batch_size": options.max_batch, "input": image,
         # the network's input: normalised images, or the resized pixels where the network normalises them
-        "output": [_tensor(network_input, "TYPE_" + OIP_DATATYPES[manifest.input.dtype], list(manifest.example_shape))],
+        "output": [_tensor(network_input, _triton_type(manifest.input.dtype), list(manifest.example_shape))],
         "dynamic_batching": _batching(options, preferred=False), "instance_group": _instances(options, "cpu"),
         "parameters": _string_parameters({"preprocess": json.dumps(manifest.preprocess)}),
     }

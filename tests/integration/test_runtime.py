@@ -289,7 +289,8 @@ nodes = [helper.make_node('Relu', ['x'], ['a']), helper.make_node('Add', ['a', '
          helper.make_node('Mul', ['b', 'a'], ['c']), helper.make_node('ReduceMax', ['c'], ['y'], keepdims=1)]
 graph = helper.make_model(helper.make_graph(nodes, 'wide', [x], [y]), opset_imports=[helper.make_opsetid('', 17)])
 keeps = None if sys.argv[1] == 'none' else int(sys.argv[1])
-runner = OnnxRuntimeRunner(graph.SerializeToString(), threads=1, arena_keeps=keeps)
+runner = OnnxRuntimeRunner(graph.SerializeToString(), threads=1)
+runner.release_memory_above(keeps)
 small = np.ones((1, 64, 64, 64), np.float32)
 first = runner.run(small)['y'].copy()
 before = resident_mib()
