@@ -13,13 +13,14 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
-from .fileio import Staging, atomic_open, sha256_file, special_file
+from .fileio import Record, Staging, atomic_open, from_record, sha256_file, special_file
 from .precisions import ENGINE, ENGINE_SUFFIX, PRECISIONS
 
 SCHEMA = "resnet-deploy/manifest"
@@ -121,6 +122,79 @@ class ArtifactEntry:
         return cls(file=path.name, precision=precision, bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
+@dataclass(frozen=True, eq=False)
+class PreprocessRecord(Record):
+    """The manifest's ``preprocess``: how an image becomes the input, what calibration, the gates, verify,
+    predict and serve all apply (:class:`~resnet_deploy.imageprep.ImagePreprocess` runs it). ``embedded``: the
+    graph scales and normalises uint8 NHWC pixels itself; written only where true."""
+
+    resize: int  # the shorter side, before the centre crop
+    crop: tuple[int, int]  # H, W
+    interpolation: str
+    scale: float  # of the uint8 pixels, before mean/std
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    layout: str  # NCHW, or NHWC where embedded
+    color: str
+    embedded: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if not self.embedded:
+            del data["embedded"]
+        return data
+
+
+@dataclass(frozen=True, eq=False)
+class ErrorFigures(Record):
+    """How a candidate output differs from a reference (:func:`resnet_deploy.parity.metrics.compare_arrays`)."""
+
+    max_abs: float
+    mean_abs: float
+    median_abs: float
+    p99_abs: float
+    max_rel: float  # max |a - b| / (|b| + eps) elementwise
+    scale: float  # max |reference|
+    rel_to_scale: float  # max_abs / scale
+    cosine: float
+    top1_agreement: float | None  # for (N, classes) outputs
+    top5_overlap: float | None
+    finite: bool
+
+
+@dataclass(frozen=True, eq=False)
+class ParityRecord(Record):
+    """A row of the manifest's ``parity``: how ``backend``, running the file of ``artifact``, matched
+    ``reference`` (PyTorch, or another runner) on one output at one batch of one input set. Written flat,
+    the figures after the labels, as a reader of the JSON wants it."""
+
+    artifact: str  # the precision the row judges (bf16: the fp32 file computed in bf16)
+    backend: str
+    reference: str
+    inputs: str  # which input set (see parity.inputs)
+    judged: bool  # False: reported only
+    batch: int
+    output: str
+    figures: ErrorFigures
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ParityRecord:
+        """The row from its flat JSON object.
+
+        Args:
+            data: the JSON object as read.
+
+        Returns:
+            The record, its figures typed.
+        """
+        return from_record(cls, {**data, "figures": from_record(ErrorFigures, data)})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        figures = data.pop("figures")
+        return {**data, **figures}
+
+
 @dataclass
 class Manifest:
     """Everything needed to rebuild the reference and to run an artifact."""
@@ -131,7 +205,7 @@ class Manifest:
     model_options: dict[str, Any]  # in_chans, last_stride, features_only
     weights: dict[str, Any]  # {"file", "sha256"} or {"init": "random", "seed": N}
     input: TensorSpec
-    preprocess: dict[str, Any]
+    preprocess: PreprocessRecord
     outputs: list[TensorSpec]
     batch: BatchProfile
     dynamic_hw: bool
@@ -139,7 +213,7 @@ class Manifest:
     exporter: str
     simplified: bool
     artifacts: list[ArtifactEntry] = field(default_factory=list)
-    parity: list[dict[str, Any]] = field(default_factory=list)
+    parity: list[ParityRecord] = field(default_factory=list)
     precision_options: dict[str, Any] = field(default_factory=dict)  # per precision: how it was made
     golden: dict[str, Any] = field(default_factory=dict)  # {"file", "bytes", "sha256"}: PyTorch's outputs
     tools: dict[str, str] = field(default_factory=dict)
@@ -148,7 +222,8 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON object written as ``STEM.json``: the records as the objects they are written as."""
+        return asdict(self) | {"preprocess": self.preprocess.to_dict(), "parity": [r.to_dict() for r in self.parity]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "manifest") -> Manifest:
@@ -164,6 +239,8 @@ class Manifest:
             fields["input"] = TensorSpec(**data["input"])
             fields["outputs"] = [TensorSpec(**o) for o in data["outputs"]]
             fields["batch"] = BatchProfile(**data["batch"])
+            fields["preprocess"] = PreprocessRecord.from_dict(data["preprocess"])
+            fields["parity"] = [ParityRecord.from_dict(row) for row in data.get("parity", [])]
             fields["artifacts"] = [ArtifactEntry(**a) for a in data.get("artifacts", [])]
             manifest = cls(**fields)
         except (KeyError, TypeError, AttributeError) as exc:
@@ -182,14 +259,15 @@ class Manifest:
             found.append(f"batch {batch} is not 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}")
         if not _is_int(self.num_classes) or self.num_classes < 0:
             found.append(f"num_classes {self.num_classes!r} is not a count")
-        crop, resize = self.preprocess.get("crop"), self.preprocess.get("resize")
+        preprocess = self.preprocess.to_dict()  # as read: a damaged value is named as it was written
+        crop, resize = preprocess.get("crop"), preprocess.get("resize")
         crop_ok = isinstance(crop, list) and len(crop) == 2 and all(_is_int(v) and 1 <= v <= MAX_SIDE for v in crop)
         if not crop_ok:
             found.append(f"preprocess crop {crop!r} is not [H, W] of 1 to {MAX_SIDE} pixels")
         if not _is_int(resize) or not (min(crop) if crop_ok else 1) <= resize <= MAX_SIDE:
             found.append(f"preprocess resize {resize!r} is not a side from the crop's to {MAX_SIDE} pixels")
         for key in ("mean", "std"):
-            values = self.preprocess.get(key)
+            values = preprocess.get(key)
             if not isinstance(values, list) or not values or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values) \
                     or (key == "std" and min(values) <= 0):
@@ -205,14 +283,14 @@ class Manifest:
     @property
     def embedded_preprocess(self) -> bool:
         """The graph scales, normalises and transposes itself: its input is uint8 NHWC pixels."""
-        return bool(self.preprocess.get("embedded", False))
+        return bool(self.preprocess.embedded)
 
     @property
     def example_shape(self) -> tuple[int, int, int]:
         """One input image's shape in the input's layout, (C, H, W), or (H, W, C) where the preprocessing is
         embedded: the input's channels and the export's crop (H and W may be symbolic in the graph with
         --dynamic-hw; the crop is the size the export checked)."""
-        height, width = self.preprocess["crop"]
+        height, width = self.preprocess.crop
         if self.embedded_preprocess:
             return height, width, int(self.input.shape[3])
         return int(self.input.shape[1]), height, width

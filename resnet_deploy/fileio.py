@@ -15,7 +15,8 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -78,10 +79,58 @@ def recorded_problem(path: str | os.PathLike[str], sha256: str) -> str | None:
     return None if sha256_file(path) == sha256 else "changed since export (its sha256 is not the recorded one)"
 
 
-def from_record(cls: type[T], record: dict[str, Any]) -> T:
+def from_record(cls: type[T], record: Mapping[str, Any]) -> T:
     """The dataclass ``cls`` from a record read back (a manifest's, a plan's): the fields it knows; keys a later
     version added are left, fields an earlier one lacked take their defaults."""
     return cls(**{name: record[name] for name in cls.__dataclass_fields__ if name in record})
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON holds it: a record as its object, a tuple as a list."""
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class Record(Mapping[str, Any]):
+    """Base of the frozen dataclasses written as JSON objects (the manifest's preprocessing and parity rows):
+    read by attribute, or by key as the JSON object they are written as, so code that read the dict reads the
+    record. Subclasses are ``@dataclass(frozen=True, eq=False)``: equality is the Mapping's, so a record
+    equals the dict it was read from."""
+
+    def __post_init__(self) -> None:
+        """Lists as read are held as tuples: a frozen record does not change under its readers."""
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+        """The record from its JSON object (:func:`from_record`'s rules for unknown and missing keys).
+
+        Args:
+            data: the JSON object as read.
+
+        Returns:
+            The record.
+        """
+        return from_record(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object: fields in order, records nested as objects, tuples as lists."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
 
 
 def clear_derived(path: str | os.PathLike[str]) -> str | None:

@@ -79,7 +79,8 @@ class ImagePreprocess:
     embedded: bool = False
 
     @classmethod
-    def from_manifest(cls, preprocess: dict[str, Any]) -> ImagePreprocess:
+    def from_manifest(cls, preprocess: Any) -> ImagePreprocess:
+        """From the manifest's ``preprocess``: its record, or the JSON object it is written as."""
         return cls(
             resize=int(preprocess["resize"]),
             crop=(int(preprocess["crop"][0]), int(preprocess["crop"][1])),

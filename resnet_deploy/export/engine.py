@@ -57,7 +57,7 @@ def profile_shapes(manifest: Manifest) -> dict[str, tuple[tuple[int, ...], tuple
     A fixed-size input uses its size at all three points; with dynamic H/W the
     export size is the optimum, half of it the minimum and twice it the maximum.
     """
-    height, width = manifest.preprocess["crop"]
+    height, width = manifest.preprocess.crop
     batch = manifest.batch
     if manifest.dynamic_hw:
         low = (max(32, height // 2), max(32, width // 2))

@@ -2,12 +2,12 @@
 
 Nothing reaches its final name before every check has passed: files are
 written under temporary names in the output folder and committed together,
-manifest last, by :func:`resnet_deploy.artifacts.commit_artifacts`.
+manifest last, by :func:`resnet_deploy.artifacts.commit_artifacts`. What the steps share, the frozen
+:class:`~.job.ExportPlan` and what each step hands on, is in :mod:`.job`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
@@ -17,16 +17,16 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
-from torch import nn
 
 from ..artifacts import (
     GOLDEN_SUFFIX,
     MAX_SIDE,
     BatchProfile,
     Manifest,
+    ParityRecord,
+    PreprocessRecord,
     TensorSpec,
     artifact_filename,
     check_stem,
@@ -34,9 +34,8 @@ from ..artifacts import (
 )
 from ..backends.onnxrt import OnnxRuntimeRunner
 from ..backends.pytorch import TorchRunner, reference_model
-from ..backends.detect import Availability
 from ..backends.registry import precision_variant, runs_here
-from ..data import Calibration, ImagePreprocess, calibration_data
+from ..data import ImagePreprocess, calibration_data
 from ..environment import cpu_description, package_version, tool_versions
 from ..errors import MAX_SEED, ArgumentError, DeployError, DeployWarning, ExportError, ParityError, within
 from ..fileio import Staging, clear_derived, sha256_file, sweep_temporaries
@@ -65,6 +64,7 @@ from ..progress import StepLog
 from . import engine as trt_engine
 from .. import onnxgraph
 from . import mixed, quantize
+from .job import Built, ExportPlan, Int8Made, Job, Step
 from .options import ExportOptions
 from .torch2onnx import export_onnx, output_names
 
@@ -97,7 +97,7 @@ class ExportResult:
             "artifacts": [vars(a) | {"path": str(self.manifest_path.parent / a.file)} for a in self.manifest.artifacts],
             "seconds": round(self.seconds, 3),
             "timings": self.timings,
-            "parity": self.manifest.parity,
+            "parity": [row.to_dict() for row in self.manifest.parity],
         }
 
     def to_text(self) -> str:
@@ -120,13 +120,14 @@ class ExportResult:
 
 def _gate_lines(manifest: Manifest, precision: str, what: str) -> list[str]:
     """How the ``precision`` gate's runner matched PyTorch, and its kernels' line where they were compared."""
-    rows = [p for p in manifest.parity if p["artifact"] == precision and p["judged"] and p["reference"] == REFERENCE]
-    lines = [f"{precision}: {what}, matches PyTorch on {rows[0]['backend']}: max |error| "
-             f"{max(p['rel_to_scale'] for p in rows):.1e} of output scale, cosine {min(p['cosine'] for p in rows):.6f}"]
-    kernels = [p for p in manifest.parity if p["artifact"] == precision and p["reference"] != REFERENCE]
+    rows = [p for p in manifest.parity if p.artifact == precision and p.judged and p.reference == REFERENCE]
+    lines = [f"{precision}: {what}, matches PyTorch on {rows[0].backend}: max |error| "
+             f"{max(p.figures.rel_to_scale for p in rows):.1e} of output scale, "
+             f"cosine {min(p.figures.cosine for p in rows):.6f}"]
+    kernels = [p for p in manifest.parity if p.artifact == precision and p.reference != REFERENCE]
     if kernels:
-        lines.append(f"      {kernels[0]['backend']} kernels vs {kernels[0]['reference']}: cosine "
-                     f"{min(p['cosine'] for p in kernels):.6f} ({'judged' if kernels[0]['judged'] else 'reported'})")
+        lines.append(f"      {kernels[0].backend} kernels vs {kernels[0].reference}: cosine "
+                     f"{min(p.figures.cosine for p in kernels):.6f} ({'judged' if kernels[0].judged else 'reported'})")
     return lines
 
 
@@ -149,7 +150,7 @@ def parse_input_size(value: int | str | tuple[int, int] | None, default: int) ->
     return height, width
 
 
-def _prepare_folder(out: str | os.PathLike[str], log: StepLog) -> Path:
+def _prepare_folder(out: str | os.PathLike[str], say: Callable[[str], None]) -> Path:
     """The output folder, made where missing, checked writable, and cleared of what killed exports left."""
     folder = Path(out)
     try:
@@ -160,7 +161,7 @@ def _prepare_folder(out: str | os.PathLike[str], log: StepLog) -> Path:
         raise ExportError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
     swept = sweep_temporaries(folder)
     if swept:
-        log.say(f"removed {len(swept)} temporaries of exports that were killed: {', '.join(sorted(swept)[:3])}"
+        say(f"removed {len(swept)} temporaries of exports that were killed: {', '.join(sorted(swept)[:3])}"
                 + (" ..." if len(swept) > 3 else ""))
     return folder
 
@@ -189,7 +190,7 @@ def _gate_runs(file_precision: str, judged_as: str) -> str:
 
 
 def _parity_gate(job: Job, path: Path, file_precision: str, manifest: Manifest,
-                 judged_as: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+                 judged_as: str | None = None) -> tuple[list[ParityRecord], list[str]]:
     """The artifact ``path`` against PyTorch on the gates' inputs: run, then judged by the policy of
     ``judged_as`` (default: ``file_precision``; an engine is judged as its source; the fp32 file as bf16
     where OpenVINO computes it in bf16).
@@ -199,7 +200,7 @@ def _parity_gate(job: Job, path: Path, file_precision: str, manifest: Manifest,
     :mod:`resnet_deploy.parity.int8`).
     """
     judged_as = judged_as or file_precision
-    policy = Policy.make(judged_as, random_init=job.random_init)
+    policy = Policy.make(judged_as, random_init=job.plan.random_init)
     reference = _reference(job)
     runs = _gate_runs(file_precision, judged_as)
     backend, variant = precision_variant(runs)
@@ -211,61 +212,9 @@ def _parity_gate(job: Job, path: Path, file_precision: str, manifest: Manifest,
             f"{'PyTorch' if failed.reference == REFERENCE else failed.reference} ({failed.backend}) on "
             f"{failed.output!r} at batch {failed.batch} of {failed.inputs} images: " + "; ".join(failed.failures)
         )
-    records = [{"artifact": runs, "backend": row.backend, "reference": row.reference, "inputs": row.inputs,
-                "judged": row.judged, "batch": row.batch, "output": row.output, **row.figures} for row in checked.rows]
+    records = [ParityRecord(runs, row.backend, row.reference, row.inputs, row.judged, row.batch, row.output,
+                            row.figures) for row in checked.rows]
     return records, policy.notes + checked.notes
-
-
-@dataclass
-class Job:
-    """One export in progress: its checked request, then what each step adds for the later ones."""
-
-    arch: str
-    options: ExportOptions
-    stem: str
-    profile: BatchProfile
-    shape: tuple[int, int, int]  # C, H, W of the example and check images
-    preprocess_record: dict[str, Any]
-    image_preprocess: ImagePreprocess
-    precisions: list[str]  # the ONNX artifacts to make, in the registry's order
-    calibration: Calibration | None = None  # with int8
-    published: pretrained.PublishedWeights | None = None  # for a tag
-    weights_sha256: str | None = None
-    trt: Availability | None = None  # whether engines run here
-    folder: Path = Path()
-    staging: Staging | None = None
-    resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-    model: nn.Module | None = None
-    exported: nn.Module | None = None  # the model, or the model behind its input normalisation
-    outputs: list[str] = field(default_factory=list)
-    raw: onnx.ModelProto | None = None  # the graph as exported, until the fp32 gate passed
-    final: onnx.ModelProto | None = None  # the checked fp32 graph
-    artifacts: dict[str, Path] = field(default_factory=dict)  # artifact kind -> staged file
-    precision_options: dict[str, Any] = field(default_factory=dict)
-    holdout: np.ndarray | None = None
-    prepared: Path | None = None  # the fp32 graph prepared for quantization
-    int8_writer: quantize.Int8Writer | None = None  # the INT8 step's writer, which the accuracy-bounded search reuses
-    range_cache: tuple[Path, Path] | None = None  # (staged, final) activation ranges measured by this export
-    gate_sets: list[InputSet] | None = None  # the gates' inputs
-    reference: RunResults | None = None  # PyTorch's outputs on them
-    parity: list[dict[str, Any]] = field(default_factory=list)
-    manifest: Manifest | None = None
-    manifest_file: Path | None = None
-    random_init: bool = True  # seeded random weights: int8's top-1 is not judged (parity.tolerances)
-
-    @property
-    def build_engine(self) -> bool:
-        return bool(self.trt.available) and self.options.engine is not False
-
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of the export: its title on the progress line, its work, and when it runs."""
-
-    title: Callable[[Job], str]
-    run: Callable[[Job, StepLog], None]
-    runs_for: Callable[[Job], bool] = lambda job: True
 
 
 def export_options(options: ExportOptions | None, keywords: dict[str, Any]) -> ExportOptions:
@@ -284,36 +233,25 @@ def export_options(options: ExportOptions | None, keywords: dict[str, Any]) -> E
     return replace(options, precisions=tuple(sorted(flagged | set(options.precisions))))
 
 
-def _plan(arch: str, o: ExportOptions) -> Job:
-    """Every check that needs no work: bad input fails here, before a file is written."""
-    profile = o.batch if isinstance(o.batch, BatchProfile) else BatchProfile.parse(o.batch)
-    stem = check_stem(o.name or arch)
-    spec = get_spec(arch)
-    height, width = parse_input_size(o.input_size, spec.preprocess.input_size)
-    within("--opset", o.opset, 13, onnx.defs.onnx_opset_version(),
-           f"13 for per-channel quantization; onnx {onnx.__version__} knows up to {onnx.defs.onnx_opset_version()}")
-    within("--seed", o.seed, 0, MAX_SEED)
-    within("--calib-size", o.calib_size, 1, MAX_CALIBRATION_IMAGES)
+def _preprocess(arch: str, o: ExportOptions, height: int, width: int,
+                published: pretrained.PublishedWeights | None) -> PreprocessRecord:
+    """The manifest's preprocessing: the arch's, under a published tag's (scaled to the crop), under the
+    user's; embedded where the graph normalises the pixels itself."""
     declared = {k: v for k, v in (o.preprocess or {}).items() if v is not None}
-    published = (pretrained.resolve(arch, str(o.weights))
-                 if o.weights is not None and pretrained.is_tag(o.weights) else None)
     if published is not None:  # the weights' own preprocessing, under the user's
         scale = published.preprocess["resize"] / 224  # published for a 224 crop
         declared = {**published.preprocess, "resize": int(round(min(height, width) * scale)), **declared}
-    record = declare_preprocess(spec.preprocess, height, width, **declared)
+    record = PreprocessRecord.from_dict(declare_preprocess(get_spec(arch).preprocess, height, width, **declared))
     if o.embed_preprocess:  # the input is the resized pixels; scale, mean/std and the transpose are in the graph
-        record.update(embedded=True, layout="NHWC")
-    within("--resize", record["resize"], 1, MAX_SIDE, "pixels of the shorter side before the crop")
-    unknown = sorted(set(o.precisions) - set(PRECISIONS))
-    if unknown:
-        raise ArgumentError(f"unknown precision(s) {unknown}: choose from {', '.join(PRECISIONS)}")
-    job = Job(arch, o, stem, profile, (3, height, width), record, ImagePreprocess.from_manifest(record),
-              [name for name in PRECISIONS if name == FP32 or name in o.precisions], published=published,
-              random_init=o.weights is None)
-    if any(PRECISIONS[name].calibrated for name in job.precisions):  # before the slow steps: a missing data set fails at once
-        job.calibration = calibration_data(o.calib_data, preprocess=job.image_preprocess, shape=job.shape,
-                                           size=o.calib_size, seed=o.seed)
-        job.options = o = replace(o, reduce_range=quantize.resolve_reduce_range(o.int8_target, o.reduce_range))
+        record = replace(record, embedded=True, layout="NHWC")
+    within("--resize", record.resize, 1, MAX_SIDE, "pixels of the shorter side before the crop")
+    return record
+
+
+def _int8_request(o: ExportOptions, calibrated: bool) -> ExportOptions:
+    """``o`` with INT8's ``reduce_range`` decided for this CPU; the checks of the INT8-only options."""
+    if calibrated:
+        o = replace(o, reduce_range=quantize.resolve_reduce_range(o.int8_target, o.reduce_range))
     elif o.reduce_range is not None or o.max_drop is not None:
         raise ExportError("--reduce-range, --no-reduce-range and --max-drop go with --int8")
     if o.max_drop is not None and not 0 <= o.max_drop <= 100:
@@ -322,37 +260,82 @@ def _plan(arch: str, o: ExportOptions) -> Job:
         raise ExportError("--max-drop measures top-1: it needs the classifier (not --features-only or --num-classes 0)")
     if o.eval_data is not None and (o.max_drop is None or not Path(o.eval_data).is_dir()):
         raise ExportError("--eval-data takes a folder of class folders, and goes with --max-drop")
-    job.trt = runs_here(ENGINE)
-    if o.engine and not job.trt.available:
-        raise DeployError(f"--engine: cannot build a TensorRT engine here: {job.trt.reason}")
-    if job.build_engine and o.build_options is not None:
+    return o
+
+
+def _fetch_weights(o: ExportOptions, published: pretrained.PublishedWeights | None,
+                   say: Callable[[str], None]) -> tuple[ExportOptions, str | None]:
+    """``o`` with a published tag's file (fetched, before the output folder exists: a failed download leaves
+    nothing), and its sha256; says which weights the export has."""
+    if o.weights is None:
+        say(f"weights: RANDOM (seeded init, seed {o.seed}): the artifacts compute nothing useful; pass --weights "
+            "FILE or a published tag (`resnet-deploy list --weights`) to export trained weights")
+    if published is None:
+        return o, None
+    say(f"weights: {published.tag} ({published.url})")
+    fetched, sha256 = pretrained.fetch(published, progress=None if o.quiet else pretrained.stderr_progress)
+    return replace(o, weights=fetched), sha256
+
+
+def _plan(arch: str, o: ExportOptions, say: Callable[[str], None]) -> ExportPlan:
+    """Every check that needs no work, so bad input fails before a file is written; then what the steps
+    start from: the published weights fetched, the output folder made."""
+    profile = o.batch if isinstance(o.batch, BatchProfile) else BatchProfile.parse(o.batch)
+    stem = check_stem(o.name or arch)
+    height, width = parse_input_size(o.input_size, get_spec(arch).preprocess.input_size)
+    within("--opset", o.opset, 13, onnx.defs.onnx_opset_version(),
+           f"13 for per-channel quantization; onnx {onnx.__version__} knows up to {onnx.defs.onnx_opset_version()}")
+    within("--seed", o.seed, 0, MAX_SEED)
+    within("--calib-size", o.calib_size, 1, MAX_CALIBRATION_IMAGES)
+    published = (pretrained.resolve(arch, str(o.weights))
+                 if o.weights is not None and pretrained.is_tag(o.weights) else None)
+    preprocess = _preprocess(arch, o, height, width, published)
+    unknown = sorted(set(o.precisions) - set(PRECISIONS))
+    if unknown:
+        raise ArgumentError(f"unknown precision(s) {unknown}: choose from {', '.join(PRECISIONS)}")
+    precisions = tuple(name for name in PRECISIONS if name == FP32 or name in o.precisions)
+    calibrated = any(PRECISIONS[name].calibrated for name in precisions)
+    calibration = None
+    if calibrated:  # before the slow steps: a missing data set fails at once
+        calibration = calibration_data(o.calib_data, preprocess=ImagePreprocess.from_manifest(preprocess),
+                                       shape=(3, height, width), size=o.calib_size, seed=o.seed)
+    o = _int8_request(o, calibrated)
+    trt = runs_here(ENGINE)
+    if o.engine and not trt.available:
+        raise DeployError(f"--engine: cannot build a TensorRT engine here: {trt.reason}")
+    if trt.available and o.engine is not False and o.build_options is not None:
         o.build_options.check(package_version("tensorrt"))  # an option this TensorRT lacks: said before the export
-    return job
+    random_init = o.weights is None
+    o, weights_sha256 = _fetch_weights(o, published, say)
+    return ExportPlan(arch=arch, options=o, stem=stem, profile=profile, shape=(3, height, width),
+                      preprocess=preprocess, precisions=precisions, trt=trt, folder=_prepare_folder(o.out, say),
+                      random_init=random_init, calibration=calibration, published=published,
+                      weights_sha256=weights_sha256)
 
 
 def _build_model(job: Job, log: StepLog) -> None:
-    o = job.options
+    plan, o = job.plan, job.plan.options
     with torch.random.fork_rng():
         torch.manual_seed(o.seed)
-        job.model = create_model(job.arch, num_classes=o.num_classes, weights=o.weights,
-                                 features_only=o.features_only, last_stride=o.last_stride)
-    job.outputs = output_names(job.model)
-    pre = job.image_preprocess
-    job.exported = EmbeddedPreprocess(job.model, pre.mean, pre.std) if pre.embedded else job.model
+        model = create_model(plan.arch, num_classes=o.num_classes, weights=o.weights,
+                             features_only=o.features_only, last_stride=o.last_stride)
+    pre = plan.preprocess
+    exported = EmbeddedPreprocess(model, pre.mean, pre.std) if pre.embedded else model
+    job.built = Built(model, exported, output_names(model))
 
 
 def _to_onnx(job: Job, log: StepLog) -> None:
-    o = job.options
-    job.raw = export_onnx(job.exported, input_hw=job.shape[1:], in_chans=job.shape[0], outputs=job.outputs,
-                          opset=o.opset, exporter=o.exporter, dynamic_hw=o.dynamic_hw,
-                          pixels=job.image_preprocess.embedded)
+    plan, o = job.plan, job.plan.options
+    job.raw = export_onnx(job.built.exported, input_hw=plan.shape[1:], in_chans=plan.shape[0],
+                          outputs=job.built.outputs, opset=o.opset, exporter=o.exporter, dynamic_hw=o.dynamic_hw,
+                          pixels=plan.preprocess.embedded)
 
 
 def _simplify_and_check(job: Job, log: StepLog) -> None:
     """onnxsim, BatchNorm folding and onnx's full check of the file written. The exported graph is kept
     in memory until the fp32 gate passed: were it to fail, it says whether these passes are to blame."""
-    final_path = job.artifacts[FP32] = job.staging.file(PRECISIONS[FP32].suffix)
-    if job.options.simplify:
+    final_path = job.staged[FP32] = job.staging.file(PRECISIONS[FP32].suffix)
+    if job.plan.options.simplify:
         final = onnxgraph.simplify(job.raw)
     else:
         final = onnx.ModelProto()
@@ -366,59 +349,67 @@ def _simplify_and_check(job: Job, log: StepLog) -> None:
 
 
 def _fp16(job: Job, log: StepLog) -> None:
-    path = job.artifacts["fp16"] = job.staging.file(PRECISIONS["fp16"].suffix)
+    path = job.staged["fp16"] = job.staging.file(PRECISIONS["fp16"].suffix)
     onnx.save(quantize.to_fp16(job.final), str(path))
     onnxgraph.check_file(path)
     job.precision_options["fp16"] = Fp16Options(tuple(quantize.FP16_KEEP_FP32_OPS)).to_record()
 
 
 def _int8_title(job: Job) -> str:
-    o, calibration = job.options, job.calibration
+    o, calibration = job.plan.options, job.plan.calibration
     held = f", {calibration.holdout_images} held out" if calibration.holdout_images else ""
     return (f"INT8 QDQ for {o.int8_target}{' with 7-bit weights' if o.reduce_range else ''}, "
             f"{o.calib_method} calibration on {calibration.images} images{held}")
 
 
-def _int8(job: Job, log: StepLog) -> None:
-    o, calibration = job.options, job.calibration
-    path = job.artifacts["int8"] = job.staging.file(PRECISIONS["int8"].suffix)
-    fp32 = job.artifacts[FP32]
-    cache = job.folder / quantize.calibration_cache_name(job.stem, sha256_file(fp32), calibration, o.calib_method)
-    job.prepared = job.resources.enter_context(quantize.prepared_for_quantization(fp32))
+def _range_cache(job: Job, fp32: Path) -> tuple[Path, Path]:
+    """(the cache of this graph's activation ranges in the output folder, where the INT8 writer reads or
+    measures them): the cache itself where it is usable, else a staged file that the commit puts in its place,
+    so a failed export leaves none."""
+    plan = job.plan
+    cache = plan.folder / quantize.calibration_cache_name(plan.stem, sha256_file(fp32), plan.calibration,
+                                                          plan.options.calib_method)
     cleared = clear_derived(cache)  # a FIFO or a device in the cache's place: calibrate again
     problem = (f"it was {cleared}" if cleared else quantize.range_cache_problem(cache) if cache.exists()
                else "missing")
     if problem not in (None, "missing"):
         warnings.warn(f"the range cache {cache.name} is not used: {problem}; calibrating again", DeployWarning,
-                      stacklevel=2)
-    # new ranges go to a staged file, put in place with the artifacts: a failed export leaves none
-    ranges = cache if problem is None else job.staging.name(".json")
+                      stacklevel=3)
+    return cache, cache if problem is None else job.staging.name(".json")
 
-    job.int8_writer = quantize.Int8Writer(job.prepared, calibration, o.int8_target, o.calib_method,
-                                          bool(o.reduce_range), ranges,
-                                          lambda done, total: log.progress(done, total, "images"))
+
+def _int8(job: Job, log: StepLog) -> None:
+    o, calibration = job.plan.options, job.plan.calibration
+    path = job.staged["int8"] = job.staging.file(PRECISIONS["int8"].suffix)
+    fp32 = job.staged[FP32]
+    cache, ranges = _range_cache(job, fp32)
+    prepared = job.resources.enter_context(quantize.prepared_for_quantization(fp32))
+    writer = quantize.Int8Writer(prepared, calibration, o.int8_target, o.calib_method, bool(o.reduce_range), ranges,
+                                 lambda done, total: log.progress(done, total, "images"))
     # images the ranges never see: decoded once, for the mixed-precision measure and the gates
-    job.holdout = calibration.holdout() if calibration.holdout else None
-    from_cache = job.int8_writer(path)
+    holdout = calibration.holdout() if calibration.holdout else None
+    from_cache = writer(path)
+    measured = None
     if ranges != cache and ranges.exists():
         bad = quantize.range_cache_problem(ranges)
         if bad is not None:
             raise ExportError(f"calibration gave unusable activation ranges ({bad}): the calibration data holds "
                               "NaN or infinite values")
-        job.range_cache = (ranges, cache)
+        measured = (ranges, cache)
+    job.int8 = Int8Made(prepared, writer, holdout, measured)
     log.note(f"activation ranges {'read from' if from_cache else 'cached in'} {cache.name}")
     job.precision_options["int8"] = Int8Options(
         target=o.int8_target, method=o.calib_method, reduce_range=o.reduce_range, calibration=calibration.to_record(),
-        range_cache=cache.name if from_cache or job.range_cache else None,
+        range_cache=cache.name if from_cache or measured else None,
     ).to_record()
 
 
 def _mixed(job: Job, log: StepLog) -> None:
-    o = job.options
-    measure = mixed.DropMeasure.make(job.artifacts[FP32], o.eval_data, job.holdout, job.image_preprocess)
+    o = job.plan.options
+    measure = mixed.DropMeasure.make(job.staged[FP32], o.eval_data, job.int8.holdout, job.plan.image_preprocess)
     chosen = mixed.quantize_within(
-        job.prepared, job.artifacts["int8"], block_names=[name for name, _ in job.model.block_points()][1:],
-        max_drop=o.max_drop, measure=measure, quantize=job.int8_writer, on_progress=log.status,
+        job.int8.prepared, job.staged["int8"], block_names=[name for name, _ in job.built.model.block_points()][1:],
+        max_drop=o.max_drop, measure=measure, quantize=job.int8.writer, on_progress=log.status,
     )
     log.note(mixed.summary(chosen))
     int8 = Int8Options.from_record(job.precision_options["int8"])
@@ -429,8 +420,9 @@ def _gate_sets(job: Job) -> list[InputSet]:
     """The gates' inputs: seeded random images at batch 1 and OPT, and the calibration hold-out where there
     is one (see :mod:`resnet_deploy.parity.inputs`); made at the first gate, after the conversions."""
     if job.gate_sets is None:
-        random = random_batches(_gate_batches(job.profile), job.image_preprocess, job.options.seed)
-        job.gate_sets = default_sets(random, job.holdout, job.profile)
+        plan = job.plan
+        random = random_batches(_gate_batches(plan.profile), plan.image_preprocess, plan.options.seed)
+        job.gate_sets = default_sets(random, job.int8.holdout if job.int8 else None, plan.profile)
     return job.gate_sets
 
 
@@ -440,23 +432,23 @@ def _reference(job: Job) -> RunResults:
         sets = _gate_sets(job)
         example = sets[0].batches[0]
         spec = TensorSpec("input", ["batch", *example.shape[1:]], example.dtype.name)
-        job.reference = run([TorchRunner(job.exported, job.outputs, input_spec=spec)], sets)
+        job.reference = run([TorchRunner(job.built.exported, job.built.outputs, input_spec=spec)], sets)
     return job.reference
 
 
 def _gate_summary(job: Job, precision: str) -> str:
     sets = _gate_sets(job)
-    return sets_summary(sets, Policy.make(precision, random_init=job.random_init).judges_in(sets))
+    return sets_summary(sets, Policy.make(precision, random_init=job.plan.random_init).judges_in(sets))
 
 
 def _blame_graph_passes(job: Job) -> str:
     """After a failed fp32 gate: whether simplification and BatchNorm folding changed what the exported
     graph computes (both run on ONNX Runtime), or the export itself already disagreed with PyTorch."""
-    probe = job.image_preprocess.random_inputs(2, seed=job.options.seed)
+    probe = job.plan.image_preprocess.random_inputs(2, seed=job.plan.options.seed)
     # the graphs in memory and in staging, not artifacts of a manifest: ONNX Runtime directly
     before = OnnxRuntimeRunner(job.raw.SerializeToString())(probe)
-    after = OnnxRuntimeRunner(job.artifacts[FP32])(probe)
-    for out_name in job.outputs:
+    after = OnnxRuntimeRunner(job.staged[FP32])(probe)
+    for out_name in job.built.outputs:
         figures = compare_arrays(before[out_name], after[out_name])
         if not figures.finite or figures.rel_to_scale > SIMPLIFY_TOLERANCE:
             return (f"; simplification and BatchNorm folding changed the exported graph's {out_name!r} (max |error| "
@@ -472,12 +464,12 @@ def _gate_step(name: str) -> Step:
     def run_gate(job: Job, log: StepLog) -> None:
         here = runs_here(name)
         if row.runs_file and not here.available:
-            log.note(f"{name} not verified here: {here.reason}; verify {artifact_filename(job.stem, row.runs_file)} "
-                     f"on a machine that has it")
+            log.note(f"{name} not verified here: {here.reason}; verify "
+                     f"{artifact_filename(job.plan.stem, row.runs_file)} on a machine that has it")
             job.precision_options[name] = row.options(verified=False, reason=here.reason).to_record()
             return
         try:
-            rows, notes = _parity_gate(job, job.artifacts[row.file_precision], row.file_precision, _manifest(job),
+            rows, notes = _parity_gate(job, job.staged[row.file_precision], row.file_precision, _manifest(job),
                                        judged_as=name)
         except ParityError as exc:
             if name == FP32:
@@ -498,26 +490,31 @@ def _gate_step(name: str) -> Step:
         computed = f" computing {row.runs_file} in {name}" if row.runs_file else ""
         return f"parity gate {name}: {backend.title}{computed} vs PyTorch on {_gate_summary(job, name)}"
 
-    return Step(title, run_gate, lambda job: name in job.precisions)
+    return Step(title, run_gate, lambda plan: name in plan.precisions)
+
+
+def _weights_record(plan: ExportPlan) -> dict[str, Any]:
+    """The manifest's ``weights``: the file and its sha256 (and the published tag it came from), or the seed."""
+    o = plan.options
+    if o.weights is None:
+        return {"init": "random", "seed": o.seed}
+    published = {"published": plan.published.tag, "url": plan.published.url} if plan.published else {}
+    return {"file": str(Path(o.weights).resolve()), "sha256": plan.weights_sha256 or sha256_file(o.weights),
+            **published}
 
 
 def _manifest(job: Job) -> Manifest:
-    o = job.options
+    plan, o = job.plan, job.plan.options
     return Manifest(
-        stem=job.stem,
-        arch=job.arch,
-        num_classes=0 if o.features_only else job.model.num_classes,
+        stem=plan.stem,
+        arch=plan.arch,
+        num_classes=0 if o.features_only else job.built.model.num_classes,
         model_options={"features_only": o.features_only, "last_stride": o.last_stride},
-        weights=(
-            {"file": str(Path(o.weights).resolve()), "sha256": job.weights_sha256 or sha256_file(o.weights),
-             **({"published": job.published.tag, "url": job.published.url} if job.published else {})}
-            if o.weights is not None
-            else {"init": "random", "seed": o.seed}
-        ),
+        weights=_weights_record(plan),
         input=_tensor_specs(job.final.graph.input)[0],
-        preprocess=job.preprocess_record,
+        preprocess=plan.preprocess,
         outputs=_tensor_specs(job.final.graph.output),
-        batch=job.profile,
+        batch=plan.profile,
         dynamic_hw=o.dynamic_hw,
         opset=o.opset,
         exporter=o.exporter,
@@ -529,32 +526,33 @@ def _manifest(job: Job) -> Manifest:
 
 
 def _engine_source(job: Job) -> str:
-    return engine_source(job.precision_options, set(job.precisions))
+    return engine_source(job.precision_options, set(job.plan.precisions))
 
 
 def _engine(job: Job, log: StepLog) -> None:
     job.manifest = job.manifest or _manifest(job)
     source = _engine_source(job)
-    path = job.artifacts[ENGINE] = job.staging.file(ENGINE_SUFFIX)
+    path = job.staged[ENGINE] = job.staging.file(ENGINE_SUFFIX)
     job.manifest.precision_options[ENGINE] = trt_engine.build_engine(
-        job.artifacts[source], path, trt_engine.profile_shapes(job.manifest),
-        job.options.build_options or trt_engine.BuildOptions(), built_from=artifact_filename(job.stem, source))
+        job.staged[source], path, trt_engine.profile_shapes(job.manifest),
+        job.plan.options.build_options or trt_engine.BuildOptions(),
+        built_from=artifact_filename(job.plan.stem, source))
 
 
 def _engine_gate(job: Job, log: StepLog) -> None:
-    rows, _ = _parity_gate(job, job.artifacts[ENGINE], ENGINE, job.manifest, judged_as=_engine_source(job))
-    job.manifest.parity = [p for p in job.manifest.parity if p["artifact"] != ENGINE] + rows
+    rows, _ = _parity_gate(job, job.staged[ENGINE], ENGINE, job.manifest, judged_as=_engine_source(job))
+    job.manifest.parity = [p for p in job.manifest.parity if p.artifact != ENGINE] + rows
 
 
 def _commit(job: Job, log: StepLog) -> None:
-    if job.options.engine is None and not job.build_engine:
-        log.note(f"TensorRT engine not built: {job.trt.reason}")
+    if job.plan.options.engine is None and not job.plan.build_engine:
+        log.note(f"TensorRT engine not built: {job.plan.trt.reason}")
     job.manifest = job.manifest or _manifest(job)
     golden = job.staging.file(GOLDEN_SUFFIX)
     write_golden(golden, _reference(job))
-    if job.range_cache is not None:
-        job.staging.commit(*job.range_cache)
-    job.manifest_file = commit_artifacts(job.staging, job.artifacts, job.manifest, golden=golden)
+    if job.int8 is not None and job.int8.range_cache is not None:
+        job.staging.commit(*job.int8.range_cache)
+    job.manifest_file = commit_artifacts(job.staging, job.staged, job.manifest, golden=golden)
 
 
 # Each reduced precision's conversion from the checked fp32 graph: (progress title, work). A new precision
@@ -568,25 +566,25 @@ assert set(CONVERTERS) == set(file_precisions()) - {FP32}, "every precision with
 
 def _converter_step(name: str) -> Step:
     title, work = CONVERTERS[name]
-    return Step(title, work, lambda job: name in job.precisions)
+    return Step(title, work, lambda plan: name in plan.precisions)
 
 
 # The engine and its gate: the export's last steps where TensorRT is here, and all of `build`'s.
 ENGINE_STEPS: list[Step] = [
     Step(lambda job: f"build TensorRT engine from the {_engine_source(job)} ONNX", _engine,
-         lambda job: job.build_engine),
+         lambda plan: plan.build_engine),
     Step(lambda job: f"parity gate engine: TensorRT vs PyTorch on {_gate_summary(job, _engine_source(job))}",
-         _engine_gate, lambda job: job.build_engine),
+         _engine_gate, lambda plan: plan.build_engine),
 ]
 
 # The export, in order. A step is named, timed and counted by the one loop in _run_steps().
 STEPS: list[Step] = [
-    Step(lambda job: f"build {job.arch}", _build_model),
-    Step(lambda job: f"export to ONNX ({job.options.exporter}, opset {job.options.opset})", _to_onnx),
-    Step(lambda job: "simplify and check" if job.options.simplify else "check", _simplify_and_check),
+    Step(lambda job: f"build {job.plan.arch}", _build_model),
+    Step(lambda job: f"export to ONNX ({job.plan.options.exporter}, opset {job.plan.options.opset})", _to_onnx),
+    Step(lambda job: "simplify and check" if job.plan.options.simplify else "check", _simplify_and_check),
     *[_converter_step(name) for name in PRECISIONS if name in CONVERTERS],
-    Step(lambda job: f"mixed precision: INT8 within {job.options.max_drop} top-1 points", _mixed,
-         lambda job: job.options.max_drop is not None),
+    Step(lambda job: f"mixed precision: INT8 within {job.plan.options.max_drop} top-1 points", _mixed,
+         lambda plan: plan.options.max_drop is not None),
     *[_gate_step(name) for name in PRECISIONS],
     *ENGINE_STEPS,
     Step(lambda job: "write golden outputs and manifest", _commit),
@@ -594,8 +592,8 @@ STEPS: list[Step] = [
 
 
 def _run_steps(job: Job, steps: list[Step], log: StepLog) -> None:
-    """The steps that run for ``job``, in order, each on the progress line, in ``job.folder``'s staging."""
-    with Staging(job.folder) as job.staging, job.resources:
+    """``steps`` in order, each on the progress line, in the staging of the plan's folder."""
+    with Staging(job.plan.folder) as job.staging, job.resources:
         for step in steps:
             with log.step(step.title(job)):
                 step.run(job, log)
@@ -629,22 +627,14 @@ def export(arch: str, options: ExportOptions | None = None, **keywords: Any) -> 
         ParityError: an artifact disagrees with PyTorch. In every failure no new file is left in ``out``.
     """
     start = time.perf_counter()
-    job = _plan(arch, export_options(options, keywords))
-    steps = [step for step in STEPS if step.runs_for(job)]
-    log = StepLog(len(steps), quiet=job.options.quiet)
-    o = job.options
-    if o.weights is None:
-        log.say(f"weights: RANDOM (seeded init, seed {o.seed}): the artifacts compute nothing useful; pass --weights "
-                "FILE or a published tag (`resnet-deploy list --weights`) to export trained weights")
-    elif job.published is not None:  # before the output folder exists: a failed download leaves nothing
-        log.say(f"weights: {job.published.tag} ({job.published.url})")
-        fetched, job.weights_sha256 = pretrained.fetch(
-            job.published, progress=None if o.quiet else pretrained.stderr_progress)
-        job.options = o = replace(o, weights=fetched)  # the resolved file, not the tag, from here on
-    job.folder = _prepare_folder(o.out, log)
+    request = export_options(options, keywords)
+    plan = _plan(arch, request, StepLog(0, quiet=request.quiet).say)  # its lines come before the steps are counted
+    steps = [step for step in STEPS if step.runs_for(plan)]
+    log = StepLog(len(steps), quiet=plan.options.quiet)
+    job = Job(plan)
     _run_steps(job, steps, log)
     return ExportResult(
-        onnx_path=job.folder / job.manifest.artifact(FP32).file,
+        onnx_path=plan.folder / job.manifest.artifact(FP32).file,
         manifest_path=job.manifest_file,
         manifest=job.manifest,
         timings=log.timings,
@@ -689,15 +679,16 @@ def build(
         raise DeployError(f"{onnx_path.name}: {refusal}")
     if options is not None:
         options.check(package_version("tensorrt"))
-    preprocess = ImagePreprocess.from_manifest(manifest.preprocess)
-    job = Job(manifest.arch, ExportOptions(seed=seed, engine=True, build_options=options, quiet=quiet), manifest.stem,
-              manifest.batch, manifest.example_shape, manifest.preprocess, preprocess, [source],
-              precision_options=manifest.precision_options, trt=trt, folder=onnx_path.parent,
-              exported=reference_model(manifest), outputs=[o.name for o in manifest.outputs],
-              artifacts={source: onnx_path}, manifest=manifest, random_init=manifest.random_init)
-    sweep_temporaries(job.folder)
+    reference = reference_model(manifest)
+    request = ExportOptions(seed=seed, engine=True, build_options=options, quiet=quiet)
+    plan = ExportPlan(arch=manifest.arch, options=request, stem=manifest.stem, profile=manifest.batch, shape=manifest.example_shape,
+                      preprocess=manifest.preprocess, precisions=(source,), trt=trt, folder=onnx_path.parent,
+                      random_init=manifest.random_init)
+    job = Job(plan, built=Built(reference, reference, [o.name for o in manifest.outputs]),
+              staged={source: onnx_path}, precision_options=manifest.precision_options, manifest=manifest)
+    sweep_temporaries(plan.folder)
     log = StepLog(len(ENGINE_STEPS) + 1, quiet=quiet)
     commit = Step(lambda _job: "write manifest", lambda job, _log: commit_artifacts(
-        job.staging, {ENGINE: job.artifacts[ENGINE]}, job.manifest, keep_others=True))
+        job.staging, {ENGINE: job.staged[ENGINE]}, job.manifest, keep_others=True))
     _run_steps(job, [*ENGINE_STEPS, commit], log)
-    return job.folder / artifact_filename(manifest.stem, ENGINE)
+    return plan.folder / artifact_filename(manifest.stem, ENGINE)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts import ErrorFigures
 from .metrics import compare_arrays
 from .results import RunResults
 from .tolerances import Policy, Tolerance
@@ -29,7 +30,7 @@ class ResultRow:
     output: str
     passed: bool
     failures: list[str]
-    figures: dict[str, Any]
+    figures: ErrorFigures
     reference: str = REFERENCE  # what the backend is compared with: the PyTorch reference, or another runner
     judged: bool = True  # False: reported only (a runtime that is not the artifact's target, or off-target inputs)
     inputs: str = "random"  # which input set (see parity.inputs)
@@ -52,7 +53,7 @@ def compare_outputs(backend: str, expected: dict[str, np.ndarray], got: dict[str
     for name, want in expected.items():
         figures = compare_arrays(want, got[name])
         failures = tolerance.failures(figures)
-        rows.append(ResultRow(backend, len(want), name, not failures, failures, figures.to_dict(), **labels))
+        rows.append(ResultRow(backend, len(want), name, not failures, failures, figures, **labels))
     return rows
 
 

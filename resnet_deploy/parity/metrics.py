@@ -7,27 +7,9 @@ which is what makes one tolerance usable across models whose logits span 1 or
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class ErrorFigures:
-    max_abs: float
-    mean_abs: float
-    median_abs: float
-    p99_abs: float
-    max_rel: float  # max |a - b| / (|b| + eps) elementwise
-    scale: float  # max |reference|
-    rel_to_scale: float  # max_abs / scale
-    cosine: float
-    top1_agreement: float | None  # for (N, classes) outputs
-    top5_overlap: float | None
-    finite: bool
-
-    def to_dict(self) -> dict[str, float | bool | None]:
-        return asdict(self)
+from ..artifacts import ErrorFigures  # the manifest's record of them; computed here
 
 
 def _topk(values: np.ndarray, k: int) -> np.ndarray:

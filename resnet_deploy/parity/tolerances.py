@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ..artifacts import ErrorFigures
 from ..errors import DeployError, within
 from ..precisions import PRECISIONS
 from .inputs import HOLDOUT, RANDOM, InputSet
-from .metrics import ErrorFigures
 
 
 @dataclass(frozen=True)

@@ -97,11 +97,11 @@ class Report:
 def _row_cells(row: ResultRow) -> list[str]:
     """One row of verify's table."""
     f = row.figures
-    top1 = "-" if f["top1_agreement"] is None else f"{f['top1_agreement']:.1%}"
-    top5 = "-" if f["top5_overlap"] is None else f"{f['top5_overlap']:.1%}"
+    top1 = "-" if f.top1_agreement is None else f"{f.top1_agreement:.1%}"
+    top5 = "-" if f.top5_overlap is None else f"{f.top5_overlap:.1%}"
     result = ("PASS" if row.passed else "FAIL") if row.judged else "reported"
-    return [row.backend, row.reference, row.inputs, str(row.batch), row.output, f"{f['max_abs']:.2e}",
-            f"{f['rel_to_scale']:.2e}", f"{f['cosine']:.6f}", top1, top5, result]
+    return [row.backend, row.reference, row.inputs, str(row.batch), row.output, f"{f.max_abs:.2e}",
+            f"{f.rel_to_scale:.2e}", f"{f.cosine:.6f}", top1, top5, result]
 
 
 @dataclass

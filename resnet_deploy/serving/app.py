@@ -74,7 +74,7 @@ class _Endpoints:
                     "inputs": [tensor_meta(t) for t in self.runner.inputs],
                     "outputs": [tensor_meta(t) for t in self.runner.outputs]}
         if self.runner.manifest is not None:  # how a client turns an image into the input tensor
-            metadata["parameters"] = {"preprocess": self.runner.manifest.preprocess}
+            metadata["parameters"] = {"preprocess": self.runner.manifest.preprocess.to_dict()}
         if self.runner.backend is not None:  # what runs it, and how --backend auto chose it
             metadata.setdefault("parameters", {})["configuration"] = {
                 "artifact": Path(self.runner.artifact).name, "backend": self.runner.backend, "runner": self.runner.name,

@@ -465,7 +465,7 @@ def write_ensemble(repo: Path, name: str, manifest: Manifest, options: TritonOpt
         # the network's input: normalised images, or the resized pixels where the network normalises them
         "output": [_tensor(network_input, _triton_type(manifest.input.dtype), list(manifest.example_shape))],
         "dynamic_batching": _batching(options, preferred=False), "instance_group": _instances(options, "cpu"),
-        "parameters": _string_parameters({"preprocess": json.dumps(manifest.preprocess)}),
+        "parameters": _string_parameters({"preprocess": json.dumps(manifest.preprocess.to_dict())}),
     }
     ensemble = {
         "name": ensemble_dir.name, "platform": "ensemble", "max_batch_size": options.max_batch, "input": image,

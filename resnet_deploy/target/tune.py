@@ -257,8 +257,8 @@ def _verify(candidate: Candidate, path: Path, manifest: Manifest, ran: Any, labe
     policy = Policy.make(config.precision, random_init=manifest.random_init)
     checked = check(path, manifest, manifest_for(path)[1], policy, [_variant(config)], ran.results, ran.name)
     results, candidate.runner = checked.results, checked.runners[-1]
-    candidate.accuracy = {"min_cosine": min(r.figures["cosine"] for r in checked.judged),
-                          "max_rel_to_scale": max(r.figures["rel_to_scale"] for r in checked.judged), "top1_drop": None}
+    candidate.accuracy = {"min_cosine": min(r.figures.cosine for r in checked.judged),
+                          "max_rel_to_scale": max(r.figures.rel_to_scale for r in checked.judged), "top1_drop": None}
     failed = checked.first_failure
     if failed is not None:
         candidate.passed, candidate.reason = False, f"{'; '.join(failed.failures)} ({failed.inputs} batch {failed.batch})"

@@ -312,3 +312,21 @@ def test_export_takes_typed_frozen_options_and_keywords_alike():
         merged.seed = 4
     with pytest.raises(ArgumentError, match=r"unknown export option\(s\) \['colour'\]"):
         export_options(base, {"colour": "red"})
+
+
+def test_the_plan_is_resolved_once_and_frozen(tmp_path):
+    """``_plan`` checks and resolves the request before any step (INT8's reduce_range decided, the folder made,
+    the preprocessing typed); no step can change it under a later one, whose products are the Job's."""
+    import dataclasses
+
+    from resnet_deploy.export.job import Job
+
+    plan = pipeline._plan("resnet18", pipeline.export_options(None, {
+        "input_size": 32, "int8": True, "int8_target": "cpu", "calib_data": "random", "calib_size": 4,
+        "embed_preprocess": True, "out": tmp_path / "out"}), lambda _line: None)
+    assert plan.options.reduce_range is not None and plan.precisions == ("fp32", "int8") and plan.random_init
+    assert plan.folder.is_dir() and plan.preprocess.embedded and plan.preprocess.layout == "NHWC"
+    assert plan.preprocess.crop == (32, 32) and plan.image_preprocess.embedded
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.options = plan.options
+    assert not any(f.name in {"options", "arch", "preprocess"} for f in dataclasses.fields(Job))

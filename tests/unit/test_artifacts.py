@@ -10,7 +10,10 @@ import pytest
 from resnet_deploy.artifacts import (
     ArtifactEntry,
     BatchProfile,
+    ErrorFigures,
     Manifest,
+    ParityRecord,
+    PreprocessRecord,
     TensorSpec,
     artifact_filename,
     commit_artifacts,
@@ -51,9 +54,11 @@ def _manifest(stem: str = "m") -> Manifest:
     return Manifest(
         stem=stem, arch="resnet18", num_classes=1000, model_options={}, weights={"init": "random", "seed": 0},
         input=TensorSpec("input", ["batch", 3, 64, 64]), outputs=[TensorSpec("logits", ["batch", 1000])],
-        preprocess={"crop": [64, 64], "resize": 73, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                    "interpolation": "bilinear"},
+        preprocess=PreprocessRecord(resize=73, crop=(64, 64), interpolation="bilinear", scale=1 / 255,
+                                    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), layout="NCHW", color="RGB"),
         batch=BatchProfile(), dynamic_hw=False, opset=18, exporter="dynamo", simplified=True,
+        parity=[ParityRecord("fp32", "onnxruntime-cpu", "torch", "random", True, 1, "logits",
+                             ErrorFigures(1e-6, 1e-7, 1e-7, 1e-6, 1e-3, 2.0, 5e-7, 1.0, 1.0, 1.0, True))],
     )
 
 
@@ -70,6 +75,22 @@ def test_manifest_round_trip_and_version_check(tmp_path):
     path.write_text("{broken")
     with pytest.raises(ArtifactError, match="cannot read manifest"):
         read_manifest(path)
+
+
+def test_the_records_read_back_typed_and_read_like_the_json_they_are(tmp_path):
+    written = _manifest()
+    path = write_manifest(written, tmp_path)
+    data = json.loads(path.read_text())
+    row = data["parity"][0]
+    assert list(row)[:8] == ["artifact", "backend", "reference", "inputs", "judged", "batch", "output", "max_abs"]
+    assert "figures" not in row and "embedded" not in data["preprocess"]  # flat rows; embedded only where true
+    loaded = read_manifest(path)
+    assert loaded.preprocess.crop == (64, 64) and loaded.parity[0].figures.cosine == 1.0
+    assert loaded.preprocess == data["preprocess"] and loaded.parity[0] == row  # the Mapping view is the JSON
+    assert loaded.preprocess["crop"] == [64, 64] and loaded.parity[0].get("artifact") == "fp32"
+    assert json.dumps(loaded.preprocess.to_dict()) == json.dumps(data["preprocess"])
+    with pytest.raises(Exception):  # frozen: a reader cannot change what the manifest says
+        loaded.preprocess.resize = 1
 
 
 @pytest.mark.parametrize("spoil, message", [

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from resnet_deploy.artifacts import BatchProfile, Manifest, TensorSpec
+from resnet_deploy.artifacts import BatchProfile, Manifest, PreprocessRecord, TensorSpec
 from resnet_deploy.backends import detect
 from resnet_deploy.backends.tensorrt import check_engine_compatible, current_environment
 from resnet_deploy.errors import DeployError, DeployWarning
@@ -34,11 +34,15 @@ def test_network_flags_by_version():
         network_flags(_fake_trt("8.6.1"))
 
 
+_PREPROCESS = PreprocessRecord(resize=256, crop=(224, 192), interpolation="bilinear", scale=1 / 255,
+                               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), layout="NCHW", color="RGB")
+
+
 def _manifest(dynamic_hw=False, batch=BatchProfile(1, 8, 32)):
     shape = ["batch", 3, "height", "width"] if dynamic_hw else ["batch", 3, 224, 192]
     return Manifest(
         stem="m", arch="resnet50", num_classes=1000, model_options={}, weights={"init": "random", "seed": 0},
-        input=TensorSpec("input", shape), preprocess={"crop": [224, 192]}, outputs=[TensorSpec("logits", ["batch", 1000])],
+        input=TensorSpec("input", shape), preprocess=_PREPROCESS, outputs=[TensorSpec("logits", ["batch", 1000])],
         batch=batch, dynamic_hw=dynamic_hw, opset=18, exporter="dynamo", simplified=True,
     )
 
