@@ -543,6 +543,8 @@ def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: 
 @click.option("--model-name", help="Default: the artifact's stem.")
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to bind (0.0.0.0 exposes it).")
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
+@click.option("--grpc-port", type=int, help="Also serve the protocol over gRPC on this port (Triton's is 8001); "
+              "needs the grpc extra.")
 @click.option("--max-batch", type=int,
               help=f"Largest batch the dynamic batcher forms (default: min(profile MAX, {SERVE_MAX_BATCH})).")
 @click.option("--max-delay-ms", type=float, default=DEFAULT_MAX_DELAY_MS, show_default=True,
@@ -553,17 +555,18 @@ def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: 
 @click.option("--max-request-mb", type=float, default=DEFAULT_REQUEST_MB, show_default=True, help="Largest request body.")
 @click.option("--backend", type=click.Choice(backend_choices()), default="auto", show_default=True)
 @_runtime_options
-def serve_command(artifact: str, model_name: str | None, host: str, port: int, max_batch: int | None,
+def serve_command(artifact: str, model_name: str | None, host: str, port: int, grpc_port: int | None,
+                  max_batch: int | None,
                   max_delay_ms: float, queue_size: int, workers: int, max_request_mb: float, backend: str,
                   device: str | None, threads: int | None) -> None:
-    """Serve ARTIFACT over the Open Inference Protocol (KServe v2 REST), with dynamic batching."""
+    """Serve ARTIFACT over the Open Inference Protocol (KServe v2 REST, and gRPC), with dynamic batching."""
     from .serving.limits import ServeLimits
     from .serving.server import serve
 
     limits = ServeLimits(max_batch=max_batch, max_delay_ms=max_delay_ms, queue_size=queue_size, workers=workers,
                          max_request_mb=max_request_mb)
-    serve(artifact, host=host, port=port, model_name=model_name, limits=limits, backend=backend, device=device,
-          threads=threads, announce=_say)
+    serve(artifact, host=host, port=port, grpc_port=grpc_port, model_name=model_name, limits=limits, backend=backend,
+          device=device, threads=threads, announce=_say)
 
 
 if __name__ == "__main__":  # pragma: no cover

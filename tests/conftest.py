@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,19 @@ def pip(*args: str, python: str = sys.executable) -> None:
         if any(sign in done.stderr + done.stdout for sign in UNREACHABLE):
             pytest.skip(f"the package registry cannot be reached: {done.stderr.strip().splitlines()[-1]}")
         pytest.fail(f"pip {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+
+
+def cached_venv(venv: Path, *installs: list[str]) -> Path:
+    """A virtual environment at ``venv`` with each ``pip install`` of ``installs`` run in order, made once
+    (a marker file says it is complete) and reused by later runs: the real servers' and clients' own
+    environments, apart from the project's."""
+    if not (venv / ".complete").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        for arguments in installs:
+            pip("install", "--quiet", *arguments, python=str(venv / "bin" / "python"))
+        (venv / ".complete").touch()
+    return venv
 
 
 def free_port() -> int:

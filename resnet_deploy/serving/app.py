@@ -1,13 +1,14 @@
-"""The Open Inference Protocol's REST endpoints for one model (Starlette), over the dynamic batcher of
-:mod:`.batcher`. Imported by ``serve`` alone: Starlette is the serve extra's."""
+"""The Open Inference Protocol's REST endpoints (Starlette), with Triton's model configuration, statistics and
+repository extensions, over one :class:`~.served.ServedModel`. Imported by ``serve`` alone: Starlette is the
+serve extra's."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import json
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -19,25 +20,17 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ..backends.base import Runner
-from ..backends.registry import BACKENDS
-from ..environment import package_version
 from ..errors import ArgumentError
-from ..target.predict import class_names
-from .batcher import DynamicBatcher
-from .codec import BINARY_HEADER, build_infer_response, parse_infer_request, tensor_meta
+from .codec import BINARY_HEADER, build_infer_response, compressed, decompressed, parse_infer_request
 from .limits import MODEL_NAME, RequestError, ServeLimits
+from .served import ServedModel
 
 
 class _Endpoints:
-    """The protocol's endpoints for one model, over one dynamic batcher."""
+    """The protocol's REST endpoints for one :class:`ServedModel`."""
 
-    def __init__(self, runner: Runner, model_name: str, limits: ServeLimits) -> None:
-        self.runner, self.model_name, self.limits = runner, model_name, limits
-        self.platform = BACKENDS[runner.backend].platform if runner.backend else "unknown"
-        self.batcher = DynamicBatcher(runner, max_batch=limits.max_batch, max_delay=limits.max_delay_ms / 1e3,
-                                      queue_size=limits.queue_size, workers=limits.workers)
-        self.ready_now = False
-        self.labels = class_names(runner.manifest.num_classes) if runner.manifest else None  # as predict names them
+    def __init__(self, model: ServedModel) -> None:
+        self.model, self.limits = model, model.limits
 
     @staticmethod
     def answering_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -52,48 +45,53 @@ class _Endpoints:
         return guarded
 
     def check_model(self, request: Request) -> None:
-        name = request.path_params["name"]
-        version = request.path_params.get("version")
-        if name != self.model_name or version not in (None, "1"):
-            raise RequestError(f"unknown model {name!r}" + (f" version {version}" if version else "") +
-                               f"; this server serves {self.model_name!r} version 1", 404)
+        self.model.check(request.path_params["name"], request.path_params.get("version"))
 
     async def live(self, _: Request) -> Response:
         return JSONResponse({"live": True})
 
     async def ready(self, _: Request) -> Response:
-        return JSONResponse({"ready": self.ready_now}, status_code=200 if self.ready_now else 503)
+        return JSONResponse({"ready": self.model.ready}, status_code=200 if self.model.ready else 503)
 
     async def server_metadata(self, _: Request) -> Response:
-        return JSONResponse({"name": "resnet-deploy", "version": package_version("resnet-deploy") or "unknown",
-                             "extensions": ["binary_tensor_data", "classification"]})
+        return JSONResponse(self.model.server_metadata())
 
     async def model_metadata(self, request: Request) -> Response:
         self.check_model(request)
-        metadata = {"name": self.model_name, "versions": ["1"], "platform": self.platform,
-                    "inputs": [tensor_meta(t) for t in self.runner.inputs],
-                    "outputs": [tensor_meta(t) for t in self.runner.outputs]}
-        if self.runner.manifest is not None:  # how a client turns an image into the input tensor
-            metadata["parameters"] = {"preprocess": self.runner.manifest.preprocess.to_dict()}
-        if self.runner.backend is not None:  # what runs it, and how --backend auto chose it
-            metadata.setdefault("parameters", {})["configuration"] = {
-                "artifact": Path(self.runner.artifact).name, "backend": self.runner.backend, "runner": self.runner.name,
-                "precision": self.runner.precision, "selection": self.runner.selection}
-        return JSONResponse(metadata)
+        return JSONResponse(self.model.metadata())
 
     async def model_ready(self, request: Request) -> Response:
         self.check_model(request)
-        return JSONResponse({"name": self.model_name, "ready": self.ready_now},
-                            status_code=200 if self.ready_now else 503)
+        return JSONResponse({"name": self.model.name, "ready": self.model.ready},
+                            status_code=200 if self.model.ready else 503)
+
+    async def model_config(self, request: Request) -> Response:
+        self.check_model(request)
+        return JSONResponse(self.model.config())
+
+    async def statistics(self, request: Request) -> Response:
+        """``/v2/models/stats`` (every model: this one) or ``/v2/models/NAME[/versions/V]/stats``."""
+        if "name" in request.path_params:
+            self.check_model(request)
+        return JSONResponse(self.model.statistics())
+
+    async def repository_index(self, request: Request) -> Response:
+        """Triton's ``POST /v2/repository/index`` (body ``{"ready": true}`` lists ready models only)."""
+        body = decompressed(await self.read_body(request), request.headers.get("content-encoding", ""),
+                            self.limits.max_request_bytes)
+        try:
+            ready = bool(json.loads(body).get("ready", False)) if body.strip() else False
+        except (ValueError, AttributeError):
+            raise RequestError("the repository index request is not a JSON object") from None
+        return JSONResponse(self.model.index(ready_only=ready))
 
     async def read_body(self, request: Request) -> bytearray:
-        """The body, refused (413) past the size limit and (408) where it stalls between two chunks."""
+        """The body as sent (compressed or not), refused (413) past the size limit and (408) where it stalls
+        between two chunks."""
         limit, timeout = self.limits.max_request_bytes, self.limits.read_timeout_s
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise RequestError(f"request of {declared} bytes is over the {limit}-byte limit", 413)
-        if request.headers.get("content-encoding", "identity") != "identity":
-            raise RequestError("compressed requests are not supported")
         body = bytearray()
         chunks = request.stream().__aiter__()
         while True:
@@ -121,48 +119,43 @@ class _Endpoints:
     async def infer(self, request: Request) -> Response:
         self.check_model(request)
         try:  # before the body is read: an overloaded server refuses in microseconds, not after parsing it
-            admission = self.batcher.admit()
+            admission = self.model.batcher.admit()
         except RequestError as exc:  # the body is then read and dropped, so the client reads the 503, not a reset
             return JSONResponse({"error": str(exc)}, status_code=exc.status, headers={"connection": "close"},
                                 background=BackgroundTask(self.discard_body, request))
-        try:
+        async with self.model.answering(admission):
             body = await self.read_body(request)
             # parsed and answered off the event loop: a large JSON body takes seconds, and health checks wait
-            batch, parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(BINARY_HEADER),
-                                                    self.runner, self.limits.max_batch)
+            batch, parsed = await run_in_threadpool(self._parse, body, request.headers)
             del body
-            outputs, batch_size = await self.batcher.submit(batch, admission)
-        finally:
-            admission.leave()
-        content, headers = await run_in_threadpool(build_infer_response, parsed, outputs,
-                                                   model_name=self.model_name, batch_size=batch_size,
-                                                   labels=self.labels)
+            outputs, batch_size = await self.model.batcher.submit(batch, admission)
+            content, headers = await run_in_threadpool(self._response, parsed, outputs, batch_size,
+                                                       request.headers.get("accept-encoding"))
         return Response(content, headers=headers)
 
+    def _parse(self, body: bytearray, headers: Any) -> tuple[Any, Any]:
+        """The batch and the request of a body as sent (gzip or deflate: decompressed within the size limit)."""
+        body = decompressed(body, headers.get("content-encoding", ""), self.limits.max_request_bytes)
+        return parse_infer_request(body, headers.get(BINARY_HEADER), self.model.runner, self.limits.max_batch)
+
+    def _response(self, parsed: Any, outputs: dict[str, Any], batch_size: int,
+                  accept_encoding: str | None) -> tuple[bytes, dict[str, str]]:
+        """The response's body and headers, compressed where the client accepts it."""
+        content, headers = build_infer_response(parsed, outputs, model_name=self.model.name, batch_size=batch_size,
+                                                labels=self.model.labels)
+        content, coding = compressed(content, accept_encoding)
+        return content, {**headers, "content-encoding": coding} if coding else headers
+
     async def metrics(self, _: Request) -> Response:
-        s = self.batcher.stats
-        lines = [
-            "# TYPE resnet_deploy_requests_total counter", f"resnet_deploy_requests_total {s.requests}",
-            "# TYPE resnet_deploy_batches_total counter", f"resnet_deploy_batches_total {s.batches}",
-            "# TYPE resnet_deploy_batched_images_total counter", f"resnet_deploy_batched_images_total {s.images}",
-            "# TYPE resnet_deploy_rejected_total counter",
-            f'resnet_deploy_rejected_total{{reason="overload"}} {s.rejected_overload}',
-            f'resnet_deploy_rejected_total{{reason="failed"}} {s.failed}',
-            "# TYPE resnet_deploy_largest_batch gauge", f"resnet_deploy_largest_batch {s.largest_batch}",
-            "# TYPE resnet_deploy_queue_depth gauge", f"resnet_deploy_queue_depth {self.batcher.waiting}",
-            "# TYPE resnet_deploy_deepest_queue gauge", f"resnet_deploy_deepest_queue {s.deepest_queue}",
-        ]
-        return PlainTextResponse("\n".join(lines) + "\n")
+        return PlainTextResponse(self.model.batcher.stats.to_prometheus(self.model.batcher.waiting))
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> Any:
-        await self.batcher.start()
-        self.ready_now = True
+        await self.model.start()
         try:
             yield
         finally:
-            self.ready_now = False
-            await self.batcher.stop()
+            await self.model.stop()
 
 
 async def _json_http_error(request: Request, exc: HTTPException) -> Response:
@@ -192,18 +185,20 @@ def create_app(runner: Runner, *, model_name: str, limits: ServeLimits | None = 
         raise ArgumentError(f"--model-name {model_name!r}: a model name is letters, digits, '_', '.' and '-' "
                             "(it is part of every URL of the model)")
     limits = (limits or ServeLimits()).for_runner(runner)
-    endpoints = _Endpoints(runner, model_name, limits)
-    model = "/v2/models/{name}"
-    versioned = "/v2/models/{name}/versions/{version}"
+    served = ServedModel(runner, model_name, limits)
+    endpoints = _Endpoints(served)
     paths = [
         ("/v2/health/live", endpoints.live, "GET"), ("/v2/health/ready", endpoints.ready, "GET"),
         ("/v2", endpoints.server_metadata, "GET"), ("/metrics", endpoints.metrics, "GET"),
-        (model, endpoints.model_metadata, "GET"), (versioned, endpoints.model_metadata, "GET"),
-        (model + "/ready", endpoints.model_ready, "GET"), (versioned + "/ready", endpoints.model_ready, "GET"),
-        (model + "/infer", endpoints.infer, "POST"), (versioned + "/infer", endpoints.infer, "POST"),
+        ("/v2/models/stats", endpoints.statistics, "GET"),
+        ("/v2/repository/index", endpoints.repository_index, "POST"),
     ]
+    for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        paths += [(model, endpoints.model_metadata, "GET"), (model + "/ready", endpoints.model_ready, "GET"),
+                  (model + "/config", endpoints.model_config, "GET"), (model + "/stats", endpoints.statistics, "GET"),
+                  (model + "/infer", endpoints.infer, "POST")]
     routes = [Route(path, endpoints.answering_errors(handler), methods=[method]) for path, handler, method in paths]
     app = Starlette(routes=routes, lifespan=endpoints.lifespan,
                     exception_handlers={HTTPException: _json_http_error})
-    app.state.batcher, app.state.limits = endpoints.batcher, limits
+    app.state.batcher, app.state.limits, app.state.model = served.batcher, limits, served
     return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ import numpy as np
 from ..backends.base import Runner
 from ..errors import DeployError, first_line
 from .limits import RequestError
+from .statistics import BatchStats
 
 
 class Admission:
@@ -40,18 +42,7 @@ class _Pending:
     batch: np.ndarray
     future: asyncio.Future
     admission: Admission
-
-
-@dataclass
-class BatchStats:
-    requests: int = 0
-    batches: int = 0
-    images: int = 0
-    rejected_overload: int = 0
-    failed: int = 0
-    largest_batch: int = 0
-    deepest_queue: int = 0  # the most requests ever waiting at once (never over the queue bound)
-    batch_sizes: collections.Counter = field(default_factory=collections.Counter)
+    submitted_ns: int = field(default_factory=time.perf_counter_ns)
 
 
 class DynamicBatcher:
@@ -134,6 +125,7 @@ class DynamicBatcher:
     def _pop(self) -> _Pending:
         item = self.pending.popleft()
         item.admission.leave()
+        self.stats.queue.add(time.perf_counter_ns() - item.submitted_ns)
         return item
 
     async def _work(self) -> None:
@@ -143,10 +135,10 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         while True:
             items = await self._take()
-            sizes = [len(i.batch) for i in items]
-            total = sum(sizes)
+            started = time.perf_counter_ns()
             try:
                 batch = np.concatenate([i.batch for i in items]) if len(items) > 1 else items[0].batch
+                prepared = time.perf_counter_ns()
                 outputs = await loop.run_in_executor(self._executor, self.runner.run_padded, batch)
             except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
                 self.stats.failed += len(items)
@@ -156,12 +148,11 @@ class DynamicBatcher:
                     if not item.future.done():
                         item.future.set_exception(error)
                 continue
-            self.stats.batches += 1
-            self.stats.images += total
-            self.stats.largest_batch = max(self.stats.largest_batch, total)
-            self.stats.batch_sizes[total] += 1
+            ran = time.perf_counter_ns()
+            sizes = [len(i.batch) for i in items]
             start = 0
             for item, size in zip(items, sizes):
                 if not item.future.done():
-                    item.future.set_result(({k: v[start: start + size] for k, v in outputs.items()}, total))
+                    item.future.set_result(({k: v[start: start + size] for k, v in outputs.items()}, sum(sizes)))
                 start += size
+            self.stats.batch_ran(sizes, prepared - started, ran - prepared, time.perf_counter_ns() - ran)

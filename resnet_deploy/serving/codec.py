@@ -4,6 +4,7 @@ binary tensor data extension, read into a numpy batch checked against the model,
 from __future__ import annotations
 
 import json
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,9 +14,13 @@ from ..backends.base import Runner
 from .limits import RequestError
 
 if TYPE_CHECKING:  # pydantic is the serve extra's
-    from .protocol import InferRequest
+    from .protocol import InferRequest, RequestedOutput
 
 BINARY_HEADER = "Inference-Header-Content-Length"
+MODEL_VERSION = "1"  # serve holds one version of its model
+# HTTP content codings serve reads and writes -> zlib's window bits ("deflate" is the zlib format, RFC 9110)
+CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+RESPONSE_COMPRESSION_LEVEL = 1  # logits compress little: the fastest level, not the smallest answer
 OIP_DATATYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "uint8": "UINT8"}  # numpy -> the protocol's (Triton's config: TYPE_ + it)
 
 
@@ -26,9 +31,8 @@ def tensor_meta(spec: Any) -> dict[str, Any]:
 
 def parse_infer_request(body: bytes | bytearray, header_length: str | None, runner: Runner, max_batch: int) -> tuple[
         np.ndarray, InferRequest]:
-    """The input batch of an inference request (JSON or binary tensor data) and its JSON header, checked
-    against the protocol's schema (:mod:`.protocol`) and then against the model. JSON ``data`` is
-    dropped from the returned request once it is an array: its Python floats are 8x the array's size."""
+    """The input batch of an inference request over HTTP (JSON or binary tensor data) and its JSON header,
+    checked against the protocol's schema (:mod:`.protocol`) and then against the model (:func:`request_batch`)."""
     from .protocol import InferRequest, ValidationError, describe_error
 
     if header_length is not None:
@@ -50,6 +54,14 @@ def parse_infer_request(body: bytes | bytearray, header_length: str | None, runn
         if any(e["loc"][:1] == ("inputs",) and len(e["loc"]) == 1 for e in exc.errors()):
             raise RequestError(f"the request needs \"inputs\": one tensor named {runner.input_name!r}") from None
         raise RequestError(f"invalid request: {describe_error(exc)}") from None
+    return request_batch(request, binary, runner, max_batch), request
+
+
+def request_batch(request: InferRequest, binary: bytes | memoryview, runner: Runner, max_batch: int) -> np.ndarray:
+    """The input batch of a request already read (HTTP's JSON header, or a gRPC request as the same schema,
+    ``binary`` its raw contents), checked against the model: one input of its name, datatype and shape, within
+    ``max_batch``, finite. JSON ``data`` is dropped from the request once it is an array: its Python floats
+    are 8x the array's size."""
     if len(request.inputs) != 1:
         raise RequestError(f"the request needs \"inputs\": one tensor named {runner.input_name!r}")
     _check_extensions(request, runner)
@@ -82,7 +94,7 @@ def parse_infer_request(body: bytes | bytearray, header_length: str | None, runn
         array, tensor.data = array.reshape(shape).astype(dtype), None
     if not np.isfinite(array).all():  # NaN in, NaN out, and a JSON answer no client can parse
         raise RequestError(f"input {runner.input_name!r} holds NaN or infinite values (or values beyond float32)")
-    return np.ascontiguousarray(array, dtype=dtype), request
+    return np.ascontiguousarray(array, dtype=dtype)
 
 
 def _check_extensions(request: InferRequest, runner: Runner) -> None:
@@ -109,11 +121,6 @@ def classified(scores: np.ndarray, count: int, labels: list[str] | None) -> np.n
                      for row, ranked in zip(scores, order)], dtype=object)
 
 
-def _bytes_tensor(values: np.ndarray) -> bytes:
-    """BYTES elements in the binary tensor data extension: each a 4-byte little-endian length, then its bytes."""
-    return b"".join(len(v).to_bytes(4, "little") + v for v in (s.encode() for s in values.ravel()))
-
-
 def _json_values(data: list[Any], dtype: np.dtype, name: str) -> np.ndarray:
     """A JSON tensor's values as float32, refused unless they are numbers of the datatype: JSON numbers for
     FP32 (not strings, not booleans); for UINT8 pixels, integers 0 to 255 as JSON writes integers ("7", true
@@ -136,34 +143,53 @@ def _json_values(data: list[Any], dtype: np.dtype, name: str) -> np.ndarray:
     return array
 
 
-def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], *, model_name: str,
-                         batch_size: int, labels: list[str] | None = None) -> tuple[bytes, dict[str, str]]:
-    """The response body and headers: JSON, or JSON then binary tensors where the client asked for them; an
-    output asked with ``classification`` is its top classes as BYTES (``labels``: the names of the classifier's
-    classes, as Triton's label file gives them)."""
+def output_tensors(request: InferRequest, outputs: dict[str, np.ndarray],
+                   labels: list[str] | None = None) -> list[tuple[RequestedOutput, str, np.ndarray]]:
+    """Each output the request asks for (all, where it names none), with its datatype and values: FP32, or
+    for an output asked with ``classification`` its top classes as BYTES (``labels``: the names of the
+    classifier's classes, as Triton's label file gives them)."""
     from .protocol import RequestedOutput
 
-    default_binary = bool(request.parameters and request.parameters.binary_data_output)
     wanted = request.outputs if request.outputs is not None else [RequestedOutput(name=name) for name in outputs]
-    response_outputs, chunks = [], []
+    tensors = []
     for spec in wanted:
         if spec.name not in outputs:
             raise RequestError(f"unknown output {spec.name!r}; the model's outputs are {list(outputs)}")
         array = np.ascontiguousarray(outputs[spec.name], dtype=np.float32)
         top = spec.parameters.classification if spec.parameters else None
         if top:
-            array = classified(array, top, labels if spec.name == LOGITS else None)
-        entry: dict[str, Any] = {"name": spec.name, "datatype": "BYTES" if top else "FP32", "shape": list(array.shape)}
+            tensors.append((spec, "BYTES", classified(array, top, labels if spec.name == LOGITS else None)))
+        else:
+            tensors.append((spec, "FP32", array))
+    return tensors
+
+
+def tensor_bytes(datatype: str, array: np.ndarray) -> bytes:
+    """A tensor's raw contents, as the binary tensor data extension and gRPC's ``raw_output_contents`` carry
+    them: little-endian values, or BYTES elements each after its 4-byte little-endian length."""
+    if datatype == "BYTES":
+        return b"".join(len(v).to_bytes(4, "little") + v for v in (s.encode() for s in array.ravel()))
+    return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], *, model_name: str,
+                         batch_size: int, labels: list[str] | None = None) -> tuple[bytes, dict[str, str]]:
+    """The HTTP response body and headers for :func:`output_tensors`: JSON, or JSON then binary tensors where
+    the client asked for them."""
+    default_binary = bool(request.parameters and request.parameters.binary_data_output)
+    response_outputs, chunks = [], []
+    for spec, datatype, array in output_tensors(request, outputs, labels):
+        entry: dict[str, Any] = {"name": spec.name, "datatype": datatype, "shape": list(array.shape)}
         binary = spec.parameters.binary_data if spec.parameters and spec.parameters.binary_data is not None \
             else default_binary
         if binary:
-            data = _bytes_tensor(array) if top else array.astype("<f4").tobytes()
+            data = tensor_bytes(datatype, array)
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:
             entry["data"] = array.ravel().tolist()
         response_outputs.append(entry)
-    response = {"model_name": model_name, "model_version": "1", "outputs": response_outputs,
+    response = {"model_name": model_name, "model_version": MODEL_VERSION, "outputs": response_outputs,
                 "parameters": {"server_batch_size": batch_size}}
     if request.id is not None:
         response["id"] = request.id
@@ -174,3 +200,42 @@ def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], 
     if not chunks:
         return head, {"content-type": "application/json"}
     return head + b"".join(chunks), {"content-type": "application/octet-stream", BINARY_HEADER: str(len(head))}
+
+
+def decompressed(body: bytes | bytearray, coding: str, limit: int) -> bytes | bytearray:
+    """A request body by its ``Content-Encoding`` (gzip, deflate, identity), refused (413) where it would
+    decompress past ``limit`` bytes: the size limit holds for what the request holds, not what it sent."""
+    coding = coding.strip().lower()
+    if coding in ("", "identity"):
+        return body
+    if coding not in CONTENT_CODINGS:
+        raise RequestError(f"Content-Encoding {coding!r} is not supported (gzip, deflate or identity)", 415)
+    inflater = zlib.decompressobj(CONTENT_CODINGS[coding])
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise RequestError(f"the {coding} request body does not decompress: {exc}") from None
+    if len(data) > limit:
+        raise RequestError(f"the {coding} request decompresses to over the {limit}-byte limit", 413)
+    if not inflater.eof:
+        raise RequestError(f"the {coding} request body is truncated")
+    return data
+
+
+def compressed(content: bytes, accept_encoding: str | None) -> tuple[bytes, str | None]:
+    """``content`` compressed by the first coding of ``Accept-Encoding`` serve writes (q above 0), and the
+    coding's name; unchanged and None where the client takes none of them."""
+    for item in (accept_encoding or "").split(","):
+        coding, *parameters = [part.strip() for part in item.lower().split(";")]
+        quality = next((p[2:] for p in parameters if p.startswith("q=")), "1")
+        if coding in CONTENT_CODINGS and _positive(quality):
+            packer = zlib.compressobj(RESPONSE_COMPRESSION_LEVEL, zlib.DEFLATED, CONTENT_CODINGS[coding])
+            return packer.compress(content) + packer.flush(), coding
+    return content, None
+
+
+def _positive(quality: str) -> bool:
+    try:
+        return float(quality) > 0
+    except ValueError:
+        return False

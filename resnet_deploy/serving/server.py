@@ -12,10 +12,11 @@ from typing import Any
 
 from ..artifacts import split_artifact_name
 from ..backends.base import Runner
-from ..errors import DeployError, within
+from ..errors import ArgumentError, DeployError, within
 from .limits import DEFAULT_HOST, DEFAULT_PORT, ServeLimits
 
 SERVE_EXTRA_MISSING = "serve needs uvicorn, starlette and pydantic: pip install 'resnet-deploy[serve]'"
+GRPC_EXTRA_MISSING = "--grpc-port needs grpcio and Triton's protocol messages: pip install 'resnet-deploy[grpc]'"
 
 
 @dataclass
@@ -28,17 +29,20 @@ class Service:
     limits: ServeLimits
     model_name: str
 
-    def describe(self, host: str, port: int) -> str:
+    def describe(self, host: str, port: int, grpc_port: int | None = None) -> str:
         """The line ``serve`` prints: which file, backend and precision, and where."""
-        return (f"serving {self.runner.artifact} ({self.runner.name}, {self.runner.precision}) "
-                f"on http://{host}:{port}/v2")
+        where = f"http://{host}:{port}/v2" + (f" and gRPC {host}:{grpc_port}" if grpc_port else "")
+        return f"serving {self.runner.artifact} ({self.runner.name}, {self.runner.precision}) on {where}"
 
-    def run(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
-        """Listen on ``host:port`` until stopped (SIGINT, SIGTERM).
+    def run(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, grpc_port: int | None = None) -> None:
+        """Listen on ``host:port`` (and for gRPC on ``host:grpc_port``: the same model, batcher and limits)
+        until stopped (SIGINT, SIGTERM).
 
         Raises:
-            DeployError: the server did not start.
+            DeployError: the server did not start, or the grpc extra is missing.
         """
+        if grpc_port is not None:
+            self.app.state.model.fronts.append(_grpc_front_factory()(self.app.state.model, host, grpc_port))
         server = _http_server_factory()(self.app, host, port)
         server.run()
         if not server.started:
@@ -89,12 +93,13 @@ def _service(create_app: Callable[..., Any], runner: Runner, model_name: str | N
 
 
 def serve(artifact: str | os.PathLike[str] | Runner, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          announce: Callable[[str], None] | None = None, **options: Any) -> None:
+          grpc_port: int | None = None, announce: Callable[[str], None] | None = None, **options: Any) -> None:
     """Serve ``artifact`` over the Open Inference Protocol on ``host:port`` until stopped.
 
     Args:
         artifact: an artifact file or a loaded runner, as :func:`prepare` takes it.
         host, port: where to listen (checked before the model is loaded).
+        grpc_port: also serve the protocol over gRPC there (None: HTTP alone).
         announce: called with each line to show (how ``auto`` chose, where it serves); None: silent.
         **options: :func:`prepare`'s keywords (model_name, limits, backend, device, threads).
 
@@ -108,12 +113,18 @@ def serve(artifact: str | os.PathLike[str] | Runner, *, host: str = DEFAULT_HOST
     _http_server_factory()
     within("--port", port, 1, 65535)
     check_listen(host, port)
+    if grpc_port is not None:
+        _grpc_front_factory()
+        within("--grpc-port", grpc_port, 1, 65535)
+        if grpc_port == port:
+            raise ArgumentError(f"--grpc-port {grpc_port} is the HTTP --port: give each its own")
+        check_listen(host, grpc_port)
     service = prepare(artifact, **options)
     try:
-        for line in (service.runner.selection, service.describe(host, port)):
+        for line in (service.runner.selection, service.describe(host, port, grpc_port)):
             if line and announce:
                 announce(line)
-        service.run(host, port)
+        service.run(host, port, grpc_port)
     finally:
         if not isinstance(artifact, Runner):  # loaded here: released here
             service.runner.close()
@@ -138,6 +149,15 @@ def _http_server_factory() -> Callable[..., Any]:
     except ImportError:
         raise DeployError(SERVE_EXTRA_MISSING) from None
     return http_server
+
+
+def _grpc_front_factory() -> Callable[..., Any]:
+    """:class:`.grpc_service.GrpcFront`, or a one-line error naming the grpc extra where it is not installed."""
+    try:
+        from .grpc_service import GrpcFront
+    except ImportError:
+        raise DeployError(GRPC_EXTRA_MISSING) from None
+    return GrpcFront
 
 
 def check_listen(host: str, port: int) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import LOGITS, Manifest, check_stem, manifest_for
+from ..artifacts import LOGITS, Manifest, TensorSpec, check_stem, manifest_for
 from ..backends import detect
 from ..backends.registry import BACKENDS, Backend, artifact_format, backend_for
 from ..data import imagenet_classes
@@ -141,32 +141,79 @@ def _tensor(name: str, dtype: str, dims: list[int], **extra: Any) -> dict[str, A
     return {"name": name, "data_type": Enum(dtype), **extra, "dims": dims}
 
 
-def _outputs(manifest: Manifest, labels: bool) -> list[dict[str, Any]]:
+def _outputs(outputs: list[TensorSpec], labels: bool) -> list[dict[str, Any]]:
     """The network's outputs; with ``labels``, ImageNet's class names on the logits (the classification extension)."""
     return [_tensor(o.name, _triton_type(o.dtype), _dims(o.shape),
                     **({"label_filename": LABELS_FILE} if labels and o.name == LOGITS else {}))
-            for o in manifest.outputs]
+            for o in outputs]
 
 
 def _labels_text() -> str:
     return "\n".join(imagenet_classes()) + "\n"
 
 
-def model_config(manifest: Manifest, backend: Backend, name: str, options: TritonOptions, *, labels: bool) -> str:
-    """config.pbtxt for the artifact, in protobuf text format (Triton's ModelConfig)."""
-    config: dict[str, Any] = {"name": name, backend.triton_key: backend.platform}
-    if backend.triton_key == "backend":  # a backend that reads several formats is told which file to load
-        config["default_model_filename"] = MODEL_FILES[backend.runs]
+def config_message(name: str, backend: Backend | None, tensors: tuple[TensorSpec, list[TensorSpec]],
+                   options: TritonOptions, *, nhwc: bool, labels: bool) -> dict[str, Any]:
+    """Triton's ModelConfig for a model of one input, as nested dicts (:class:`Enum` for enum values, lists of
+    ``{"key", "value"}`` for map fields): what the repository writer renders as config.pbtxt and ``serve``
+    answers on ``/v2/models/NAME/config`` as JSON (:func:`to_json`), one description in both forms.
+
+    Args:
+        name: the model's name.
+        backend: the registry's backend that runs it (None: a runner of no registered backend).
+        tensors: the input and the outputs, with the batch axis.
+        options: max batch (resolved), preferred sizes, queue delay, instances and their kind.
+        nhwc: the input is pixels in NHWC (preprocessing embedded), else NCHW.
+        labels: ImageNet's label file on the logits (the classification extension).
+
+    Returns:
+        The message, without the per-backend CPU settings (the writer adds Triton's own).
+    """
+    input_spec, outputs = tensors
+    config: dict[str, Any] = {"name": name}
+    if backend is None:
+        config["platform"] = "unknown"
+    else:
+        config[backend.triton_key] = backend.platform
+        if backend.triton_key == "backend":  # a backend that reads several formats is told which file to load
+            config["default_model_filename"] = MODEL_FILES[backend.runs]
     config["max_batch_size"] = options.max_batch
-    layout = "FORMAT_NHWC" if manifest.embedded_preprocess else "FORMAT_NCHW"
-    config["input"] = [_tensor(manifest.input.name, _triton_type(manifest.input.dtype), _dims(manifest.input.shape),
-                               format=Enum(layout))]
-    config["output"] = _outputs(manifest, labels)
+    config["input"] = [_tensor(input_spec.name, _triton_type(input_spec.dtype), _dims(input_spec.shape),
+                               format=Enum("FORMAT_NHWC" if nhwc else "FORMAT_NCHW"))]
+    config["output"] = _outputs(outputs, labels)
     config["dynamic_batching"] = _batching(options)
     config["instance_group"] = _instances(options)
+    return config
+
+
+def model_config(manifest: Manifest, backend: Backend, name: str, options: TritonOptions, *, labels: bool) -> str:
+    """config.pbtxt for the artifact, in protobuf text format (Triton's ModelConfig), with the backend's CPU
+    settings on CPU instances."""
+    config = config_message(name, backend, (manifest.input, manifest.outputs), options,
+                            nhwc=manifest.embedded_preprocess, labels=labels)
     if options.kind == "cpu" and backend.name in CPU_SETTINGS:
         config.update(CPU_SETTINGS[backend.name](options))
     return to_pbtxt(config) + "\n"
+
+
+def to_json(message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` (:func:`config_message`) in Triton's JSON form, as its ``/config`` endpoint answers and
+    ``google.protobuf.json_format`` reads: map fields as objects, enum values as their names, and the names
+    Triton gives instance groups it loads (``NAME_0``)."""
+    def convert(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: convert(item) for key, item in value.items()}
+        if isinstance(value, list) and value and all(isinstance(i, dict) and i.keys() == {"key", "value"}
+                                                     for i in value):
+            return {item["key"]: convert(item["value"]) for item in value}
+        if isinstance(value, list):
+            return [convert(item) for item in value]
+        return str(value) if isinstance(value, Enum) else value
+
+    config = convert(message)
+    for index, group in enumerate(config.get("instance_group", [])):
+        group.setdefault("name", f"{config['name']}_{index}")
+    return config
 
 
 def _threads_per_instance(options: TritonOptions) -> int:
@@ -469,7 +516,7 @@ def write_ensemble(repo: Path, name: str, manifest: Manifest, options: TritonOpt
     }
     ensemble = {
         "name": ensemble_dir.name, "platform": "ensemble", "max_batch_size": options.max_batch, "input": image,
-        "output": _outputs(manifest, labels),
+        "output": _outputs(manifest.outputs, labels),
         "ensemble_scheduling": {"step": [
             {"model_name": preprocess_dir.name, "model_version": -1,
              "input_map": [{"key": IMAGE_INPUT, "value": IMAGE_INPUT}],

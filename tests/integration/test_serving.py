@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import socket
@@ -9,6 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -497,6 +499,9 @@ def test_without_the_serve_extra_only_serve_refuses(exported):
     refused = cli_without("pydantic", "serve", str(exported.onnx_path))
     assert refused.returncode == 2 and refused.stderr.strip() == (
         "error: serve needs uvicorn, starlette and pydantic: pip install 'resnet-deploy[serve]'")
+    refused = cli_without("grpc", "serve", str(exported.onnx_path), "--grpc-port", str(free_port()))
+    assert refused.returncode == 2 and refused.stderr.strip() == (  # before the model is loaded
+        "error: --grpc-port needs grpcio and Triton's protocol messages: pip install 'resnet-deploy[grpc]'")
 
 
 def test_serve_bad_options_are_one_line_errors(cli, exported):
@@ -512,7 +517,11 @@ def test_serve_bad_options_are_one_line_errors(cli, exported):
         port = str(taken.getsockname()[1])
         assert_one_line_error(cli("serve", str(exported.onnx_path), "--port", port), 2,
                               f"cannot listen on 127.0.0.1:{port}: Address already in use")
-    for option, value in (("--workers", "0"), ("--workers", "100000"), ("--queue", "0"), ("--max-batch", "0"),
+        assert_one_line_error(cli("serve", str(exported.onnx_path), "--port", str(free_port()), "--grpc-port", port),
+                              2, f"cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert_one_line_error(cli("serve", str(exported.onnx_path), "--port", "8123", "--grpc-port", "8123"), 2,
+                          "--grpc-port 8123 is the HTTP --port")
+    for option, value in (("--workers", "0"), ("--grpc-port", "70000"), ("--workers", "100000"), ("--queue", "0"), ("--max-batch", "0"),
                           ("--max-delay-ms", "-1"), ("--max-request-mb", "0"), ("--port", "70000"),
                           ("--threads", "100000"), ("--max-request-mb", "nan"), ("--max-delay-ms", "nan"),
                           ("--max-request-mb", "inf")):
@@ -632,13 +641,14 @@ def test_serve_from_python_is_what_the_cli_serves(cli, exported, monkeypatch):
         return {k: v for k, v in service.runner.describe().items() if k != "graph_cache"}  # written, then a hit
 
     listened = []
-    monkeypatch.setattr(server.Service, "run", lambda service, host, port: listened.append(
-        (service, runner_facts(service), host, port)))
-    port = free_port()
-    result = cli("serve", str(exported.onnx_path), "--port", str(port), "--queue", "16")
+    monkeypatch.setattr(server.Service, "run", lambda service, host, port, grpc_port: listened.append(
+        (service, runner_facts(service), host, (port, grpc_port))))
+    port, grpc_port = free_port(), free_port()
+    result = cli("serve", str(exported.onnx_path), "--port", str(port), "--queue", "16", "--grpc-port", str(grpc_port))
     assert result.exit_code == 0, result.output
     (served, facts, host, bound), = listened
-    assert (host, bound) == ("127.0.0.1", port) and f"on http://127.0.0.1:{port}/v2" in result.stderr
+    assert (host, bound) == ("127.0.0.1", (port, grpc_port))
+    assert f"on http://127.0.0.1:{port}/v2 and gRPC 127.0.0.1:{grpc_port}" in result.stderr
     assert served.runner.session is None  # released when the server stopped
     from_python = server.prepare(exported.onnx_path, limits=ServeLimits(queue_size=16))
     assert runner_facts(from_python) == facts
@@ -711,3 +721,100 @@ def test_unknown_routes_and_methods_answer_the_protocols_json_error(server):
             urllib.request.urlopen(request)
         assert caught.value.code == status and caught.value.headers["content-type"] == "application/json"
         assert path in json.loads(caught.value.read())["error"]
+
+
+def test_model_config_is_tritons_json_form_of_what_serve_runs(server):
+    """perf_analyzer starts by reading ``/v2/models/NAME/config`` (a 404 stopped it): Triton's JSON model config
+    of what serve runs (the batcher's max batch and delay, its workers), which Triton's own ModelConfig parses."""
+    from google.protobuf import json_format
+
+    url, _, _ = server
+    client = httpclient.InferenceServerClient(url)
+    config = client.get_model_config("resnet18")
+    assert config == client.get_model_config("resnet18", model_version="1")
+    assert (config["name"], config["platform"], config["max_batch_size"]) == ("resnet18", "onnxruntime_onnx", 8)
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, 64, 64]}]
+    assert config["output"] == [{"name": "logits", "data_type": "TYPE_FP32", "label_filename": "imagenet_labels.txt",
+                                 "dims": [1000]}]
+    assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 100_000}  # --max-delay-ms 100
+    assert config["instance_group"] == [{"count": 1, "kind": "KIND_CPU", "name": "resnet18_0"}]
+    parsed = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    assert list(parsed.input[0].dims) == [3, 64, 64] and parsed.max_batch_size == 8
+    with pytest.raises(InferenceServerException, match="version 2"):
+        client.get_model_config("resnet18", model_version="2")
+
+
+def _stats(client, **kwargs):
+    return client.get_inference_statistics(**kwargs)["model_stats"][0]
+
+
+def test_statistics_count_what_was_sent(server):
+    """Triton's statistics from the batcher's own counters: three requests of two images and one refused after
+    admission move success, fail, queue and the counts by exactly that; every runner call is in a batch size's
+    row. Without a model name tritonclient asks ``/v2/models/stats`` (it was 'unknown model stats')."""
+    url, _, _ = server
+    client = httpclient.InferenceServerClient(url)
+    before = _stats(client)
+    assert before == _stats(client, model_name="resnet18")
+    for seed in range(3):
+        client.infer("resnet18", _inputs(random_images(2, (3, 64, 64), MEAN, STD, seed=seed)))
+    assert _post(url, _json_request([1, 3, 64, 64], data=[1.0]))[0] == 400
+    after = _stats(client, model_name="resnet18", model_version="1")
+    moved = {key: after["inference_stats"][key]["count"] - before["inference_stats"][key]["count"]
+             for key in ("success", "fail", "queue", "compute_infer")}
+    assert moved == {"success": 3, "fail": 1, "queue": 3, "compute_infer": 3}
+    assert after["inference_count"] - before["inference_count"] == 6
+    assert 1 <= after["execution_count"] - before["execution_count"] <= 3
+    assert sum(row["compute_infer"]["count"] for row in after["batch_stats"]) == after["execution_count"]
+    assert all(row["batch_size"] >= 1 and row["compute_infer"]["ns"] > 0 for row in after["batch_stats"])
+    stats = after["inference_stats"]
+    assert stats["success"]["ns"] > stats["compute_infer"]["ns"] // stats["compute_infer"]["count"] > 0
+    assert after["last_inference"] >= before["last_inference"] and after["last_inference"] > 1.6e12  # ms since 1970
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        client.get_inference_statistics("resnet50")
+
+
+def test_repository_index_lists_the_served_model(server):
+    url, _, _ = server
+    client = httpclient.InferenceServerClient(url)
+    entry = {"name": "resnet18", "version": "1", "state": "READY"}
+    assert client.get_model_repository_index() == [entry]
+    request = urllib.request.Request(f"http://{url}/v2/repository/index", data=b'{"ready": true}', method="POST")
+    with urllib.request.urlopen(request) as response:
+        assert json.loads(response.read()) == [entry]
+    request = urllib.request.Request(f"http://{url}/v2/repository/index", data=b"[1]", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request)
+    assert caught.value.code == 400 and "JSON object" in json.loads(caught.value.read())["error"]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_compressed_requests_and_answers_as_tritonclient_sends_them(server, coding):
+    url, runner, _ = server
+    client = httpclient.InferenceServerClient(url)
+    batch = random_images(2, (3, 64, 64), MEAN, STD, seed=11)
+    want = runner(batch)["logits"]
+    for binary in (True, False):
+        got = client.infer("resnet18", _inputs(batch, binary), request_compression_algorithm=coding,
+                           response_compression_algorithm=coding).as_numpy("logits")
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    body = _json_request([1, 3, 64, 64])
+    packed = gzip.compress(body) if coding == "gzip" else zlib.compress(body)
+    request = urllib.request.Request(f"http://{url}/v2/models/resnet18/infer", data=packed, method="POST",
+                                     headers={"Content-Encoding": coding, "Accept-Encoding": f"br;q=1, {coding}"})
+    with urllib.request.urlopen(request) as response:
+        assert response.headers["content-encoding"] == coding
+        answer = json.loads(gzip.decompress(response.read()) if coding == "gzip" else zlib.decompress(response.read()))
+    assert answer["outputs"][0]["shape"] == [1, 1000]
+
+
+@pytest.mark.parametrize("packed, coding, status, message", [
+    (gzip.compress(b" " * (65 << 20)), "gzip", 413, "decompresses to over the"),  # within the limit as sent
+    (gzip.compress(_json_request([1, 3, 64, 64]))[:-40], "gzip", 400, "truncated"),
+    (b"not deflate at all", "deflate", 400, "does not decompress"),
+    (_json_request([1, 3, 64, 64]), "br", 415, "'br' is not supported"),
+])
+def test_a_compressed_body_is_bounded_after_decompression(server, packed, coding, status, message):
+    url, _, _ = server
+    code, answer = _post(url, packed, {"Content-Encoding": coding})
+    assert code == status and message in answer["error"], answer

@@ -218,3 +218,66 @@ def test_serve_answers_classification_as_triton_does(triton, small_export):
         np.testing.assert_allclose([[float(e.split(":")[0]) for e in row] for row in serve_rows],
                                    [[float(e.split(":")[0]) for e in row] for row in triton_rows], rtol=0, atol=1e-4)
         assert all(re.fullmatch(r"-?\d+\.\d{6}", e.split(":")[0]) for row in serve_rows + triton_rows for e in row)
+
+
+def _within(ours, theirs, where="config"):
+    """Every field of ``ours`` is in ``theirs`` with the same value (Triton adds its defaults around them)."""
+    if isinstance(ours, dict):
+        assert isinstance(theirs, dict), where
+        for key, value in ours.items():
+            assert key in theirs, f"{where}.{key} is not in Triton's"
+            _within(value, theirs[key], f"{where}.{key}")
+    elif isinstance(ours, list):
+        assert isinstance(theirs, list) and len(ours) == len(theirs), where
+        for index, (mine, its) in enumerate(zip(ours, theirs)):
+            _within(mine, its, f"{where}[{index}]")
+    else:
+        assert ours == theirs, f"{where}: {ours!r} here, {theirs!r} in Triton's"
+
+
+def test_serve_answers_config_and_statistics_in_tritons_form(triton, small_export, embedded_export):
+    """The same artifacts behind serve and Triton (written with the same batching): serve's ``/config`` holds
+    Triton's own JSON config of the model field for field (one description rendered as config.pbtxt and as
+    JSON), Triton's protobuf reads it; its statistics have every field Triton's have, as JSON numbers."""
+    pytest.importorskip("starlette", reason="serving needs the serve extra")
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
+    from resnet_deploy.serving.app import create_app
+    from resnet_deploy.serving.limits import ServeLimits
+    from tests.conftest import serving_in_thread
+
+    server, _repo = triton
+    theirs = httpclient.InferenceServerClient(server.url)
+    for model, path in (("resnet18", small_export.onnx_path), ("pixels", embedded_export.onnx_path)):
+        delay_ms = 20 if model == "resnet18" else 0.1  # as the fixture wrote them: 20000 us, and the default 100
+        with runtime.load(path) as runner, serving_in_thread(
+                create_app(runner, model_name=model, limits=ServeLimits(max_delay_ms=delay_ms))) as url:
+            ours = httpclient.InferenceServerClient(url)
+            config = ours.get_model_config(model)
+            json_format.ParseDict(config, model_config_pb2.ModelConfig())
+            tritons = theirs.get_model_config(model)
+            tritons["dynamic_batching"].pop("preferred_batch_size", None)  # Triton's batcher option; serve has none
+            _within(config, tritons)
+            assert set(config) >= {"name", "max_batch_size", "input", "output", "dynamic_batching", "instance_group"}
+            ours.infer(model, [_pixels_or_images(runner)])
+            mine, its = (client.get_inference_statistics(model)["model_stats"][0] for client in (ours, theirs))
+            _same_fields(mine, its)
+
+
+def _pixels_or_images(runner):
+    batch = runner.example_batch(1)
+    tensor = httpclient.InferInput("input", list(batch.shape), "UINT8" if batch.dtype == np.uint8 else "FP32")
+    tensor.set_data_from_numpy(batch)
+    return tensor
+
+
+def _same_fields(ours, theirs, where="stats"):
+    """``ours`` has each field ``theirs`` has (Triton's newer fields aside), of the same JSON type."""
+    for key, value in theirs.items():
+        if key in ("response_stats",):  # decoupled models' per-response figures: serve's model is not decoupled
+            continue
+        assert key in ours, f"{where}.{key} is missing"
+        assert type(ours[key]) is type(value) or (isinstance(value, list) and not value), f"{where}.{key}"
+        if isinstance(value, dict):
+            _same_fields(ours[key], value, f"{where}.{key}")

@@ -15,7 +15,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from tests.conftest import pip, wait_until_ready
+from tests.conftest import cached_venv, wait_until_ready
 
 HERE = Path(__file__).resolve().parent
 PACKAGES = ["numpy<2", "onnxruntime>=1.18", "pillow>=10"]
@@ -25,15 +25,7 @@ READY_S = 60
 
 def environment(cache: Path) -> Path:
     """The venv the server and its stub run in (made once, then reused)."""
-    venv = cache / "venv"
-    if not (venv / ".complete").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        python = str(venv / "bin" / "python")
-        pip("install", "--quiet", *PACKAGES, python=python)
-        pip("install", "--quiet", "--no-deps", PYTRITON, python=python)
-        (venv / ".complete").touch()
-    return venv
+    return cached_venv(cache / "venv", PACKAGES, ["--no-deps", PYTRITON])
 
 
 def backends(venv: Path, folder: Path) -> Path:
