@@ -26,6 +26,9 @@ from .limits import MODEL_NAME, RequestError, ServeLimits
 from .served import ServedModel
 
 
+INDEX_BODY_BYTES = 64 << 10  # a repository index request holds one flag
+
+
 class _Endpoints:
     """The protocol's REST endpoints for one :class:`ServedModel`."""
 
@@ -76,19 +79,22 @@ class _Endpoints:
         return JSONResponse(self.model.statistics())
 
     async def repository_index(self, request: Request) -> Response:
-        """Triton's ``POST /v2/repository/index`` (body ``{"ready": true}`` lists ready models only)."""
-        body = decompressed(await self.read_body(request), request.headers.get("content-encoding", ""),
-                            self.limits.max_request_bytes)
+        """Triton's ``POST /v2/repository/index`` (body ``{"ready": true}`` lists ready models only). Its body
+        is a flag: read up to :data:`INDEX_BODY_BYTES`, so parsing it on the event loop is microseconds."""
+        body = decompressed(await self.read_body(request, INDEX_BODY_BYTES),
+                            request.headers.get("content-encoding", ""), INDEX_BODY_BYTES)
         try:
-            ready = bool(json.loads(body).get("ready", False)) if body.strip() else False
-        except (ValueError, AttributeError):
-            raise RequestError("the repository index request is not a JSON object") from None
-        return JSONResponse(self.model.index(ready_only=ready))
+            asked = json.loads(body) if body.strip() else {}
+        except (ValueError, RecursionError):
+            asked = None
+        if not isinstance(asked, dict) or not isinstance(asked.get("ready", False), bool):
+            raise RequestError('the repository index request is not a JSON object like {"ready": true}')
+        return JSONResponse(self.model.index(ready_only=asked.get("ready", False)))
 
-    async def read_body(self, request: Request) -> bytearray:
-        """The body as sent (compressed or not), refused (413) past the size limit and (408) where it stalls
-        between two chunks."""
-        limit, timeout = self.limits.max_request_bytes, self.limits.read_timeout_s
+    async def read_body(self, request: Request, limit: int | None = None) -> bytearray:
+        """The body as sent (compressed or not), refused (413) past ``limit`` (default: the request size limit)
+        and (408) where it stalls between two chunks."""
+        limit, timeout = limit or self.limits.max_request_bytes, self.limits.read_timeout_s
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise RequestError(f"request of {declared} bytes is over the {limit}-byte limit", 413)
@@ -144,6 +150,7 @@ class _Endpoints:
         content, headers = build_infer_response(parsed, outputs, model_name=self.model.name, batch_size=batch_size,
                                                 labels=self.model.labels)
         content, coding = compressed(content, accept_encoding)
+        headers["vary"] = "accept-encoding"  # a cache keeps the answer per coding
         return content, {**headers, "content-encoding": coding} if coding else headers
 
     async def metrics(self, _: Request) -> Response:

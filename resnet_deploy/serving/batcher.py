@@ -88,14 +88,21 @@ class DynamicBatcher:
 
     async def submit(self, batch: np.ndarray, admission: Admission | None = None) -> tuple[dict[str, np.ndarray], int]:
         """The runner's outputs for ``batch`` and the size of the batch it ran in (admitted here unless the
-        request was admitted on arrival)."""
+        request was admitted on arrival). A request cancelled while it waits (a gRPC deadline, a client gone)
+        leaves the queue with its work: its place is not freed while its images would still be computed."""
         admission = admission or self.admit()
         self.stats.requests += 1
         item = _Pending(batch, asyncio.get_running_loop().create_future(), admission)
         self.pending.append(item)
         async with self._condition:
             self._condition.notify()
-        return await item.future
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):  # not yet taken into a batch
+                self.pending.remove(item)
+                admission.leave()
+            raise
 
     async def _take(self) -> list[_Pending]:
         loop = asyncio.get_running_loop()
@@ -134,7 +141,9 @@ class DynamicBatcher:
         while the server still says it is ready)."""
         loop = asyncio.get_running_loop()
         while True:
-            items = await self._take()
+            items = [item for item in await self._take() if not item.future.done()]  # cancelled meanwhile
+            if not items:
+                continue
             started = time.perf_counter_ns()
             try:
                 batch = np.concatenate([i.batch for i in items]) if len(items) > 1 else items[0].batch

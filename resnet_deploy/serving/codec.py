@@ -4,6 +4,7 @@ binary tensor data extension, read into a numpy batch checked against the model,
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ BINARY_HEADER = "Inference-Header-Content-Length"
 MODEL_VERSION = "1"  # serve holds one version of its model
 # HTTP content codings serve reads and writes -> zlib's window bits ("deflate" is the zlib format, RFC 9110)
 CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+CODING_ALIASES = {"x-gzip": "gzip"}  # RFC 9110 8.4.1.3: a recipient treats x-gzip as gzip
+GZIP_MAGIC = b"\x1f\x8b"
 RESPONSE_COMPRESSION_LEVEL = 1  # logits compress little: the fastest level, not the smallest answer
 OIP_DATATYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "uint8": "UINT8"}  # numpy -> the protocol's (Triton's config: TYPE_ + it)
 
@@ -78,7 +81,7 @@ def request_batch(request: InferRequest, binary: bytes | memoryview, runner: Run
         raise RequestError(f"input shape {shape} does not match the model's {tensor_meta(runner.inputs[0])['shape']}")
     if not 1 <= shape[0] <= max_batch:
         raise RequestError(f"batch size {shape[0]} is outside 1 to {max_batch}, the server's max batch")
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # Python's integers: a huge shape is refused below, never wrapped around
     declared = tensor.parameters.binary_data_size if tensor.parameters else None
     if declared is not None:
         if declared != count * dtype.itemsize or len(binary) != declared:
@@ -204,38 +207,51 @@ def build_infer_response(request: InferRequest, outputs: dict[str, np.ndarray], 
 
 def decompressed(body: bytes | bytearray, coding: str, limit: int) -> bytes | bytearray:
     """A request body by its ``Content-Encoding`` (gzip, deflate, identity), refused (413) where it would
-    decompress past ``limit`` bytes: the size limit holds for what the request holds, not what it sent."""
-    coding = coding.strip().lower()
+    decompress past ``limit`` bytes: the size limit holds for what the request holds, not what it sent.
+    A gzip body may be several members (RFC 1952), as concatenated gzip files are; bytes after the last
+    member, or after a deflate stream, are refused rather than dropped."""
+    coding = CODING_ALIASES.get(coding.strip().lower(), coding.strip().lower())
     if coding in ("", "identity"):
         return body
     if coding not in CONTENT_CODINGS:
         raise RequestError(f"Content-Encoding {coding!r} is not supported (gzip, deflate or identity)", 415)
-    inflater = zlib.decompressobj(CONTENT_CODINGS[coding])
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise RequestError(f"the {coding} request body does not decompress: {exc}") from None
-    if len(data) > limit:
-        raise RequestError(f"the {coding} request decompresses to over the {limit}-byte limit", 413)
-    if not inflater.eof:
-        raise RequestError(f"the {coding} request body is truncated")
-    return data
+    data, rest = bytearray(), memoryview(body)
+    while True:
+        inflater = zlib.decompressobj(CONTENT_CODINGS[coding])
+        try:
+            data += inflater.decompress(rest, limit + 1 - len(data))
+        except zlib.error as exc:
+            raise RequestError(f"the {coding} request body does not decompress: {exc}") from None
+        if len(data) > limit or inflater.unconsumed_tail:
+            raise RequestError(f"the {coding} request decompresses to over the {limit}-byte limit", 413)
+        if not inflater.eof:
+            raise RequestError(f"the {coding} request body is truncated")
+        rest = memoryview(inflater.unused_data)
+        if not rest:
+            return data
+        if coding != "gzip" or bytes(rest[:2]) != GZIP_MAGIC:
+            raise RequestError(f"{len(rest)} bytes follow the {coding} request body")
 
 
 def compressed(content: bytes, accept_encoding: str | None) -> tuple[bytes, str | None]:
-    """``content`` compressed by the first coding of ``Accept-Encoding`` serve writes (q above 0), and the
-    coding's name; unchanged and None where the client takes none of them."""
+    """``content`` compressed by the coding of ``Accept-Encoding`` with the highest q (above 0) that serve
+    writes, and the coding's name; unchanged and None where the client takes none of them."""
+    best, best_quality = None, 0.0
     for item in (accept_encoding or "").split(","):
         coding, *parameters = [part.strip() for part in item.lower().split(";")]
-        quality = next((p[2:] for p in parameters if p.startswith("q=")), "1")
-        if coding in CONTENT_CODINGS and _positive(quality):
-            packer = zlib.compressobj(RESPONSE_COMPRESSION_LEVEL, zlib.DEFLATED, CONTENT_CODINGS[coding])
-            return packer.compress(content) + packer.flush(), coding
-    return content, None
+        coding = CODING_ALIASES.get(coding, coding)
+        quality = _quality(next((p[2:] for p in parameters if p.startswith("q=")), "1"))
+        if coding in CONTENT_CODINGS and quality > best_quality:
+            best, best_quality = coding, quality
+    if best is None:
+        return content, None
+    packer = zlib.compressobj(RESPONSE_COMPRESSION_LEVEL, zlib.DEFLATED, CONTENT_CODINGS[best])
+    return packer.compress(content) + packer.flush(), best
 
 
-def _positive(quality: str) -> bool:
+def _quality(text: str) -> float:
     try:
-        return float(quality) > 0
+        quality = float(text)
     except ValueError:
-        return False
+        return 0.0
+    return quality if 0 < quality <= 1 else 0.0

@@ -11,6 +11,7 @@ shared memory, repository load/unload, trace and log settings) answers UNIMPLEME
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import grpc
@@ -19,7 +20,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from ..errors import DeployError
 from .codec import MODEL_VERSION, OIP_DATATYPES, output_tensors, request_batch, tensor_bytes
-from .limits import RequestError
+from .limits import RequestError, address
 from .served import ServedModel
 
 # a refusal's HTTP status -> the gRPC status Triton answers with
@@ -30,6 +31,7 @@ STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_
 CONTENTS = {OIP_DATATYPES[dtype]: field for dtype, field in
             (("float32", "fp32_contents"), ("uint8", "uint_contents"), ("int64", "int64_contents"))}
 GRACE_S = 5.0  # requests in flight when the server stops get this long to be answered
+MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's message lengths are C ints
 
 
 class GrpcFront:
@@ -37,8 +39,9 @@ class GrpcFront:
     :attr:`ServedModel.fronts`)."""
 
     def __init__(self, model: ServedModel, host: str, port: int) -> None:
-        self.model, self.address = model, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.model, self.address = model, address(host, port)
         self.server: Any = None
+        self._stopping: asyncio.Future | None = None
 
     async def start(self) -> None:
         """Listen (on the running event loop, the batcher's).
@@ -46,9 +49,10 @@ class GrpcFront:
         Raises:
             DeployError: the address cannot be listened on.
         """
-        limit = self.model.limits.max_request_bytes
+        limit = min(self.model.limits.max_request_bytes, MAX_MESSAGE_BYTES)
+        # so_reuseport 0: a second server on the same port fails to start instead of sharing its connections
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                               ("grpc.max_send_message_length", -1)])
+                                               ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(self.model), self.server)
         try:
             bound = self.server.add_insecure_port(self.address)
@@ -59,8 +63,10 @@ class GrpcFront:
         await self.server.start()
 
     async def stop(self) -> None:
+        """Refuse new calls and give those in flight :data:`GRACE_S` to be answered; again: wait for that."""
         if self.server is not None:
-            await self.server.stop(GRACE_S)
+            self._stopping = self._stopping or asyncio.ensure_future(self.server.stop(GRACE_S))
+            await asyncio.shield(self._stopping)
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -128,6 +134,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         from .protocol import InferRequest, ValidationError, describe_error
 
         raw = list(message.raw_input_contents)
+        if raw and len(raw) != len(message.inputs):
+            raise RequestError(f"{len(raw)} raw input contents for {len(message.inputs)} inputs")
         inputs = [_input(tensor, raw[index] if index < len(raw) else None)
                   for index, tensor in enumerate(message.inputs)]
         outputs = [{"name": o.name, "parameters": _parameters(o.parameters)} for o in message.outputs]
@@ -165,11 +173,25 @@ def _parameters(parameters: Any) -> dict[str, Any]:
 
 
 def _input(tensor: Any, raw: bytes | None) -> dict[str, Any]:
-    """An input tensor in the REST schema: raw contents declared by their size, typed contents as data."""
+    """An input tensor in the REST schema: raw contents declared by their size, typed contents as data
+    (their count checked against the shape before they become a list: a message of 16 M values is 1 GB
+    of Python floats)."""
     entry = {"name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype,
              "parameters": _parameters(tensor.parameters)}
+    typed = tensor.HasField("contents")
+    if raw is not None and typed:
+        raise RequestError(f"input {tensor.name!r} has both raw and typed contents: send one")
+    declared = entry["parameters"].get("binary_data_size")  # HTTP's; the KServe SDK sends it over gRPC too
+    if declared is not None and (raw is None or declared != len(raw)):
+        raise RequestError(f"input {tensor.name!r}: binary_data_size {declared} is not the size of its raw "
+                           f"contents ({'none' if raw is None else len(raw)} bytes)")
     if raw is not None:
         entry["parameters"]["binary_data_size"] = len(raw)
-    elif tensor.datatype in CONTENTS and tensor.HasField("contents"):
-        entry["data"] = list(getattr(tensor.contents, CONTENTS[tensor.datatype]))
+    elif typed and tensor.datatype in CONTENTS:
+        values = getattr(tensor.contents, CONTENTS[tensor.datatype])
+        count = math.prod(max(d, 0) for d in tensor.shape)
+        if len(values) != count:
+            raise RequestError(f"input {tensor.name!r} has {len(values)} values; shape {list(tensor.shape)} "
+                               f"needs {count}")
+        entry["data"] = list(values)
     return entry

@@ -29,6 +29,11 @@ DEFAULT_READ_TIMEOUT_S = 30.0  # a request body that stalls this long is answere
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a path segment of every model URL, as Triton's names
 
 
+def address(host: str, port: int) -> str:
+    """``host:port`` as URLs and gRPC write it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class RequestError(Exception):
     """A request the server refuses: ``status`` is the HTTP code (400, 404, 413, 503)."""
 

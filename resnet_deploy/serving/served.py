@@ -1,11 +1,12 @@
 """The one model `serve` serves, apart from any transport: its metadata, Triton's model config, statistics and
 repository index as values, and inference through the dynamic batcher. The REST endpoints (:mod:`.app`) and
-the gRPC service (:mod:`.grpc`) are thin layers over it, so both answer alike and share one batcher, one
+the gRPC service (:mod:`.grpc_service`) are thin layers over it, so both answer alike and share one batcher, one
 queue bound and one set of counters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from typing import Any
 from ..backends.base import Runner
 from ..backends.registry import BACKENDS
 from ..environment import package_version
+from ..errors import first_line
 from ..target.predict import class_names
 from .batcher import Admission, DynamicBatcher
 from .codec import MODEL_VERSION, tensor_meta
@@ -35,14 +37,39 @@ class ServedModel:
                                       queue_size=limits.queue_size, workers=limits.workers)
         self.ready = False
         self.fronts: list[Any] = []  # transports beside the ASGI app's (gRPC): started and stopped with the batcher
+        self.start_failure: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.labels = class_names(runner.manifest.num_classes) if runner.manifest else None  # as predict names them
 
     async def start(self) -> None:
-        """Start the batcher, then every front; ready once all listen."""
+        """Start the batcher, then every front; ready once all listen. A front that cannot start stops what
+        started before it, and its error is raised (and kept in :attr:`start_failure` for the host's message).
+        """
+        self._loop = asyncio.get_running_loop()
         await self.batcher.start()
-        for front in self.fronts:
-            await front.start()
+        started = []
+        try:
+            for front in self.fronts:
+                await front.start()
+                started.append(front)
+        except BaseException as exc:
+            self.start_failure = first_line(exc)
+            for front in reversed(started):
+                await front.stop()
+            await self.batcher.stop()
+            raise
         self.ready = True
+
+    def shutting_down(self) -> None:
+        """The host began to stop (a signal): not ready from now on, and the fronts refuse new calls while those
+        in flight are answered. Safe from a signal handler or another thread."""
+        self.ready = False
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop_fronts_soon)
+
+    def _stop_fronts_soon(self) -> None:
+        for front in self.fronts:
+            asyncio.ensure_future(front.stop())
 
     async def stop(self) -> None:
         """Not ready, the fronts stopped (their requests in flight answered), then the batcher."""
@@ -59,6 +86,7 @@ class ServedModel:
 
     @staticmethod
     def server_metadata() -> dict[str, Any]:
+        """The protocol's server metadata: name, version and the extensions served."""
         return {"name": "resnet-deploy", "version": package_version("resnet-deploy") or "unknown",
                 "extensions": EXTENSIONS}
 
@@ -77,14 +105,17 @@ class ServedModel:
         return metadata
 
     def config(self) -> dict[str, Any]:
-        """Triton's model config (JSON form) of what serve runs: the batcher's max batch and delay, its workers
-        as instances, from the description the Triton repository writer renders (:func:`.triton.config_message`)."""
+        """Triton's model config (JSON form) of what serve runs: the batcher's max batch, delay and queue bound,
+        its workers as instances, from the description the Triton repository writer renders
+        (:func:`.triton.config_message`)."""
         options = TritonOptions(max_batch=self.limits.max_batch, queue_delay_us=round(self.limits.max_delay_ms * 1000),
                                 instances=self.limits.workers,
                                 kind="gpu" if self.runner.device.startswith("cuda") else "cpu")
         nhwc = bool(self.runner.manifest and self.runner.manifest.embedded_preprocess)
         message = config_message(self.name, self.backend, (self.runner.inputs[0], self.runner.outputs), options,
                                  nhwc=nhwc, labels=self.labels is not None)
+        message.pop("default_model_filename", None)  # a repository's file name; serve runs the artifact itself
+        message["dynamic_batching"]["default_queue_policy"] = {"max_queue_size": self.limits.queue_size}
         return to_json(message)
 
     def statistics(self) -> dict[str, Any]:

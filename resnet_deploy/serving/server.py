@@ -13,7 +13,7 @@ from typing import Any
 from ..artifacts import split_artifact_name
 from ..backends.base import Runner
 from ..errors import ArgumentError, DeployError, within
-from .limits import DEFAULT_HOST, DEFAULT_PORT, ServeLimits
+from .limits import DEFAULT_HOST, DEFAULT_PORT, ServeLimits, address
 
 SERVE_EXTRA_MISSING = "serve needs uvicorn, starlette and pydantic: pip install 'resnet-deploy[serve]'"
 GRPC_EXTRA_MISSING = "--grpc-port needs grpcio and Triton's protocol messages: pip install 'resnet-deploy[grpc]'"
@@ -31,22 +31,35 @@ class Service:
 
     def describe(self, host: str, port: int, grpc_port: int | None = None) -> str:
         """The line ``serve`` prints: which file, backend and precision, and where."""
-        where = f"http://{host}:{port}/v2" + (f" and gRPC {host}:{grpc_port}" if grpc_port else "")
+        where = f"http://{address(host, port)}/v2" + (f" and gRPC {address(host, grpc_port)}" if grpc_port else "")
         return f"serving {self.runner.artifact} ({self.runner.name}, {self.runner.precision}) on {where}"
 
     def run(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, grpc_port: int | None = None) -> None:
         """Listen on ``host:port`` (and for gRPC on ``host:grpc_port``: the same model, batcher and limits)
-        until stopped (SIGINT, SIGTERM).
+        until stopped (SIGINT, SIGTERM). On the signal the model stops being ready at once and gRPC refuses
+        new calls, while uvicorn drains HTTP.
 
         Raises:
             DeployError: the server did not start, or the grpc extra is missing.
         """
+        model = self.app.state.model
         if grpc_port is not None:
-            self.app.state.model.fronts.append(_grpc_front_factory()(self.app.state.model, host, grpc_port))
+            model.fronts.append(_grpc_front_factory()(model, host, grpc_port))
         server = _http_server_factory()(self.app, host, port)
-        server.run()
+        exit_on_signal = server.handle_exit
+
+        def handle_exit(sig: int, frame: Any) -> None:
+            model.shutting_down()
+            exit_on_signal(sig, frame)
+
+        server.handle_exit = handle_exit
+        try:
+            server.run()
+        except SystemExit:  # uvicorn's exit when the app's startup failed: said below, in one line
+            pass
         if not server.started:
-            raise DeployError(f"the server on {host}:{port} did not start (the reason is logged above)")
+            raise DeployError(model.start_failure or
+                              f"the server on {host}:{port} did not start (the reason is logged above)")
 
 
 def prepare(artifact: str | os.PathLike[str] | Runner, *, model_name: str | None = None,

@@ -25,6 +25,7 @@ class Duration:
         self.ns += ns * times
 
     def to_dict(self) -> dict[str, int]:
+        """Triton's JSON form: ``{"count", "ns"}``."""
         return {"count": self.count, "ns": self.ns}
 
 

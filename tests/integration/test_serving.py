@@ -736,7 +736,8 @@ def test_model_config_is_tritons_json_form_of_what_serve_runs(server):
     assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, 64, 64]}]
     assert config["output"] == [{"name": "logits", "data_type": "TYPE_FP32", "label_filename": "imagenet_labels.txt",
                                  "dims": [1000]}]
-    assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 100_000}  # --max-delay-ms 100
+    assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 100_000,  # --max-delay-ms 100
+                                          "default_queue_policy": {"max_queue_size": 64}}  # --queue 64
     assert config["instance_group"] == [{"count": 1, "kind": "KIND_CPU", "name": "resnet18_0"}]
     parsed = json_format.ParseDict(config, model_config_pb2.ModelConfig())
     assert list(parsed.input[0].dims) == [3, 64, 64] and parsed.max_batch_size == 8
@@ -782,10 +783,12 @@ def test_repository_index_lists_the_served_model(server):
     request = urllib.request.Request(f"http://{url}/v2/repository/index", data=b'{"ready": true}', method="POST")
     with urllib.request.urlopen(request) as response:
         assert json.loads(response.read()) == [entry]
-    request = urllib.request.Request(f"http://{url}/v2/repository/index", data=b"[1]", method="POST")
-    with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(request)
-    assert caught.value.code == 400 and "JSON object" in json.loads(caught.value.read())["error"]
+    for body, status in ((b"[1]", 400), (b'{"ready": "yes"}', 400), (b"[" * 50_000, 400), (b" " * (65 << 10), 413)):
+        request = urllib.request.Request(f"http://{url}/v2/repository/index", data=body, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as caught:  # a flag's body: read within 64 KiB, never a 500
+            urllib.request.urlopen(request)
+        assert caught.value.code == status, body[:20]
+        assert ("JSON object" if status == 400 else "limit") in json.loads(caught.value.read())["error"]
 
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate"])
@@ -799,11 +802,12 @@ def test_compressed_requests_and_answers_as_tritonclient_sends_them(server, codi
                            response_compression_algorithm=coding).as_numpy("logits")
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
     body = _json_request([1, 3, 64, 64])
-    packed = gzip.compress(body) if coding == "gzip" else zlib.compress(body)
+    # gzip: two members, as concatenated gzip files are (RFC 1952), read as one body
+    packed = gzip.compress(body[:1000]) + gzip.compress(body[1000:]) if coding == "gzip" else zlib.compress(body)
     request = urllib.request.Request(f"http://{url}/v2/models/resnet18/infer", data=packed, method="POST",
                                      headers={"Content-Encoding": coding, "Accept-Encoding": f"br;q=1, {coding}"})
     with urllib.request.urlopen(request) as response:
-        assert response.headers["content-encoding"] == coding
+        assert response.headers["content-encoding"] == coding and response.headers["vary"] == "accept-encoding"
         answer = json.loads(gzip.decompress(response.read()) if coding == "gzip" else zlib.decompress(response.read()))
     assert answer["outputs"][0]["shape"] == [1, 1000]
 
@@ -812,6 +816,8 @@ def test_compressed_requests_and_answers_as_tritonclient_sends_them(server, codi
     (gzip.compress(b" " * (65 << 20)), "gzip", 413, "decompresses to over the"),  # within the limit as sent
     (gzip.compress(_json_request([1, 3, 64, 64]))[:-40], "gzip", 400, "truncated"),
     (b"not deflate at all", "deflate", 400, "does not decompress"),
+    (gzip.compress(_json_request([1, 3, 64, 64])) + b"GARBAGE", "gzip", 400, "7 bytes follow the gzip request"),
+    (zlib.compress(_json_request([1, 3, 64, 64])) + gzip.compress(b"{}"), "deflate", 400, "follow the deflate"),
     (_json_request([1, 3, 64, 64]), "br", 415, "'br' is not supported"),
 ])
 def test_a_compressed_body_is_bounded_after_decompression(server, packed, coding, status, message):

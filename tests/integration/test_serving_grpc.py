@@ -168,3 +168,107 @@ def test_the_kserve_sdk_clients_read_serve(both, request, tmp_path):
     want = runner(batch)["logits"]
     for transport in ("rest", "grpc"):
         np.testing.assert_allclose(np.array(found[transport]), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def _typed_request(batch, values=None):
+    request = service_pb2.ModelInferRequest(model_name="resnet18")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=batch.shape)
+    tensor.contents.fp32_contents.extend(batch.ravel().tolist() if values is None else values)
+    return request
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.inputs[0].contents.fp32_contents.extend([0.0] * 10), "has 12298 values; shape [1, 3, 64, 64] needs"),
+    (lambda r: r.raw_input_contents.append(b"\0" * 49152), "both raw and typed contents"),
+    (lambda r: (r.inputs[0].ClearField("contents"), r.raw_input_contents.extend([b"\0" * 49152] * 2)),
+     "2 raw input contents for 1 inputs"),
+])
+def test_inconsistent_grpc_contents_are_refused(both, change, message):
+    """Typed contents are counted before they become a list (16 M values took 1 GB and 2 s to refuse); raw and
+    typed at once, or more raw contents than inputs, are refused rather than one of them ignored."""
+    _, grpc_url, _ = both
+    request = _typed_request(random_images(1, (3, 64, 64), MEAN, STD, seed=25))
+    change(request)
+    with grpc.insecure_channel(grpc_url) as channel, pytest.raises(grpc.RpcError) as caught:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in caught.value.details()
+
+
+def test_a_call_past_its_deadline_leaves_the_queue_with_its_work():
+    """gRPC cancels a call whose deadline passed: it gave its queue place back while its batch stayed queued
+    and was computed later, so the queue bound held nothing (1473 images computed for abandoned calls). Now a
+    cancelled call leaves the queue, and only what a worker had already taken is computed."""
+    from resnet_deploy.artifacts import TensorSpec
+    from resnet_deploy.backends.base import Runner
+
+    class Slow(Runner):
+        name, batch_range = "slow", (1, 1)
+        inputs = [TensorSpec("input", ["batch", 3, 8, 8], "float32")]
+        outputs = [TensorSpec("logits", ["batch", 1], "float32")]
+
+        def run(self, batch):
+            import time
+
+            time.sleep(0.2)
+            return {"logits": batch.mean(axis=(1, 2, 3))[:, None].astype(np.float32)}
+
+    app = create_app(Slow(), model_name="slow", limits=ServeLimits(max_batch=1, queue_size=4))
+    port = free_port()
+    app.state.model.fronts.append(GrpcFront(app.state.model, "127.0.0.1", port))
+    with serving_in_thread(app):
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        tensor = grpcclient.InferInput("input", [1, 3, 8, 8], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 3, 8, 8), np.float32))
+
+        def late(_):
+            with pytest.raises(InferenceServerException, match="Deadline"):
+                client.infer("slow", [tensor], client_timeout=0.05)
+
+        for _ in range(3):  # 12 calls, 4 at a time (the queue's bound)
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(late, range(4)))
+        import time
+
+        time.sleep(0.6)
+        batcher = app.state.batcher
+        assert batcher.waiting == 0 and not batcher.pending
+        assert batcher.stats.images <= 3 + 1  # at most the one call a worker held in each round
+        assert client.infer("slow", [tensor], client_timeout=10).as_numpy("logits")[0, 0] == 1.0
+
+
+def test_a_grpc_port_in_use_is_refused_not_shared(both, small_export):
+    """gRPC's default SO_REUSEPORT let a second server bind the same port and take half its connections; and
+    a front that cannot start leaves nothing running and says why in one line (the port taken between the
+    listen check and the bind, as during a model load)."""
+    import asyncio
+
+    from resnet_deploy.errors import DeployError
+    from resnet_deploy.serving.server import prepare
+
+    _, grpc_url, _ = both
+    service = prepare(small_export.onnx_path, limits=ServeLimits(max_request_mb=4096))  # over gRPC's 2 GiB int
+    host, port = grpc_url.rsplit(":", 1)
+    with pytest.raises(DeployError, match=f"cannot listen for gRPC on {host}:{port}"):
+        asyncio.run(GrpcFront(service.app.state.model, host, int(port)).start())
+    with pytest.raises(DeployError, match=f"cannot listen for gRPC on {host}:{port}"):
+        service.run(host, free_port(), int(port))
+    assert service.app.state.model.batcher._executor._shutdown  # the batcher it had started is stopped
+    service.runner.close()
+
+
+def test_shutting_down_is_not_ready_and_refuses_new_grpc_calls(small_export):
+    """On SIGTERM uvicorn drains HTTP first; gRPC went on answering ready and taking new work meanwhile."""
+    import time
+
+    with runtime.load(small_export.onnx_path) as runner:
+        app = create_app(runner, model_name="resnet18")
+        port = free_port()
+        app.state.model.fronts.append(GrpcFront(app.state.model, "127.0.0.1", port))
+        with serving_in_thread(app):
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+            assert client.is_server_ready()
+            app.state.model.shutting_down()
+            time.sleep(0.5)
+            assert not app.state.model.ready
+            with pytest.raises(InferenceServerException, match="UNAVAILABLE|unavailable|Connection refused"):
+                client.infer("resnet18", _grpc_inputs(random_images(1, (3, 64, 64), MEAN, STD)), client_timeout=5)

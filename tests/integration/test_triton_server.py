@@ -258,6 +258,8 @@ def test_serve_answers_config_and_statistics_in_tritons_form(triton, small_expor
             json_format.ParseDict(config, model_config_pb2.ModelConfig())
             tritons = theirs.get_model_config(model)
             tritons["dynamic_batching"].pop("preferred_batch_size", None)  # Triton's batcher option; serve has none
+            # serve's --queue bound; the repository the fixture wrote leaves Triton's queue unbounded
+            assert config["dynamic_batching"].pop("default_queue_policy") == {"max_queue_size": 64}
             _within(config, tritons)
             assert set(config) >= {"name", "max_batch_size", "input", "output", "dynamic_batching", "instance_group"}
             ours.infer(model, [_pixels_or_images(runner)])

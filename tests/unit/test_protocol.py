@@ -127,3 +127,36 @@ def test_fp32_json_data_takes_numbers_only(value):
     with pytest.raises(RequestError, match="not a list of numbers") as refused:
         _parse(_request(data=[value] * 48))
     assert refused.value.status == 400
+
+
+class DynamicSpec(Runner):
+    name = "dynamic"
+    inputs = [TensorSpec("input", ["batch", 3, "height", "width"])]
+    outputs = [TensorSpec("logits", ["batch", 10])]
+
+
+def test_a_shape_whose_product_wraps_around_in_int64_is_refused():
+    """[1, 3, 4096, 2**52 + 1] has 12288 elements modulo 2**64 (numpy's product): with 12288 values sent, the
+    size check passed and reshape raised (a 500). Python's product refuses it."""
+    shape = [1, 3, 4096, 2**52 + 1]
+    body = json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 4 * 12288}}]}).encode()
+    with pytest.raises(RequestError, match="does not hold") as caught:
+        parse_infer_request(body + b"\0" * (4 * 12288), str(len(body)), DynamicSpec(), 8)
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize("accept, chosen", [
+    ("gzip", "gzip"), ("deflate;q=0.1, gzip", "gzip"), ("gzip;q=0.2, deflate;q=0.9", "deflate"),
+    ("x-gzip", "gzip"), ("gzip;q=0, deflate;q=0", None), ("br, *", None), (None, None), ("gzip;q=abc", None),
+])
+def test_answers_are_compressed_by_the_best_coding_the_client_accepts(accept, chosen):
+    import gzip
+    import zlib
+
+    from resnet_deploy.serving.codec import compressed
+
+    content = b'{"outputs": []}' * 10
+    packed, coding = compressed(content, accept)
+    assert coding == chosen
+    assert (gzip.decompress(packed) if coding == "gzip" else zlib.decompress(packed) if coding else packed) == content
