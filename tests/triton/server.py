@@ -41,7 +41,8 @@ def backends(venv: Path, folder: Path) -> Path:
     return folder
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (held together while chosen, so never the same one twice)."""
     sockets = [socket.socket() for _ in range(count)]
     try:
         for sock in sockets:
@@ -58,7 +59,7 @@ class Server:
     def __init__(self, venv: Path, backend_folder: Path, repo: Path, log: Path) -> None:
         site = next((venv / "lib").glob("python3*/site-packages"))
         binary = site / "pytriton" / "tritonserver" / "bin" / "tritonserver"
-        http, grpc, metrics = _free_ports(3)
+        http, grpc, metrics = free_ports(3)
         env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
                "LD_LIBRARY_PATH": f"{sysconfig.get_config_var('LIBDIR')}:{site / 'nvidia_pytriton.libs'}"}
         self.shm_before = set(Path("/dev/shm").glob("triton_*"))
