@@ -56,9 +56,11 @@ from tests.triton import server as triton_server  # noqa: E402
 from tests.triton.server import free_ports  # noqa: E402
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resnet-deploy"
 PERF_ANALYZER = CACHE / "perf_analyzer" / "perf_analyzer"  # tools/fetch_perf_analyzer.sh's default
-# serve-auto: serve --backend auto, which runs tune's plan (run `resnet-deploy tune ARTIFACT` first)
 SERVERS = ("serve", "serve-auto", "triton")
 TITLES = {"serve": "serve", "serve-auto": "serve auto", "triton": "Triton"}
+# serve: ONNX Runtime, the runtime behind the Triton measured here; serve-auto: tune's plan (run `resnet-deploy
+# tune ARTIFACT` first; without a plan, auto is the file's own runtime, ONNX Runtime for an ONNX file)
+SERVE_BACKENDS = {"serve": "ort", "serve-auto": "auto"}
 PROTOCOLS = ("http", "grpc")
 STOP_S = 30  # SIGTERM, then SIGKILL after this long
 SECTION = "## Serving: perf_analyzer against serve and Triton"
@@ -210,7 +212,7 @@ class Serve:
         if "grpc" in protocols:
             command += ["--grpc-port", str(grpc)]
             self.urls["grpc"] = f"127.0.0.1:{grpc}"
-        command += shlex.split(args.serve_args) + (["--backend", "auto"] if name == "serve-auto" else [])
+        command += ["--backend", SERVE_BACKENDS[name], *shlex.split(args.serve_args)]
         self.log = log
         print(f"starting: {shlex.join(command)}", file=sys.stderr)
         with log.open("w") as out:
