@@ -29,6 +29,7 @@ from .serving.limits import (DEFAULT_HOST, DEFAULT_MAX_DELAY_MS, DEFAULT_PORT, D
                              DEFAULT_WORKERS, SERVE_MAX_BATCH)
 from .serving.triton import KINDS as TRITON_KINDS
 from .serving.triton import TritonOptions
+from .batch.job import DEFAULT_SHARD_SIZE
 from .target.bench import DEFAULT_BATCH_SIZES, DEFAULT_WARMUP
 from .target.predict import DEFAULT_TOPK
 from .target.tune import DEFAULT_BUDGET_S, DEFAULT_MAX_DROP
@@ -412,6 +413,64 @@ def predict_command(artifact: str, images: tuple[str, ...], topk: int, labels: s
 
     _emit(classify(artifact, images, topk=topk, labels=labels, backend=backend, device=device, threads=threads,
                    announce=_say), as_json)
+
+
+@main.command("batch")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="Folder of Parquet shards and run.json (created if missing).")
+@click.option("--topk", type=int, default=DEFAULT_TOPK, show_default=True, help="Classes kept per image.")
+@click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line (default: ImageNet's for 1000 classes).")
+@click.option("--keep-logits", is_flag=True, help="A logits column beside the top classes.")
+@click.option("--backend", type=click.Choice(backend_choices()), default="auto", show_default=True)
+@click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when the backend can use one).")
+@click.option("--threads", type=int, help="CPU threads per lane (default 1: a lane per core, decoding overlapped).")
+@click.option("--batch-size", type=int, help="Images per call (default: 16, within the artifact's profile).")
+@click.option("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, show_default=True, help="Rows per Parquet shard.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output: finished shards kept.")
+@click.option("--check", type=int, default=0, show_default=True,
+              help="Re-run this many images through the plain runner afterwards and compare (exit 1 outside tolerance).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              help="Run on Ray Data: a local Ray, or the cluster at ADDRESS (auto, ray://host:10001).")
+@click.option("--actors", type=int, help="Ray: actors that decode and run (default: one per CPU of the cluster).")
+@click.option("--actor-cpus", type=float, help="Ray: CPUs each actor reserves, a lane per whole CPU (default: a share "
+                                               "of what reading leaves).")
+@click.option("--json", "as_json", is_flag=True, help="The run record on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def batch_command(artifact: str, inputs: tuple[str, ...], output: str, topk: int, labels: str | None,
+                  keep_logits: bool, backend: str, device: str | None, threads: int | None, batch_size: int | None,
+                  shard_size: int, resume: bool, check: int, ray_address: str | None, actors: int | None,
+                  actor_cpus: float | None, as_json: bool, quiet: bool) -> None:
+    """Classify INPUTS (folders, globs, text files of paths, s3:// gs:// file:// URIs) into Parquet shards."""
+    from .batch.job import BatchOptions, RayOptions, run_batch
+
+    ray = None if ray_address is None else RayOptions(None if ray_address == "local" else ray_address, actors,
+                                                      actor_cpus)
+    options = BatchOptions(topk=topk, labels=labels, keep_logits=keep_logits, backend=backend, device=device,
+                           threads=threads, batch_size=batch_size, shard_size=shard_size, resume=resume,
+                           check=check, ray=ray)
+    report = run_batch(artifact, inputs, output, options, progress=None if quiet else _progress_line())
+    _emit(report, as_json)
+    sys.exit(0 if report.passed else 1)
+
+
+def _progress_line() -> Any:
+    """A progress callback rewriting one stderr line at most twice a second."""
+    import time
+
+    last = [0.0]
+
+    def show(progress: Any) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.5 or progress.done == progress.total:
+            last[0] = now
+            end = "\n" if progress.done == progress.total else ""
+            click.echo(f"\r{progress.to_text()}  ", err=True, nl=False)
+            if end:
+                click.echo("", err=True)
+
+    return show
 
 
 @main.command("bench")

@@ -107,7 +107,7 @@ LARGE_IMAGE_PIXELS = 4096 * 4096  # decoded one at a time: a 12000x12000 PNG is 
 _large_image = threading.Lock()
 
 
-def _load_preprocessed(path: Path, preprocess: ImagePreprocess) -> np.ndarray:
+def load_preprocessed(path: str | os.PathLike[str], preprocess: ImagePreprocess) -> np.ndarray:
     """One image decoded and preprocessed; a large one only while no other large one is (parallel
     decodes of large images multiplied the memory peak)."""
     try:
@@ -153,7 +153,7 @@ def load_images(paths: Sequence[Path], preprocess: ImagePreprocess, *, workers: 
     """Decode and preprocess ``paths`` in parallel threads (Pillow releases the GIL): (N, 3, H, W) float32,
     or (N, H, W, 3) uint8 pixels for an artifact with its preprocessing embedded."""
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
-        arrays = list(pool.map(lambda p: _load_preprocessed(p, preprocess), paths))
+        arrays = list(pool.map(lambda p: load_preprocessed(p, preprocess), paths))
     return np.stack(arrays)
 
 

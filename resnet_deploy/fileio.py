@@ -294,11 +294,11 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike[str]) -> Iterator[None]:
+def locked(path: str | os.PathLike[str], *, busy: str | None = None) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``PATH.lock`` (created if missing): writers of one shared file
     from several processes (a timing cache two builds update) take turns instead of overwriting. The lock
     file is opened without blocking and must be a regular file (opening a FIFO for writing waits forever
-    for a reader)."""
+    for a reader). ``busy``: do not wait for a holder; raise a DeployError with this message instead."""
     import fcntl
 
     lock = f"{os.fspath(path)}.lock"
@@ -310,7 +310,10 @@ def locked(path: str | os.PathLike[str]) -> Iterator[None]:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise DeployError(f"the lock file {lock} is {_kind(mode)}, not a regular file: remove it")
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+        except BlockingIOError:
+            raise DeployError(busy) from None
         try:
             yield
         finally:

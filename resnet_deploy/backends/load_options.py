@@ -62,8 +62,13 @@ class LoadOptions:
     threads: int | None = None  # CPU threads (default: physical cores)
     graph_cache: bool = True  # keep the optimised graph or compiled blob beside the artifact (ORT, OpenVINO)
     own: Any = None
+    # threads that will call at once, each wanting ``threads`` CPU threads (the lanes of target.pipeline):
+    # OpenVINO compiles a stream for each (its requests on one stream take turns); the others run concurrent
+    # calls in the callers' threads already
+    lanes: int = 1
 
     def __post_init__(self) -> None:
+        within("lanes", self.lanes, 1, None)
         if self.threads is not None:  # more threads than cores only contend (and each costs memory)
             within("--threads", self.threads, 1, os.cpu_count() or 1, "this machine's logical cores")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -12,10 +13,11 @@ import numpy as np
 
 from ..artifacts import LARGEST_RUN_BATCH, LOGITS
 from ..backends.base import Runner
-from ..data import ImagePreprocess, batched, imagenet_classes, list_images, load_images
+from ..data import ImagePreprocess, imagenet_classes, list_images, load_preprocessed
 from ..errors import DeployError, within
 from ..fileio import regular_file
 from ..render import table
+from .pipeline import LanePlan, lane_plan, run_pipelined
 from .runtime import load
 
 DEFAULT_TOPK = 5
@@ -59,6 +61,20 @@ def expand_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return files
 
 
+def top_classes(logits: np.ndarray, topk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``topk`` most probable classes of one image's logits, most probable first (ties: lower index
+    first), and their softmax probabilities."""
+    probabilities = softmax(logits[None])[0]
+    order = np.argsort(-probabilities, kind="stable")[:min(topk, len(probabilities))]
+    return order, probabilities[order]
+
+
+def prediction_batch(runner: Runner, count: int, lanes: int) -> int:
+    """Images per call for ``count`` images over ``lanes``: enough for every lane, within the profile."""
+    low, high = runner.batch_range or (1, LARGEST_RUN_BATCH)
+    return max(low, min(high, LARGEST_RUN_BATCH, -(-count // lanes)))
+
+
 def predict(
     runner: Runner,
     images: Sequence[str | os.PathLike[str]],
@@ -66,24 +82,30 @@ def predict(
     *,
     topk: int = DEFAULT_TOPK,
     names: list[str] | None = None,
+    plan: LanePlan | None = None,
 ) -> list[Prediction]:
-    """Top-``topk`` classes of each image. Images are decoded in parallel and run in batches the
-    artifact's profile allows (a short last batch is padded up to the profile's minimum)."""
+    """Top-``topk`` classes of each image: decoding overlapped with inference (:mod:`.pipeline`), in batches
+    the artifact's profile allows (a short last batch is padded up to the profile's minimum).
+
+    Raises:
+        DeployError: an artifact that is not a classifier, a file that is not an image.
+    """
     if LOGITS not in runner.output_names:
         raise DeployError(f"predict needs a classifier; this artifact outputs {runner.output_names}")
     within("--topk", topk, 1, None)  # more than the classes shows them all
-    files = expand_images(images)
-    high = runner.batch_range[1] if runner.batch_range else LARGEST_RUN_BATCH
+    files = [str(path) for path in expand_images(images)]
+    plan = plan or lane_plan(runner.device, threads=getattr(runner, "threads", None))
     results: list[Prediction] = []
-    for chunk in batched(files, min(high, LARGEST_RUN_BATCH)):
-        probabilities = softmax(runner.run_padded(load_images(chunk, preprocess))[LOGITS])
-        k = min(topk, probabilities.shape[1])
-        for path, row in zip(chunk, probabilities):
-            order = np.argsort(-row, kind="stable")[:k]
-            results.append(Prediction(str(path), [
-                {"index": int(i), "label": names[i] if names else f"class {i}", "probability": float(row[i])}
-                for i in order
-            ]))
+    chunks = run_pipelined(runner, enumerate(files), lambda path: load_preprocessed(path, preprocess), plan=plan,
+                           batch_size=prediction_batch(runner, len(files), plan.lanes))
+    for item in itertools.chain.from_iterable(chunks):
+        if item.error is not None:
+            raise DeployError(item.error)
+        order, probabilities = top_classes(item.outputs[LOGITS], topk)
+        results.append(Prediction(item.source, [
+            {"index": int(i), "label": names[i] if names else f"class {i}", "probability": float(p)}
+            for i, p in zip(order, probabilities)
+        ]))
     return results
 
 
@@ -118,7 +140,8 @@ def classify(artifact: str | os.PathLike[str], images: Sequence[str | os.PathLik
         images: image files or folders of them.
         topk: classes per image.
         labels: class names, one per line (default: ImageNet's for a 1000-class head).
-        backend, device, threads: as :func:`resnet_deploy.target.runtime.load` takes them.
+        backend, device: as :func:`resnet_deploy.target.runtime.load` takes them.
+        threads: CPU threads per lane (default 1, a lane per core: :func:`.pipeline.lane_plan`).
         announce: called with how ``auto`` chose the configuration.
 
     Returns:
@@ -127,10 +150,12 @@ def classify(artifact: str | os.PathLike[str], images: Sequence[str | os.PathLik
     Raises:
         DeployError: an artifact that is not a classifier, a file that is not an image, a bad labels file.
     """
-    with load(artifact, backend=backend, device=device, threads=threads) as runner:
+    wanted = lane_plan(device or "cpu", threads=threads)
+    with load(artifact, backend=backend, device=device, threads=wanted.threads, lanes=wanted.lanes) as runner:
         if runner.selection and announce:
             announce(runner.selection)
         manifest = runner.manifest
         found = predict(runner, images, ImagePreprocess.from_manifest(manifest.preprocess), topk=topk,
-                        names=class_names(manifest.num_classes, labels))
+                        names=class_names(manifest.num_classes, labels),
+                        plan=lane_plan(runner.device, threads=wanted.threads))
     return Predictions(runner.artifact, runner.name, runner.precision, runner.selection, found)
