@@ -419,7 +419,7 @@ def predict_command(artifact: str, images: tuple[str, ...], topk: int, labels: s
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
-              help="Folder of Parquet shards and run.json (created if missing).")
+              help="Folder of Parquet shards and _run.json (created if missing).")
 @click.option("--topk", type=int, default=DEFAULT_TOPK, show_default=True, help="Classes kept per image.")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line (default: ImageNet's for 1000 classes).")
 @click.option("--keep-logits", is_flag=True, help="A logits column beside the top classes.")
@@ -445,6 +445,8 @@ def batch_command(artifact: str, inputs: tuple[str, ...], output: str, topk: int
     """Classify INPUTS (folders, globs, text files of paths, s3:// gs:// file:// URIs) into Parquet shards."""
     from .batch.job import BatchOptions, RayOptions, run_batch
 
+    if ray_address is None and (actors is not None or actor_cpus is not None):
+        raise DeployError("--actors and --actor-cpus size the Ray form: give --ray too")
     ray = None if ray_address is None else RayOptions(None if ray_address == "local" else ray_address, actors,
                                                       actor_cpus)
     options = BatchOptions(topk=topk, labels=labels, keep_logits=keep_logits, backend=backend, device=device,

@@ -25,7 +25,7 @@ from PIL import Image
 
 from .errors import DeployError, DeployWarning, first_line
 from .fileio import regular_file, sha256_file, special_file
-from .imageprep import IMAGE_SUFFIXES, ImagePreprocess, UnsupportedPixels, open_image, to_rgb
+from .imageprep import IMAGE_SUFFIXES, UNREADABLE_IMAGE, ImagePreprocess, UnsupportedPixels, open_image, to_rgb
 from .imageprep import random_images as random_images  # the public name here too: defined once, in imageprep
 
 T = TypeVar("T")
@@ -99,7 +99,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
             return to_rgb(image)
     except UnsupportedPixels as exc:
         raise DeployError(f"{path} {exc}") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UNREADABLE_IMAGE as exc:
         raise DeployError(f"cannot read {path} as an image: {first_line(exc)}") from None
 
 
@@ -110,10 +110,11 @@ _large_image = threading.Lock()
 def load_preprocessed(path: str | os.PathLike[str], preprocess: ImagePreprocess) -> np.ndarray:
     """One image decoded and preprocessed; a large one only while no other large one is (parallel
     decodes of large images multiplied the memory peak)."""
+    path = regular_file(path, "image")
     try:
-        with open_image(regular_file(path, "image")) as header:  # reads the size, not the pixels
+        with open_image(path) as header:  # reads the size, not the pixels
             large = header.width * header.height > LARGE_IMAGE_PIXELS
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UNREADABLE_IMAGE as exc:
         raise DeployError(f"cannot read {path} as an image: {first_line(exc)}") from None
     with _large_image if large else contextlib.nullcontext():
         return preprocess(load_image(path))

@@ -32,6 +32,13 @@ IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "PPM", "GIF")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
 
 
+# What Pillow raises, while opening and decoding, for bytes that are not a readable image: OSError and ValueError
+# mostly, but a damaged PNG chunk raises SyntaxError, a truncated header EOFError or struct.error, an oversized
+# image its bomb error, and its plugins more. Caught around Pillow's calls only: one unreadable file is that
+# file's error (a row of a batch job), never the end of the job.
+UNREADABLE_IMAGE = (Exception,)
+
+
 def open_image(source: Any) -> Image.Image:
     """``Image.open`` for the formats of :data:`IMAGE_FORMATS` only (a path or a binary file object): any
     other format is refused as not an image, before a decoder of it runs."""

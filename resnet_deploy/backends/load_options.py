@@ -66,6 +66,9 @@ class LoadOptions:
     # OpenVINO compiles a stream for each (its requests on one stream take turns); the others run concurrent
     # calls in the callers' threads already
     lanes: int = 1
+    # other processes compute on these cores too (Ray's actors on one node): no runtime pins its threads to
+    # cores (OpenVINO pins by default, and two processes pinned their streams to the same cores)
+    shared_cores: bool = False
 
     def __post_init__(self) -> None:
         within("lanes", self.lanes, 1, None)

@@ -110,6 +110,7 @@ class OpenVINORunner(Runner):
 
     ``lanes``: threads that call at once (each at ``threads`` CPU threads), a stream compiled for each: the
     requests of one stream run one at a time, so two callers on the latency hint's single stream took turns.
+    ``pin``: OpenVINO's pinning of its threads to cores (off where other processes share the cores).
 
     Safe across threads: an ``InferRequest`` is not (one shared by threads mixes answers), so each call takes
     an idle request of its own from a pool (made on demand), and the throughput queue serves one call at a
@@ -119,13 +120,15 @@ class OpenVINORunner(Runner):
     def __init__(self, model: str | os.PathLike[str], *, threads: int | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, tensor_names: Sequence[str] = ("input", LOGITS),
                  batch_range: tuple[int, int] | None = None, bf16: bool = False, throughput: bool = False,
-                 lanes: int = 1) -> None:
+                 lanes: int = 1, pin: bool = True) -> None:
         config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY",
                                   "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads * lanes
         if lanes > 1 and not throughput:  # a stream per calling lane: requests on one stream run one at a time
             config["NUM_STREAMS"] = lanes
+        if not pin:  # other processes share the cores: threads pinned by each would pile onto the same ones
+            config["ENABLE_CPU_PINNING"] = False
         self.compiled, cache_dir = _compile(Path(model), config, cache_dir)
         self._idle = [self.compiled.create_infer_request()]
         self._pool_lock, self._queue_lock = threading.Lock(), threading.Lock()
@@ -175,6 +178,7 @@ class OpenVINORunner(Runner):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "openvino": ov.__version__, "threads": self.threads, "streams": self.streams,
                 "compiled_streams": int(self.compiled.get_property("NUM_STREAMS")),
+                "pinned": bool(self.compiled.get_property("ENABLE_CPU_PINNING")),
                 "inference_precision": self.inference_precision, "model_cache": self.cache_dir}
 
     def close(self) -> None:
@@ -192,5 +196,5 @@ def load(path: Path, manifest: Manifest, precision: str, device: tuple[str, int]
         raise DeployError(f"--openvino-bf16: {problem}")
     cache = path.parent / CACHE_DIR if options.graph_cache else None
     return OpenVINORunner(path, threads=options.threads, cache_dir=cache, bf16=options.own.bf16,
-                          throughput=options.own.throughput, lanes=options.lanes,
+                          throughput=options.own.throughput, lanes=options.lanes, pin=not options.shared_cores,
                           tensor_names=[spec.name for spec in (manifest.input, *manifest.outputs)])

@@ -3,11 +3,13 @@
 The job lists its inputs once, in a fixed order, and cuts them into shards of ``shard_size`` positions.
 Inference runs on this machine (:mod:`..target.pipeline`'s overlapped lanes) or on Ray Data
 (:mod:`.ray_data`); either way the driver receives the outputs in input order and writes each shard whole,
-so a killed job resumes (``--resume``) from the shards on disk: nothing classified twice, nothing lost.
+so a killed job resumes (``--resume``, :mod:`.resume`) from the shards on disk: nothing classified twice,
+nothing lost. :mod:`.check` compares some of the outputs with the plain runner's afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,16 +22,16 @@ import numpy as np
 from ..artifacts import FEATURES, LOGITS
 from ..environment import cpu_description, tool_versions
 from ..errors import DeployError, within
-from ..fileio import locked, sha256_file, sweep_temporaries
+from ..fileio import locked, sha256_file
 from ..imageprep import ImagePreprocess
-from ..parity.metrics import compare_arrays
-from ..parity.tolerances import tolerance_for
 from ..target.pipeline import Item, lane_plan, run_pipelined
 from ..target.predict import DEFAULT_TOPK, class_names
 from ..target.runtime import load
+from .check import MAX_CHECK, CheckPicker, run_check
 from .inputs import Filesystems, decode_pixels, inputs_digest, list_inputs, model_input
 from .record import COMPLETE, STOPPED, RunRecord
-from .shards import RowFormat, shard_path, shard_positions, write_shard
+from .resume import pending_shards, starting_record
+from .shards import RowFormat, read_rows, shard_path, write_shard
 
 DEFAULT_SHARD_SIZE = 4096  # rows per Parquet file: a resumed job redoes at most this many images
 DEFAULT_BATCH = 16  # images per call where the profile allows: single-threaded lanes gain little beyond it
@@ -98,10 +100,10 @@ class BatchReport:
         lines = [f"{counts['rows']} rows ({counts['errors']} images could not be read) in {counts['shards']} shards "
                  f"in {self.output}",
                  f"this run: {counts['run']} images in {timings['seconds']:.1f} s, {timings['images_per_s']:.1f} "
-                 f"images/s" + (f"; {timings['steady_images_per_s']:.1f} after {timings['startup_s']:.1f} s of "
-                                "start-up" if "startup_s" in timings else "")
-                 + f" ({record.configuration['summary']})"]
-        if record.check is not None:
+                 f"images/s, the first after {timings.get('first_output_s', 0):.1f} s ({record.configuration['summary']})"]
+        if record.check is not None and not record.check["images"]:
+            lines.append(f"check: nothing to check ({record.check['note']})")
+        elif record.check is not None:
             check = record.check
             verdict = "within" if check["passed"] else "NOT within"
             lines.append(f"check: {check['images']} images re-run through the plain runner, {verdict} the "
@@ -124,36 +126,58 @@ def _require_pyarrow() -> None:
                           "pip install 'resnet-deploy[batch]'")
 
 
+def _check_options(options: BatchOptions) -> None:
+    """Every option's bounds, before anything is listed, loaded, started or created."""
+    within("--topk", options.topk, 1, None)
+    within("--shard-size", options.shard_size, 1, None)
+    within("--check", options.check, 0, MAX_CHECK, "images kept for the check and re-run after the job")
+    if options.threads is not None:
+        within("--threads", options.threads, 1, None)
+    ray = options.ray
+    if ray is not None and ray.actors is not None:
+        within("--actors", ray.actors, 1, None)
+    if ray is not None and ray.actor_cpus is not None and not ray.actor_cpus > 0:
+        raise DeployError(f"--actor-cpus must be more than 0, not {ray.actor_cpus}")
+
+
 class BatchJob:
-    """One invocation of a batch job: its runner, its sources, its shards and its record."""
+    """One invocation of a batch job: its runner, its sources, its row format; ``pool`` its Ray side."""
 
     def __init__(self, artifact: str, inputs: Iterable[str], output: Path, options: BatchOptions) -> None:
-        within("--topk", options.topk, 1, None)
-        within("--shard-size", options.shard_size, 1, None)
-        within("--check", options.check, 0, None)
+        _check_options(options)
         self.options, self.output, self.artifact = options, output, artifact
         self.filesystems = Filesystems()
         self.sources = list_inputs(list(inputs), self.filesystems)
-        self.plan = lane_plan(options.device or "cpu", threads=options.threads)
-        self.runner = load(artifact, backend=options.backend, device=options.device, threads=self.plan.threads,
-                           lanes=self.plan.lanes)
-        self.plan = lane_plan(self.runner.device, threads=self.plan.threads)
+        wanted = lane_plan(options.device or "cpu", threads=options.threads)
+        self.runner = load(artifact, backend=options.backend, device=options.device, threads=wanted.threads,
+                           lanes=wanted.lanes)
+        self.plan = lane_plan(self.runner.device, threads=wanted.threads)
         self.preprocess = ImagePreprocess.from_manifest(self.runner.manifest.preprocess)
-        self.rows = self._row_format()
-        self.batch_size = self._batch_size()
         self.pool = None
-        if options.ray is not None:
+        try:
+            self.rows = self._row_format()
+            self.batch_size = self._batch_size()
+        except BaseException:
+            self.runner.close()
+            raise
+
+    def start_ray(self) -> None:
+        """Join or start Ray and size the actor pool (``--ray``)."""
+        if self.options.ray is not None:
             from .ray_data import ray_pool
 
-            self.pool = ray_pool(options.ray)
+            self.pool = ray_pool(self.options.ray)
 
     def _row_format(self) -> RowFormat:
         outputs = self.runner.output_names
         output = LOGITS if LOGITS in outputs else FEATURES if FEATURES in outputs else None
         if output is None:
             raise DeployError(f"batch needs a classifier or a backbone's features; this artifact outputs {outputs}")
+        if output == FEATURES and self.options.keep_logits:
+            raise DeployError("--keep-logits: this artifact is a backbone (no classifier head); its rows hold its "
+                              "pooled features")
         names = class_names(self.runner.manifest.num_classes, self.options.labels) if output == LOGITS else None
-        return RowFormat(output, self.options.topk, names, self.options.keep_logits and output == LOGITS)
+        return RowFormat(output, self.options.topk if output == LOGITS else 0, names, self.options.keep_logits)
 
     def _batch_size(self) -> int:
         low, high = self.runner.batch_range or (1, None)
@@ -187,141 +211,76 @@ class BatchJob:
             inputs={"count": len(self.sources), "sha256": inputs_digest(self.sources)},
             shard_size=self.options.shard_size, versions=tool_versions())
 
+    def numbered(self, shards: list[int]) -> Iterator[tuple[int, str]]:
+        """``(position, source)`` of ``shards``' images, in order."""
+        size = self.options.shard_size
+        for index in shards:
+            for position in range(index * size, min(len(self.sources), (index + 1) * size)):
+                yield position, self.sources[position]
+
+    def outputs(self, shards: list[int]) -> Iterator[list[Item]]:
+        """The outputs of ``shards``' images, in order: on Ray Data or in local lanes."""
+        if self.pool is not None:
+            from .ray_data import run_on_ray
+
+            return run_on_ray(self, self.numbered(shards))
+        return run_pipelined(self.runner, self.numbered(shards), self.decode, plan=self.plan,
+                             batch_size=self.batch_size)
+
     def close(self) -> None:
         self.runner.close()
         if self.pool is not None:
             self.pool.close()
 
 
-def _resumable(job: BatchJob, fresh: RunRecord) -> RunRecord:
-    """The record to continue: the earlier run's when it is the same job; a new one for a new job."""
-    folder = job.output
-    if not job.options.resume:
-        if (folder / "run.json").exists():
-            raise DeployError(f"{folder} already holds a batch run: --resume to continue it, or another --output")
-        return fresh
-    earlier = RunRecord.read(folder)
-    problem = earlier.mismatch(fresh)
-    if problem:
-        raise DeployError(f"cannot resume the run in {folder}: {problem}")
-    sweep_temporaries(folder)
-    return replace(fresh, started=earlier.started, resumed=[*earlier.resumed, fresh.started])
-
-
-def pending_shards(job: BatchJob) -> list[int]:
-    """Shards not yet on disk; a shard on disk must hold exactly its positions.
-
-    Raises:
-        DeployError: a shard that holds other rows (changed since it was written).
-    """
-    size, count = job.options.shard_size, len(job.sources)
-    pending = []
-    for index in range(-(-count // size)):
-        path = shard_path(job.output, index)
-        if not path.exists():
-            pending.append(index)
-            continue
-        expected = np.arange(index * size, min(count, (index + 1) * size))
-        if not np.array_equal(shard_positions(path), expected):
-            raise DeployError(f"{path} does not hold positions {expected[0]}-{expected[-1]} of this run: remove it "
-                              "and --resume")
-    return pending
-
-
-def _numbered(job: BatchJob, shards: list[int]) -> Iterator[tuple[int, str]]:
-    size = job.options.shard_size
-    for index in shards:
-        for position in range(index * size, min(len(job.sources), (index + 1) * size)):
-            yield position, job.sources[position]
-
-
-def _chunks(job: BatchJob, shards: list[int]) -> Iterator[list[Item]]:
-    """The outputs of the pending shards' images, in order: on Ray Data or in local lanes."""
-    numbered = _numbered(job, shards)
-    if job.options.ray is not None:
-        from .ray_data import run_on_ray
-
-        return run_on_ray(job, numbered)
-    return run_pipelined(job.runner, numbered, job.decode, plan=job.plan, batch_size=job.batch_size)
-
-
 @dataclass
 class _Writer:
-    """Gathers items into shards and writes each when whole; keeps the outputs ``--check`` will compare."""
+    """Gathers items into shards and writes each when whole, its sha256 into the record; offers each item to
+    ``--check``'s picker; reports progress."""
 
     job: BatchJob
-    check_positions: set[int]
+    record: RunRecord
+    picker: CheckPicker
     progress: Callable[[BatchProgress], None] | None
-    total: int
-    done: int
+    done_before: int
     started: float = field(default_factory=time.perf_counter)
     seen: int = 0
     written: int = 0
-    kept: dict[int, Item] = field(default_factory=dict)
     pending: list[Item] = field(default_factory=list)
-    first: tuple[float, int] | None = None  # when the first outputs came, and how many
-
-    def timings(self) -> dict[str, float]:
-        """Seconds and images/s of this invocation, and the same after start-up (from the first outputs)."""
-        now = time.perf_counter()
-        seconds = now - self.started
-        timings = {"seconds": round(seconds, 3), "images_per_s": round(self.seen / seconds, 2) if seconds else 0.0}
-        if self.first is not None and self.seen > self.first[1]:
-            timings["startup_s"] = round(self.first[0] - self.started, 3)
-            timings["steady_images_per_s"] = round((self.seen - self.first[1]) / (now - self.first[0]), 2)
-        return timings
+    first: float | None = None  # when the first outputs came
 
     def add(self, items: list[Item]) -> None:
         size, count = self.job.options.shard_size, len(self.job.sources)
-        if self.first is None:  # start-up ends with the first outputs (a Ray actor's load, a runtime's warm-up)
-            self.first = (time.perf_counter(), len(items))
+        if self.first is None:
+            self.first = time.perf_counter()
         for item in items:
             self.seen += 1
             self.pending.append(item)
-            if item.position in self.check_positions and item.outputs is not None:
-                self.kept[item.position] = item
+            self.picker.offer(item)
             shard = item.position // size
             if item.position + 1 == min(count, (shard + 1) * size):  # the shard's last position
-                if len(self.pending) != item.position + 1 - shard * size:
-                    raise DeployError(f"shard {shard} received {len(self.pending)} rows for "
-                                      f"{item.position + 1 - shard * size} positions")
-                write_shard(shard_path(self.job.output, shard), self.pending, self.job.rows)
-                self.written += len(self.pending)
-                self.pending = []
+                self._write(shard, item.position + 1 - shard * size)
         if self.progress is not None:
-            self.progress(BatchProgress(self.done + self.seen, self.total, self.rate(self.seen)))
+            seconds = time.perf_counter() - self.started
+            self.progress(BatchProgress(self.done_before + self.seen, count, self.seen / seconds if seconds else 0.0))
 
-    def rate(self, images: int) -> float:
+    def _write(self, shard: int, expected: int) -> None:
+        if len(self.pending) != expected:
+            raise DeployError(f"shard {shard} received {len(self.pending)} rows for {expected} positions")
+        digest = write_shard(shard_path(self.job.output, shard), self.pending, self.job.rows)
+        self.written += len(self.pending)
+        self.pending = []
+        self.record = replace(self.record, shards={**self.record.shards, str(shard): digest})
+        self.record.write(self.job.output)
+
+    def timings(self) -> dict[str, float]:
+        """Seconds and images/s of this invocation, and how long its first outputs took (the start-up: Ray's
+        actors loading the model, a runtime's first call)."""
         seconds = time.perf_counter() - self.started
-        return images / seconds if seconds > 0 else 0.0
-
-
-def check_positions(pending: list[int], job: BatchJob) -> set[int]:
-    """``--check N``: N positions spread evenly over this invocation's images."""
-    positions = [p for p, _ in _numbered(job, pending)]
-    if not job.options.check or not positions:
-        return set()
-    picks = np.linspace(0, len(positions) - 1, min(job.options.check, len(positions))).round().astype(int)
-    return {positions[i] for i in picks}
-
-
-def run_check(job: BatchJob, kept: dict[int, Item]) -> dict[str, Any] | None:
-    """The kept images re-run one plain call at a time through the driver's runner (no lanes, no Ray), and
-    their outputs compared with the job's within the precision's tolerance (the parity gate's criteria)."""
-    if not job.options.check:
-        return None
-    if not kept:
-        return {"images": 0, "passed": False, "failures": ["no image of the check could be read"],
-                "figures": {"cosine": float("nan"), "rel_to_scale": float("nan")}}
-    output = job.rows.output
-    positions = sorted(kept)
-    plain = np.concatenate([job.runner.run_padded(job.decode(job.sources[p])[None])[output] for p in positions])
-    ran = np.stack([kept[p].outputs[output] for p in positions])
-    figures = compare_arrays(plain, ran)
-    tolerance, _ = tolerance_for(job.runner.precision, random_init=job.runner.manifest.random_init)
-    failures = tolerance.failures(figures)
-    return {"images": len(positions), "positions": positions, "passed": not failures, "failures": failures,
-            "tolerance": tolerance.to_dict(), "figures": figures.to_dict()}
+        timings = {"seconds": round(seconds, 3), "images_per_s": round(self.seen / seconds, 2) if seconds else 0.0}
+        if self.first is not None:
+            timings["first_output_s"] = round(self.first - self.started, 3)
+        return timings
 
 
 def _counts(job: BatchJob, run: int) -> dict[str, int]:
@@ -330,8 +289,6 @@ def _counts(job: BatchJob, run: int) -> dict[str, int]:
     Raises:
         DeployError: a position missing or repeated (never expected: the shards are whole or absent).
     """
-    from .shards import read_rows
-
     table = read_rows(job.output, ["position", "error"])
     positions = np.sort(table.column("position").to_numpy())
     if not np.array_equal(positions, np.arange(len(job.sources))):
@@ -349,7 +306,7 @@ def run_batch(artifact: str, inputs: Iterable[str], output: str | Path, options:
     Args:
         artifact: an artifact file (its manifest beside it); ``options.backend="auto"`` runs tune's plan.
         inputs: folders, globs, text files of sources, URIs (``s3://``, ``gs://``, ``file://``), image files.
-        output: the folder of shards and ``run.json`` (created if missing).
+        output: the folder of shards and ``_run.json`` (created if missing).
         options: the :class:`BatchOptions`.
         progress: called as images complete.
 
@@ -361,32 +318,35 @@ def run_batch(artifact: str, inputs: Iterable[str], output: str | Path, options:
     """
     _require_pyarrow()
     folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
-    with locked(folder / ".run", busy=f"another batch job is writing {folder}"):
-        job = BatchJob(artifact, inputs, folder, options)
-        try:
-            return _run(job, progress)
-        finally:
-            job.close()
-
-
-def _run(job: BatchJob, progress: Callable[[BatchProgress], None] | None) -> BatchReport:
-    record = _resumable(job, job.new_record())
-    pending = pending_shards(job)
-    todo = sum(1 for _ in _numbered(job, pending))
-    record.write(job.output)
-    writer = _Writer(job, check_positions(pending, job), progress, len(job.sources), len(job.sources) - todo)
-    status = STOPPED
+    if folder.exists() and not folder.is_dir():
+        raise DeployError(f"--output {folder} is not a folder")
+    job = BatchJob(artifact, inputs, folder, options)  # inputs and options checked before the folder is made
     try:
-        for items in _chunks(job, pending):
-            writer.add(items)
-        status = COMPLETE
+        folder.mkdir(parents=True, exist_ok=True)
+        with locked(folder / ".run", busy=f"another batch job is writing {folder}"):
+            record = starting_record(job, job.new_record())
+            job.start_ray()
+            return _run(job, replace(record, configuration=_plain_json(job.configuration())), progress)
     finally:
-        timings = writer.timings()
-        if status != COMPLETE:
-            replace(record, status=STOPPED, timings=timings,
-                    counts={"run": writer.written, "rows": len(job.sources) - todo + writer.written}).write(job.output)
-    record = replace(record, status=COMPLETE, timings=timings, counts=_counts(job, writer.seen),
-                     check=run_check(job, writer.kept))
+        job.close()
+
+
+def _run(job: BatchJob, record: RunRecord, progress: Callable[[BatchProgress], None] | None) -> BatchReport:
+    pending, written = pending_shards(job, record)
+    positions = np.fromiter((p for p, _ in job.numbered(pending)), dtype=np.int64)
+    record = replace(record, shards=written)
+    record.write(job.output)
+    writer = _Writer(job, record, CheckPicker(positions, job.options.check), progress,
+                     len(job.sources) - len(positions))
+    try:
+        with contextlib.closing(job.outputs(pending)) as outputs:  # lanes stopped before the runner closes
+            for items in outputs:
+                writer.add(items)
+    except BaseException:
+        replace(writer.record, status=STOPPED, timings=writer.timings(),
+                counts={"run": writer.written, "rows": writer.done_before + writer.written}).write(job.output)
+        raise
+    record = replace(writer.record, status=COMPLETE, timings=writer.timings(), counts=_counts(job, writer.seen),
+                     check=run_check(job, writer.picker.kept, writer.seen))
     record.write(job.output)
     return BatchReport(str(job.output), record)

@@ -1,4 +1,4 @@
-"""The run record (``DIR/run.json``): what a batch job ran, on what, how far it got and how fast.
+"""The run record (``DIR/_run.json``): what a batch job ran, on what, how far it got and how fast.
 
 Written when the job starts and again when it ends or stops, atomically; a resumed job reads it to refuse
 what would mix two runs in one output (another artifact file, other inputs, other rows).
@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import DeployError
 from ..fileio import Record, atomic_write_bytes
 
-RECORD_NAME = "run.json"
+RECORD_NAME = "_run.json"  # Parquet readers of the folder (pandas, Spark, Ray) skip names starting with _
 RUNNING, COMPLETE, STOPPED = "running", "complete", "stopped"
 
 
@@ -37,6 +37,7 @@ class RunRecord(Record):
     counts: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     check: dict[str, Any] | None = None
+    shards: dict[str, str] = field(default_factory=dict)  # shard index -> sha256 of the file written
     versions: dict[str, str] = field(default_factory=dict)
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     resumed: list[str] = field(default_factory=list)
@@ -56,14 +57,21 @@ class RunRecord(Record):
             raise DeployError(f"{path} is not a batch run record: {exc}") from None
 
     def mismatch(self, other: RunRecord) -> str | None:
-        """Why ``other`` (this invocation) cannot continue this run, or None when it can."""
+        """Why ``other`` (this invocation) cannot continue this run, or None when it can: anything that decides
+        the rows differs (how they are computed, of which inputs, in which form). Lanes, threads, batch size
+        and local or Ray may change: they give the same rows."""
         if other.artifact_sha256 != self.artifact_sha256:
             return (f"the artifact changed since the run began (sha256 {self.artifact_sha256[:12]} then, "
                     f"{other.artifact_sha256[:12]} now)")
         if other.inputs != self.inputs:
-            return (f"the inputs are not the ones the run began with ({self.inputs['count']} sources then, "
-                    f"{other.inputs['count']} now, or another order)")
-        for name in ("rows", "preprocess", "shard_size"):
+            return (f"the inputs are not the ones the run began with ({self.inputs.get('count')} sources then, "
+                    f"{other.inputs.get('count')} now, or another order)")
+        for key in ("file", "backend", "precision", "device"):
+            then, now = self.configuration.get(key), other.configuration.get(key)
+            if then != now:
+                return f"it ran with {key} {then}, this invocation {now}: the rows would mix the two"
+        for name, what in (("rows", "the row format"), ("preprocess", "the preprocessing"),
+                           ("shard_size", "the shard size")):
             if getattr(other, name) != getattr(self, name):
-                return f"its {name.replace('_', ' ')} differ ({getattr(self, name)} then, {getattr(other, name)} now)"
+                return f"{what} differs ({getattr(self, name)} then, {getattr(other, name)} now)"
         return None

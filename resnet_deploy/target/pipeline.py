@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..environment import physical_cores
-from ..errors import DeployError
+from ..errors import DeployError, within
 
 Decode = Callable[[str], np.ndarray]  # one input -> the model's input for it; raises DeployError if it cannot
 
@@ -61,6 +61,8 @@ def lane_plan(device: str, *, threads: int | None = None, cores: int | None = No
         The :class:`LanePlan`.
     """
     cores = cores or physical_cores()
+    if threads is not None:
+        within("--threads", threads, 1, None)
     if not device.startswith("cpu"):
         return LanePlan(lanes=cores, threads=threads or 1)
     threads = threads or 1  # more than the machine has is the loader's one-line error, not silently fewer
@@ -156,6 +158,7 @@ def run_pipelined(runner: Runner, sources: Iterable[tuple[int, str]], decode: De
     Yields:
         Chunks of :class:`Item`, in input order.
     """
+    within("batch size", batch_size, 1, None)
     numbered = iter(sources)
     chunks = enumerate(iter(lambda: list(itertools.islice(numbered, batch_size)), []))
     lanes = _Lanes(chunks, plan.lanes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Callable, Sequence
@@ -98,14 +99,15 @@ def predict(
     results: list[Prediction] = []
     chunks = run_pipelined(runner, enumerate(files), lambda path: load_preprocessed(path, preprocess), plan=plan,
                            batch_size=prediction_batch(runner, len(files), plan.lanes))
-    for item in itertools.chain.from_iterable(chunks):
-        if item.error is not None:
-            raise DeployError(item.error)
-        order, probabilities = top_classes(item.outputs[LOGITS], topk)
-        results.append(Prediction(item.source, [
-            {"index": int(i), "label": names[i] if names else f"class {i}", "probability": float(p)}
-            for i, p in zip(order, probabilities)
-        ]))
+    with contextlib.closing(chunks):  # on an error, the lanes stop before the caller closes the runner
+        for item in itertools.chain.from_iterable(chunks):
+            if item.error is not None:
+                raise DeployError(item.error)
+            order, probabilities = top_classes(item.outputs[LOGITS], topk)
+            results.append(Prediction(item.source, [
+                {"index": int(i), "label": names[i] if names else f"class {i}", "probability": float(p)}
+                for i, p in zip(order, probabilities)
+            ]))
     return results
 
 

@@ -49,6 +49,7 @@ def load(
     threads: int | None = None,
     graph_cache: bool = True,
     lanes: int = 1,
+    shared_cores: bool = False,
     **own: Any,
 ) -> Runner:
     """A runner for ``artifact`` (a file listed in its manifest, unchanged since export).
@@ -64,6 +65,7 @@ def load(
         threads: CPU threads of ONNX Runtime, OpenVINO or torch (default: physical cores, or tune's).
         graph_cache: keep ONNX Runtime's optimised graph (OpenVINO's compiled blob) beside the artifact.
         lanes: threads that will call the runner at once, each at ``threads`` (:mod:`.pipeline`'s lanes).
+        shared_cores: other processes compute on these cores (Ray's actors): no thread pinned to a core.
         **own: the backend's own options, the fields of its row's options type in
             :mod:`resnet_deploy.backends.load_options` (``cuda_graphs`` for trt; ``channels_last``, ``compile``,
             ``half`` for torch; ``tensorrt_provider``, ``as_written`` for ort; ``bf16`` for openvino).
@@ -77,7 +79,8 @@ def load(
     """
     path = Path(artifact)
     manifest, precision = manifest_for(path)
-    options = LoadOptions(device=device, threads=threads, graph_cache=graph_cache, own=own, lanes=lanes)
+    options = LoadOptions(device=device, threads=threads, graph_cache=graph_cache, own=own, lanes=lanes,
+                          shared_cores=shared_cores)
     selection = None
     if backend == "auto" and not own and device is None:
         chosen, selection = tuned_configuration(path, manifest, precision)

@@ -4,6 +4,7 @@ that cannot be decoded, a job killed mid-way and resumed, --check."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import TOOLS, assert_one_line_error, free_port
 
@@ -27,6 +29,16 @@ from resnet_deploy.target.predict import classify  # noqa: E402
 
 PHOTOS = 12
 BROKEN = "photo_00005_broken.jpg"  # sorts among the good ones: position 6
+
+
+def broken_png(path: Path) -> None:
+    """A PNG whose IDAT length is damaged: Pillow raises SyntaxError (not OSError) while loading it."""
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)  # an IDAT over 256 bytes
+    Image.fromarray(noise).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[data.find(b"IDAT") - 2] = 0
+    path.write_bytes(bytes(data))
 
 
 def _make_photos():
@@ -53,7 +65,7 @@ def _rows(folder: Path) -> list[dict]:
 
 
 def _record(folder: Path) -> dict:
-    return json.loads((folder / "run.json").read_text())
+    return json.loads((folder / "_run.json").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +99,23 @@ def test_local_rows_are_predicts_with_the_broken_image_as_a_row(local_rows, smal
     assert record["check"]["passed"] and record["check"]["images"] == 4
     assert record["inputs"]["count"] == PHOTOS + 1 and record["configuration"]["mode"] == "local"
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.suffix != ".lock"]  # no staged files left
+    assert pq.read_table(out).num_rows == PHOTOS + 1  # the folder reads as one Parquet data set
+    assert sorted(record["shards"]) == ["0", "1", "2"]
+
+
+def test_damaged_files_and_odd_names_are_rows(small_export, photos, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    broken_png(folder / "a_broken.png")
+    (folder / "b_empty.jpg").write_bytes(b"")
+    shutil.copy(photos / "photo_00000.jpg", os.fsencode(folder) + b"/caf\xe9.jpg")  # not UTF-8
+    out = tmp_path / "out"
+    report = run_batch(str(small_export.onnx_path), [str(folder)], out, BatchOptions(check=1))
+    rows = {Path(r["path"]).name: r for r in _rows(out)}
+    assert sorted(rows) == ["a_broken.png", "b_empty.jpg", "caf\\xe9.jpg"]
+    assert "broken PNG file" in rows["a_broken.png"]["error"] and rows["b_empty.jpg"]["error"]
+    assert rows["caf\\xe9.jpg"]["error"] is None and len(rows["caf\\xe9.jpg"]["top_index"]) == 5
+    assert report.passed and report.record.check["images"] == 1  # the check passes over the unreadable ones
 
 
 def test_cli_json_and_refusals(cli, small_export, photos, tmp_path, local_rows):
@@ -108,6 +137,28 @@ def test_cli_json_and_refusals(cli, small_export, photos, tmp_path, local_rows):
                               str(tmp_path / "x")), contains="does not exist")
     assert_one_line_error(cli("batch", str(small_export.onnx_path), str(photos), "--output", str(tmp_path / "y"),
                               "--batch-size", "64"), contains="--batch-size 64 is out of range")
+    assert_one_line_error(cli("batch", str(small_export.onnx_path), str(photos / "sub" / "*.jpg"), "--output",
+                              str(out), "--resume", "--topk", "2", "--backend", "openvino"),
+                          contains="it ran with backend onnxruntime-cpu, this invocation openvino-cpu")
+    shard = out / "part-00000.parquet"
+    shard.write_bytes(shard.read_bytes())  # the same bytes: still this run's
+    (out / "part-00007.parquet").write_bytes(shard.read_bytes())
+    assert_one_line_error(cli("batch", str(small_export.onnx_path), str(photos / "sub" / "*.jpg"), "--output",
+                              str(out), "--resume", "--topk", "2"), contains="beyond this run's 1 shards")
+    (out / "part-00007.parquet").unlink()
+    (out / "_run.json").rename(out / "saved.json")
+    assert_one_line_error(cli("batch", str(small_export.onnx_path), str(photos / "sub" / "*.jpg"), "--output",
+                              str(out), "--topk", "2"), contains="holds shards of a run without its _run.json")
+    (out / "saved.json").rename(out / "_run.json")
+    table = pq.read_table(shard)
+    pq.write_table(table.set_column(1, "path", table.column("path")), shard)  # rewritten: another file
+    assert_one_line_error(cli("batch", str(small_export.onnx_path), str(photos / "sub" / "*.jpg"), "--output",
+                              str(out), "--resume", "--topk", "2"), contains="changed since this run wrote it")
+    for flags, message in ((["--actors", "2"], "give --ray too"), (["--threads", "0"], "--threads 0 is out of range"),
+                           (["--ray", "--actor-cpus", "0"], "--actor-cpus must be more than 0")):
+        assert_one_line_error(cli("batch", str(small_export.onnx_path), str(photos), "--output",
+                                  str(tmp_path / "never"), *flags), contains=message)
+    assert not (tmp_path / "never").exists()  # refused before the folder is made
     listing = tmp_path / "inputs.txt"
     listing.write_text(f"# two files\n{photos / 'photo_00000.jpg'}\n{tmp_path / 'gone.jpg'}\n")
     result = cli("batch", str(small_export.onnx_path), str(listing), "--output", str(tmp_path / "z"), "-q")
