@@ -39,12 +39,6 @@ def class_names(num_classes: int, labels_file: str | os.PathLike[str] | None = N
     return imagenet_classes() if num_classes == 1000 else None
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 @dataclass
 class Prediction:
     image: str
@@ -63,11 +57,22 @@ def expand_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 def top_classes(logits: np.ndarray, topk: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``topk`` most probable classes of one image's logits, most probable first (ties: lower index
-    first), and their softmax probabilities."""
-    probabilities = softmax(logits[None])[0]
-    order = np.argsort(-probabilities, kind="stable")[:min(topk, len(probabilities))]
-    return order, probabilities[order]
+    """The ``topk`` most probable classes of each image's logits ((N, classes) -> (N, k) each), most probable
+    first (ties: lower index first), and their softmax probabilities.
+
+    Ordered by the logits (the softmax keeps their order) with a partial sort, and only the k probabilities
+    computed in float64 over a float32 normaliser: a batch job's driver does this for every image."""
+    logits = logits.reshape(len(logits), -1)
+    k = min(topk, logits.shape[1])
+    order = np.argpartition(-logits, k - 1, axis=1)[:, :k]  # the k largest, unordered
+    picked = np.take_along_axis(logits, order, axis=1)
+    order = np.take_along_axis(order, np.lexsort((order, -picked), axis=-1), axis=1)
+    tied = (logits >= picked.min(axis=1, keepdims=True)).sum(axis=1) > k  # the k-th value shared further
+    if tied.any():  # which of the tied the partition kept is arbitrary: the lower indices, as a stable sort
+        order[tied] = np.argsort(-logits[tied], axis=1, kind="stable")[:, :k]
+    top = logits.max(axis=1, keepdims=True)
+    total = np.exp(logits - top).sum(axis=1, keepdims=True, dtype=np.float64)
+    return order, np.exp(np.take_along_axis(logits, order, axis=1).astype(np.float64) - top) / total
 
 
 def prediction_batch(runner: Runner, count: int, lanes: int) -> int:
@@ -103,7 +108,7 @@ def predict(
         for item in itertools.chain.from_iterable(chunks):
             if item.error is not None:
                 raise DeployError(item.error)
-            order, probabilities = top_classes(item.outputs[LOGITS], topk)
+            [order], [probabilities] = top_classes(item.outputs[LOGITS][None], topk)
             results.append(Prediction(item.source, [
                 {"index": int(i), "label": names[i] if names else f"class {i}", "probability": float(p)}
                 for i, p in zip(order, probabilities)

@@ -150,11 +150,15 @@ def test_rows_and_records():
     from resnet_deploy.batch.shards import RowFormat
 
     items = [Item(0, "a.jpg", {LOGITS: np.array([0.0, 2.0, 1.0], np.float32)}), Item(1, "b.jpg", None, "broken")]
-    columns = RowFormat(LOGITS, 2, ["x", "y", "z"], keep_logits=True).columns(items)
+    def plain(columns: dict) -> dict:
+        return {k: v.to_pylist() if hasattr(v, "to_pylist") else v for k, v in columns.items()}
+
+    columns = plain(RowFormat(LOGITS, 2, ["x", "y", "z"], keep_logits=True).columns(items))
     assert columns["top_index"] == [[1, 2], None] and columns["top_label"] == [["y", "z"], None]
     assert columns["error"] == [None, "broken"] and columns[LOGITS] == [[0.0, 2.0, 1.0], None]
     assert abs(sum(columns["top_probability"][0]) - (np.exp(2) + np.exp(1)) / (1 + np.exp(2) + np.exp(1))) < 1e-6
-    features = RowFormat(FEATURES, 5).columns([Item(0, "a.jpg", {FEATURES: np.ones((4, 1, 1), np.float32)})])
+    features = plain(RowFormat(FEATURES, 5).columns([Item(0, "a.jpg", {FEATURES: np.ones((4, 1, 1), np.float32)})]))
+    assert plain(RowFormat(LOGITS, 2).columns([items[1]]))["top_index"] == [None]  # a shard of errors only
     assert features[FEATURES] == [[1.0] * 4] and "top_index" not in features
     record = RunRecord("a.onnx", "0" * 64, {}, {"topk": 5}, {}, {"count": 2, "sha256": "1"}, 10)
     assert record.mismatch(record) is None
