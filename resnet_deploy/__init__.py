@@ -17,7 +17,8 @@ _LAZY = {"ExportResult": ".export", "ExportOptions": ".export", "create_model": 
          "list_models": ".models", "Report": ".parity.verify", "verify": ".parity.verify",
          "load": ".target.runtime", "tune": ".target.tune", "serve": ".serving.server",
          "ServeLimits": ".serving.limits", "TritonOptions": ".serving.triton",
-         "write_model_repository": ".serving.triton"}
+         "write_model_repository": ".serving.triton", "run_batch": ".batch.job", "BatchOptions": ".batch.job",
+         "RayOptions": ".batch.job"}
 
 
 def export(arch: str, options: Any = None, **keywords: Any) -> Any:
@@ -29,12 +30,14 @@ __getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "ArtifactError",
+    "BatchOptions",
     "CheckpointError",
     "DeployError",
     "ExportError",
     "ExportOptions",
     "ExportResult",
     "ParityError",
+    "RayOptions",
     "Report",
     "ServeLimits",
     "TritonOptions",
@@ -45,6 +48,7 @@ __all__ = [
     "get_model_info",
     "list_models",
     "load",
+    "run_batch",
     "serve",
     "tune",
     "verify",

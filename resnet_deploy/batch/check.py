@@ -7,16 +7,15 @@ precision's tolerance. A mix-up between lanes, a wrong actor or a batch effect s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from ..backends.base import Runner
 from ..parity.metrics import compare_arrays
 from ..parity.tolerances import tolerance_for
 from ..target.pipeline import Item
-
-if TYPE_CHECKING:
-    from .job import BatchJob
 
 MAX_CHECK = 1024  # images whose outputs are kept for the check (a few MB) and re-run after the job
 
@@ -37,28 +36,28 @@ class CheckPicker:
             self.next += 1
 
 
-def run_check(job: BatchJob, kept: dict[int, Item], ran: int) -> dict[str, Any] | None:
-    """The kept images re-run through the driver's runner (no lanes, no Ray), compared with the job's.
+def run_check(runner: Runner, model_input: Callable[[int], np.ndarray], output: str, kept: dict[int, Item],
+              ran: int) -> dict[str, Any]:
+    """The kept images re-run through ``runner`` one plain call each (no lanes, no Ray), compared with the job's.
 
     Args:
-        job: the batch job.
+        runner: the driver's runner (the configuration the job ran).
+        model_input: position -> the model's input for that image, decoded again.
+        output: the output the rows hold (logits or features).
         kept: the job's outputs of the picked images, by position.
         ran: images this invocation ran.
 
     Returns:
-        None when no check was asked; else images, positions, passed, failures, tolerance, figures (or a note
-        saying why nothing could be checked).
+        images, positions, passed, failures, tolerance, figures; or a note saying why nothing could be checked.
     """
-    if not job.options.check:
-        return None
     if not kept:
         why = "no image ran in this invocation" if not ran else "no image of this invocation could be read"
         return {"images": 0, "passed": True, "note": why}
-    output, positions = job.rows.output, sorted(kept)
-    plain = np.concatenate([job.runner.run_padded(job.decode(job.sources[p])[None])[output] for p in positions])
+    positions = sorted(kept)
+    plain = np.concatenate([runner.run_padded(model_input(p)[None])[output] for p in positions])
     ran_outputs = np.stack([kept[p].outputs[output] for p in positions])
     figures = compare_arrays(plain.reshape(len(positions), -1), ran_outputs.reshape(len(positions), -1))
-    tolerance, _ = tolerance_for(job.runner.precision, random_init=job.runner.manifest.random_init)
+    tolerance, _ = tolerance_for(runner.precision, random_init=runner.manifest.random_init)
     failures = tolerance.failures(figures)
     return {"images": len(positions), "positions": positions, "passed": not failures, "failures": failures,
             "tolerance": tolerance.to_dict(), "figures": figures.to_dict()}

@@ -29,23 +29,13 @@ from ..target.predict import DEFAULT_TOPK, class_names
 from ..target.runtime import load
 from .check import MAX_CHECK, CheckPicker, run_check
 from .inputs import Filesystems, decode_pixels, inputs_digest, list_inputs, model_input
+from .ray_data import ActorSpec, RayOptions, RayPool, ray_pool, run_on_ray
 from .record import COMPLETE, STOPPED, RunRecord
 from .resume import pending_shards, starting_record
 from .shards import RowFormat, read_rows, shard_path, write_shard
 
 DEFAULT_SHARD_SIZE = 4096  # rows per Parquet file: a resumed job redoes at most this many images
 DEFAULT_BATCH = 16  # images per call where the profile allows: single-threaded lanes gain little beyond it
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how wide the Ray form runs. ``address``: a running cluster (``auto``, ``ray://host:10001``);
-    None starts a local Ray. ``actors``: actors that decode and run (default: one per CPU); ``actor_cpus``:
-    Ray CPUs each reserves (default: a share of what reading leaves), a lane per whole CPU (at least one)."""
-
-    address: str | None = None
-    actors: int | None = None
-    actor_cpus: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +80,11 @@ class BatchReport:
 
     @property
     def passed(self) -> bool:
-        return self.record.status == COMPLETE and (self.record.check is None or self.record.check["passed"])
+        """Complete, within ``--check``'s tolerance, and at least one image read (a job whose every image
+        failed, a wrong bucket or a mount gone, exits 1 for a pipeline to notice)."""
+        counts, check = self.record.counts, self.record.check
+        return (self.record.status == COMPLETE and (check is None or check["passed"])
+                and counts["errors"] < counts["rows"])
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": self.output, **self.record.to_dict()}
@@ -153,7 +147,7 @@ class BatchJob:
                            lanes=wanted.lanes)
         self.plan = lane_plan(self.runner.device, threads=wanted.threads)
         self.preprocess = ImagePreprocess.from_manifest(self.runner.manifest.preprocess)
-        self.pool = None
+        self.pool: RayPool | None = None
         try:
             self.rows = self._row_format()
             self.batch_size = self._batch_size()
@@ -164,8 +158,6 @@ class BatchJob:
     def start_ray(self) -> None:
         """Join or start Ray and size the actor pool (``--ray``)."""
         if self.options.ray is not None:
-            from .ray_data import ray_pool
-
             self.pool = ray_pool(self.options.ray)
 
     def _row_format(self) -> RowFormat:
@@ -221,9 +213,12 @@ class BatchJob:
     def outputs(self, shards: list[int]) -> Iterator[list[Item]]:
         """The outputs of ``shards``' images, in order: on Ray Data or in local lanes."""
         if self.pool is not None:
-            from .ray_data import run_on_ray
-
-            return run_on_ray(self, self.numbered(shards))
+            runner = self.runner
+            expected = {"file": Path(runner.artifact).name, "backend": runner.name, "precision": runner.precision,
+                        "sha256": sha256_file(runner.artifact)}
+            spec = ActorSpec(str(Path(self.artifact).resolve()), self.options.backend, self.options.device, expected,
+                             self.rows.output, self.filesystems, self.batch_size)
+            return run_on_ray(self.numbered(shards), spec, self.pool)
         return run_pipelined(self.runner, self.numbered(shards), self.decode, plan=self.plan,
                              batch_size=self.batch_size)
 
@@ -324,7 +319,7 @@ def run_batch(artifact: str, inputs: Iterable[str], output: str | Path, options:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with locked(folder / ".run", busy=f"another batch job is writing {folder}"):
-            record = starting_record(job, job.new_record())
+            record = starting_record(folder, job.new_record(), options.resume)
             job.start_ray()
             return _run(job, replace(record, configuration=_plain_json(job.configuration())), progress)
     finally:
@@ -332,7 +327,7 @@ def run_batch(artifact: str, inputs: Iterable[str], output: str | Path, options:
 
 
 def _run(job: BatchJob, record: RunRecord, progress: Callable[[BatchProgress], None] | None) -> BatchReport:
-    pending, written = pending_shards(job, record)
+    pending, written = pending_shards(job.output, len(job.sources), job.options.shard_size, job.rows, record)
     positions = np.fromiter((p for p, _ in job.numbered(pending)), dtype=np.int64)
     record = replace(record, shards=written)
     record.write(job.output)
@@ -342,11 +337,15 @@ def _run(job: BatchJob, record: RunRecord, progress: Callable[[BatchProgress], N
         with contextlib.closing(job.outputs(pending)) as outputs:  # lanes stopped before the runner closes
             for items in outputs:
                 writer.add(items)
+        check = None if not job.options.check else run_check(
+            job.runner, lambda position: job.decode(job.sources[position]), job.rows.output, writer.picker.kept,
+            writer.seen)
+        record = replace(writer.record, status=COMPLETE, timings=writer.timings(), counts=_counts(job, writer.seen),
+                         check=check)
     except BaseException:
-        replace(writer.record, status=STOPPED, timings=writer.timings(),
-                counts={"run": writer.written, "rows": writer.done_before + writer.written}).write(job.output)
+        with contextlib.suppress(OSError):  # a full disk: the error that stopped the job is the one to show
+            replace(writer.record, status=STOPPED, timings=writer.timings(),
+                    counts={"run": writer.written, "rows": writer.done_before + writer.written}).write(job.output)
         raise
-    record = replace(writer.record, status=COMPLETE, timings=writer.timings(), counts=_counts(job, writer.seen),
-                     check=run_check(job, writer.picker.kept, writer.seen))
     record.write(job.output)
     return BatchReport(str(job.output), record)

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +32,30 @@ from ..imageprep import ImagePreprocess
 from ..target.pipeline import Item, lane_plan, run_pipelined
 from .inputs import Filesystems, decode_pixels, model_input
 
-if TYPE_CHECKING:
-    from .job import BatchJob, RayOptions
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide the Ray form runs. ``address``: a running cluster (``auto``, ``ray://host:10001``);
+    None starts a local Ray. ``actors``: actors that decode and run (default: one per CPU); ``actor_cpus``:
+    Ray CPUs each reserves (default: a share of what reading leaves), a lane per whole CPU (at least one)."""
+
+    address: str | None = None
+    actors: int | None = None
+    actor_cpus: float | None = None
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """What each actor is given: the artifact and how the driver loaded it (``expected``: the file, backend,
+    precision and sha256 it must find), the output the rows hold, the filesystems of the inputs, the batch."""
+
+    artifact: str
+    backend: str
+    device: str | None
+    expected: dict[str, str]
+    output: str
+    filesystems: Filesystems
+    batch_size: int
 
 
 def _ray() -> Any:
@@ -53,11 +77,17 @@ def connect(address: str | None) -> bool:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the job reports its own progress and figures
     if ray.is_initialized():
         return False
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise DeployError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None
+    finally:  # Ray's own SIGTERM handler exits at once: the job's unwinds, writing its record as stopped
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
     return True
 
 
@@ -124,22 +154,19 @@ class Classify:
                 "error": np.asarray([item.error or "" for item in items], dtype=object), "values": values}
 
 
-def _dataset(job: BatchJob, numbered: list[tuple[int, str]]) -> Any:
-    ray, pool, runner = _ray(), job.pool, job.runner
+def _dataset(numbered: list[tuple[int, str]], spec: ActorSpec, pool: RayPool) -> Any:
+    ray = _ray()
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the driver writes shards in input order
     context.enable_progress_bars = False  # the job shows its own
-    expected = {"file": Path(runner.artifact).name, "backend": runner.name, "precision": runner.precision,
-                "sha256": sha256_file(runner.artifact)}
     items = [{"position": position, "source": source} for position, source in numbered]
-    per_call = job.batch_size * pool.lanes  # a batch for each of an actor's lanes
+    per_call = spec.batch_size * pool.lanes  # a batch for each of an actor's lanes
     return ray.data.from_items(items, override_num_blocks=-(-len(items) // per_call)).map_batches(
         Classify, fn_constructor_kwargs={
-            "artifact": str(Path(job.artifact).resolve()), "backend": job.options.backend,
-            "device": job.options.device, "cpus": pool.actor_cpus, "expected": expected,
-            "output": job.rows.output, "filesystems": job.filesystems},
+            "artifact": spec.artifact, "backend": spec.backend, "device": spec.device, "cpus": pool.actor_cpus,
+            "expected": spec.expected, "output": spec.output, "filesystems": spec.filesystems},
         compute=ray.data.ActorPoolStrategy(size=pool.actors), batch_size=per_call, num_cpus=pool.actor_cpus,
-        num_gpus=0 if runner.device.startswith("cpu") else 1)
+        num_gpus=0 if (spec.device or "cpu").startswith("cpu") else 1)
 
 
 @dataclass(frozen=True)
@@ -178,12 +205,13 @@ def ray_pool(options: RayOptions) -> RayPool:
     return RayPool(actors, cpus, cluster_cpus, started)
 
 
-def run_on_ray(job: BatchJob, numbered: Iterator[tuple[int, str]]) -> Iterator[list[Item]]:
-    """The job's pending sources through Ray Data; their outputs in input order, as the local form yields them.
+def run_on_ray(numbered: Iterator[tuple[int, str]], spec: ActorSpec, pool: RayPool) -> Iterator[list[Item]]:
+    """Sources through Ray Data; their outputs in input order, as the local form yields them.
 
     Args:
-        job: the batch job (its runner says what the actors must load; its ``pool`` how many).
         numbered: ``(position, source)`` pairs still to do.
+        spec: what each actor loads and how (:class:`ActorSpec`).
+        pool: the actors (:func:`ray_pool`).
 
     Yields:
         Chunks of :class:`~resnet_deploy.target.pipeline.Item`.
@@ -191,6 +219,6 @@ def run_on_ray(job: BatchJob, numbered: Iterator[tuple[int, str]]) -> Iterator[l
     pending = list(numbered)
     if not pending:
         return
-    for batch in _dataset(job, pending).iter_batches(batch_size=None, batch_format="numpy"):
-        yield [Item(int(p), str(s), None if e else {job.rows.output: v}, e or None)
+    for batch in _dataset(pending, spec, pool).iter_batches(batch_size=None, batch_format="numpy"):
+        yield [Item(int(p), str(s), None if e else {spec.output: v}, e or None)
                for p, s, e, v in zip(batch["position"], batch["source"], batch["error"], batch["values"])]

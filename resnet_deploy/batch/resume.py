@@ -9,29 +9,25 @@ before a kill (not yet recorded), its columns and positions. Anything else is re
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import DeployError
 from ..fileio import sweep_temporaries
 from .record import RECORD_NAME, RunRecord
-from .shards import check_shard, shard_files, shard_path
-
-if TYPE_CHECKING:
-    from .job import BatchJob
+from .shards import RowFormat, check_shard, shard_files, shard_path
 
 
-def starting_record(job: BatchJob, fresh: RunRecord) -> RunRecord:
-    """The record this invocation continues: the earlier run's when it is the same job, ``fresh`` for a
-    new job in a folder without shards.
+def starting_record(folder: Path, fresh: RunRecord, resume: bool) -> RunRecord:
+    """The record this invocation continues: the earlier run's when it is the same job (``resume``), ``fresh``
+    for a new job in a folder without shards.
 
     Raises:
         DeployError: a new job where a run (or shards of an unknown one) already is; a resumed job that is
             not the same job.
     """
-    folder = job.output
-    if not job.options.resume:
+    if not resume:
         if (folder / RECORD_NAME).exists():
             raise DeployError(f"{folder} already holds a batch run: --resume to continue it, or another --output")
         if shard_files(folder):
@@ -46,24 +42,25 @@ def starting_record(job: BatchJob, fresh: RunRecord) -> RunRecord:
     return replace(fresh, started=earlier.started, resumed=[*earlier.resumed, fresh.started], shards=earlier.shards)
 
 
-def pending_shards(job: BatchJob, record: RunRecord) -> tuple[list[int], dict[str, str]]:
-    """The shards still to write, and the sha256 of each one already written (checked).
+def pending_shards(folder: Path, count: int, size: int, rows: RowFormat,
+                   record: RunRecord) -> tuple[list[int], dict[str, str]]:
+    """The shards of ``count`` inputs in shards of ``size`` still to write, and the sha256 of each one already
+    written (checked against ``record`` and ``rows``).
 
     Raises:
         DeployError: a shard that is not this run's (changed, damaged, beyond its inputs).
     """
-    size, count = job.options.shard_size, len(job.sources)
     shards = -(-count // size)
-    stray = [p.name for p in shard_files(job.output) if int(p.stem.split("-")[1]) >= shards]
+    stray = [p.name for p in shard_files(folder) if int(p.stem.split("-")[1]) >= shards]
     if stray:
-        raise DeployError(f"{job.output} holds {', '.join(stray[:3])}, beyond this run's {shards} shards: "
+        raise DeployError(f"{folder} holds {', '.join(stray[:3])}, beyond this run's {shards} shards: "
                           "remove them and --resume")
     pending, written = [], {}
     for index in range(shards):
-        path = shard_path(job.output, index)
+        path = shard_path(folder, index)
         if not path.exists():
             pending.append(index)
             continue
         positions = np.arange(index * size, min(count, (index + 1) * size))
-        written[str(index)] = check_shard(path, positions, job.rows, record.shards.get(str(index)))
+        written[str(index)] = check_shard(path, positions, rows, record.shards.get(str(index)))
     return pending, written

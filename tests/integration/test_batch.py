@@ -163,6 +163,9 @@ def test_cli_json_and_refusals(cli, small_export, photos, tmp_path, local_rows):
     listing.write_text(f"# two files\n{photos / 'photo_00000.jpg'}\n{tmp_path / 'gone.jpg'}\n")
     result = cli("batch", str(small_export.onnx_path), str(listing), "--output", str(tmp_path / "z"), "-q")
     assert result.exit_code == 0 and "1 images could not be read" in result.stdout
+    listing.write_text(f"{tmp_path / 'gone.jpg'}\n")  # every image unreadable: a pipeline must notice
+    result = cli("batch", str(small_export.onnx_path), str(listing), "--output", str(tmp_path / "all-failed"), "-q")
+    assert result.exit_code == 1 and "1 rows (1 images could not be read)" in result.stdout
 
 
 def _batch_process(artifact: Path, photos: Path, out: Path, *more: str) -> subprocess.Popen:
@@ -211,7 +214,7 @@ def test_a_stopped_job_resumes_with_nothing_twice_and_nothing_lost(small_export,
     assert [r["top_index"] for r in _rows(whole)] == [r["top_index"] for r in rows]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_photos(photos):
     """The photographs in a bucket of a local S3-compatible server (moto's server mode, loopback), as an
     ``s3://`` URI with its endpoint."""
@@ -257,9 +260,10 @@ def test_s3_inputs_give_the_local_rows(small_export, s3_photos, local_rows, tmp_
     assert "cannot read s3://images/set/" + BROKEN in [r["error"] for r in rows if r["error"]][0]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the session's Ray tests (start-up 7-13 s here)."""
+    """One local Ray for this module's Ray tests (start-up 7-13 s here), shut down after them: its raylet,
+    GCS and workers would otherwise hold CPU and memory through the rest of the suite."""
     ray = pytest.importorskip("ray", reason="ray[data] (the ray extra) runs batch --ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray

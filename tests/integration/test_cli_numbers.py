@@ -8,6 +8,8 @@ file; the artifact every command needs is the shared small export.
 
 from __future__ import annotations
 
+import uuid
+
 import click
 import numpy as np
 import pytest
@@ -39,6 +41,7 @@ def _base_args(name: str, small_export, tmp_path) -> list[str]:
         "build": [artifact],
         "verify": [artifact, "--batch-sizes", "1"],
         "predict": [artifact, str(image)],
+        "batch": [artifact, str(image), "--output", str(tmp_path / f"batch-{uuid.uuid4().hex}"), "-q"],
         "bench": [artifact, "--batch-sizes", "1", "--iters", "2", "--warmup", "0"],
         "triton": [artifact, "--repo", str(tmp_path / "repo")],
         "serve": [artifact],
@@ -50,7 +53,7 @@ COMMANDS = sorted(name for name, command in main.commands.items() if _numeric_op
 
 
 def test_the_walk_finds_the_numeric_options():
-    assert {"export", "verify", "bench", "triton", "serve", "predict", "tune"} <= set(COMMANDS)
+    assert {"export", "verify", "bench", "triton", "serve", "predict", "tune", "batch"} <= set(COMMANDS)
     assert "--max-request-mb" in {o.opts[0] for o in _numeric_options(main.commands["serve"])}
 
 

@@ -98,8 +98,9 @@ ROOMS = {
     "export": {"ground", "records", "models", "backends", "parity"},
     "target": {"ground", "records", "backends", "parity"},
     "serving": {"ground", "records", "backends", "target"},
-    "package": {"ground", "models", "export", "parity", "target", "serving"},  # __init__'s public names
-    "cli": {"ground", "records", "models", "backends", "parity", "export", "target", "serving"},
+    "batch": {"ground", "records", "backends", "parity", "target"},  # scale-out: the same runners on more data
+    "package": {"ground", "models", "export", "parity", "target", "serving", "batch"},  # __init__'s public names
+    "cli": {"ground", "records", "models", "backends", "parity", "export", "target", "serving", "batch"},
 }
 
 
