@@ -25,7 +25,8 @@ from PIL import Image
 
 from .errors import DeployError, DeployWarning, first_line
 from .fileio import regular_file, sha256_file, special_file
-from .imageprep import IMAGE_SUFFIXES, UNREADABLE_IMAGE, ImagePreprocess, UnsupportedPixels, open_image, to_rgb
+from .imageprep import (IMAGE_SUFFIXES, UNREADABLE_IMAGE, ImagePreprocess, UnreadableImage, UnsupportedPixels, open_image,
+                        read_rgb)
 from .imageprep import random_images as random_images  # the public name here too: defined once, in imageprep
 
 T = TypeVar("T")
@@ -94,12 +95,10 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     not clipped, which made them white or black."""
     path = regular_file(path, "image")
     try:
-        with open_image(path) as image:
-            image.load()
-            return to_rgb(image)
+        return read_rgb(path)
     except UnsupportedPixels as exc:
         raise DeployError(f"{path} {exc}") from None
-    except UNREADABLE_IMAGE as exc:
+    except UnreadableImage as exc:
         raise DeployError(f"cannot read {path} as an image: {first_line(exc)}") from None
 
 

@@ -39,6 +39,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 UNREADABLE_IMAGE = (Exception,)
 
 
+class UnreadableImage(ValueError):
+    """Bytes Pillow cannot decode as an image; the message is Pillow's (or its exception's type name)."""
+
+
 def open_image(source: Any) -> Image.Image:
     """``Image.open`` for the formats of :data:`IMAGE_FORMATS` only (a path or a binary file object): any
     other format is refused as not an image, before a decoder of it runs."""
@@ -47,6 +51,24 @@ def open_image(source: Any) -> Image.Image:
 
 class UnsupportedPixels(ValueError):
     """Pixels whose brightness has no standard meaning (32-bit integers, floats outside [0, 1])."""
+
+
+def read_rgb(source: Any) -> Image.Image:
+    """A path or binary file object decoded as 8-bit RGB (:func:`open_image`, then :func:`to_rgb`): the one
+    decode of ``predict``, ``batch`` and the Triton ensemble.
+
+    Raises:
+        UnsupportedPixels: pixels whose brightness has no standard meaning.
+        UnreadableImage: anything else Pillow raised while opening or decoding it.
+    """
+    try:
+        with open_image(source) as image:
+            image.load()
+            return to_rgb(image)
+    except UnsupportedPixels:
+        raise
+    except UNREADABLE_IMAGE as exc:
+        raise UnreadableImage(str(exc) or type(exc).__name__) from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -24,7 +24,7 @@ import numpy as np
 from ..data import load_preprocessed
 from ..errors import DeployError, first_line
 from ..fileio import regular_file
-from ..imageprep import IMAGE_SUFFIXES, UNREADABLE_IMAGE, ImagePreprocess, UnsupportedPixels, open_image, to_rgb
+from ..imageprep import IMAGE_SUFFIXES, ImagePreprocess, UnreadableImage, UnsupportedPixels, read_rgb
 
 _URI = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
 _GLOB = re.compile(r"[*?[]")
@@ -261,12 +261,10 @@ def decode_pixels(source: str, preprocess: ImagePreprocess, filesystems: Filesys
         return load_preprocessed(source, ImagePreprocess(**{**vars(preprocess), "embedded": True}))
     data = filesystems.read(source)
     try:
-        with open_image(io.BytesIO(data)) as image:
-            image.load()
-            rgb = to_rgb(image)
+        rgb = read_rgb(io.BytesIO(data))
     except UnsupportedPixels as exc:
         raise DeployError(f"{source} {exc}") from None
-    except UNREADABLE_IMAGE as exc:  # Pillow names the stream object: the message names the source instead
+    except UnreadableImage as exc:  # Pillow names the stream object: the message names the source instead
         message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "it", first_line(exc))
         raise DeployError(f"cannot read {source} as an image: {message}") from None
     return preprocess.resized(rgb)

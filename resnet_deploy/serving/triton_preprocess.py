@@ -12,7 +12,7 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402  (Triton's python backend provides it)
 
-from ..imageprep import ImagePreprocess, UnsupportedPixels, open_image, to_rgb  # noqa: E402  (dropped: defined above)
+from ..imageprep import ImagePreprocess, UnreadableImage, UnsupportedPixels, read_rgb  # noqa: E402  (dropped: defined above)
 
 
 class TritonPythonModel:
@@ -28,12 +28,10 @@ class TritonPythonModel:
 
     def decode(self, data, index):
         try:
-            with open_image(io.BytesIO(data)) as image:
-                image.load()
-                rgb = to_rgb(image)
+            rgb = read_rgb(io.BytesIO(data))
         except UnsupportedPixels as exc:
             raise ValueError(f"image {index} {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bytes that are not an image
+        except UnreadableImage as exc:
             raise ValueError(f"image {index} is not an image Pillow can decode: {exc}") from None
         return self.preprocess(rgb)  # the resized uint8 pixels where the network normalises them itself
 
