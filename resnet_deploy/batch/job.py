@@ -149,6 +149,7 @@ class BatchJob:
         self.preprocess = ImagePreprocess.from_manifest(self.runner.manifest.preprocess)
         self.pool: RayPool | None = None
         try:
+            self.sha256 = sha256_file(self.runner.artifact)  # of the file that runs: the record's and actors' key
             self.rows = self._row_format()
             self.batch_size = self._batch_size()
         except BaseException:
@@ -195,7 +196,7 @@ class BatchJob:
 
     def new_record(self) -> RunRecord:
         return RunRecord(
-            artifact=self.artifact, artifact_sha256=sha256_file(self.runner.artifact),
+            artifact=self.artifact, artifact_sha256=self.sha256,
             configuration=_plain_json(self.configuration()),
             rows=_plain_json({"output": self.rows.output, "topk": self.rows.topk, "keep_logits": self.rows.keep_logits,
                               "labels": self.options.labels}),
@@ -215,7 +216,7 @@ class BatchJob:
         if self.pool is not None:
             runner = self.runner
             expected = {"file": Path(runner.artifact).name, "backend": runner.name, "precision": runner.precision,
-                        "sha256": sha256_file(runner.artifact)}
+                        "sha256": self.sha256}
             spec = ActorSpec(str(Path(self.artifact).resolve()), self.options.backend, self.options.device, expected,
                              self.rows.output, self.filesystems, self.batch_size)
             return run_on_ray(self.numbered(shards), spec, self.pool)
