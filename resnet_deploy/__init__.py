@@ -18,7 +18,8 @@ _LAZY = {"ExportResult": ".export", "ExportOptions": ".export", "create_model": 
          "load": ".target.runtime", "tune": ".target.tune", "serve": ".serving.server",
          "ServeLimits": ".serving.limits", "TritonOptions": ".serving.triton",
          "write_model_repository": ".serving.triton", "run_batch": ".batch.job", "BatchOptions": ".batch.job",
-         "RayOptions": ".batch.job"}
+         "RayOptions": ".batch.job", "serve_on_ray": ".serving.ray_serve", "RayServeOptions": ".serving.ray_serve",
+         "write_kserve": ".serving.kserve", "KServeOptions": ".serving.kserve"}
 
 
 def export(arch: str, options: Any = None, **keywords: Any) -> Any:
@@ -36,8 +37,10 @@ __all__ = [
     "ExportError",
     "ExportOptions",
     "ExportResult",
+    "KServeOptions",
     "ParityError",
     "RayOptions",
+    "RayServeOptions",
     "Report",
     "ServeLimits",
     "TritonOptions",
@@ -50,7 +53,9 @@ __all__ = [
     "load",
     "run_batch",
     "serve",
+    "serve_on_ray",
     "tune",
     "verify",
+    "write_kserve",
     "write_model_repository",
 ]

@@ -27,7 +27,13 @@ from .parity.verify import REFERENCES
 from .precisions import PRECISIONS
 from .serving.limits import (DEFAULT_HOST, DEFAULT_MAX_DELAY_MS, DEFAULT_PORT, DEFAULT_QUEUE, DEFAULT_REQUEST_MB,
                              DEFAULT_WORKERS, SERVE_MAX_BATCH)
+from .serving.kserve import MEMORY_HEADROOM as KSERVE_HEADROOM
+from .serving.kserve import MODES as KSERVE_MODES
+from .serving.kserve import RUNTIMES as KSERVE_RUNTIMES
+from .serving.kserve import SCALE_METRICS as KSERVE_SCALE_METRICS
+from .serving.ray_serve import DEFAULT_DOWNSCALE_DELAY_S, DEFAULT_LOOK_BACK_S, DEFAULT_UPSCALE_DELAY_S
 from .serving.triton import KINDS as TRITON_KINDS
+from .serving.triton import TESTED_TRITON_CONTAINER
 from .serving.triton import TritonOptions
 from .batch.job import DEFAULT_SHARD_SIZE
 from .target.bench import DEFAULT_BATCH_SIZES, DEFAULT_WARMUP
@@ -369,6 +375,29 @@ def _runtime_options(func: Any) -> Any:
     return func
 
 
+def _ray_serve_options(func: Any) -> Any:
+    """serve's Ray Serve form: where, how many replicas (fixed, or autoscaling) and how wide each is."""
+    for option in reversed([
+        click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+                     help="Serve on Ray Serve: a local Ray, or the cluster at ADDRESS (auto, ray://host:10001)."),
+        click.option("--replicas", type=int, help="Ray: a fixed number of replicas (default 1)."),
+        click.option("--min-replicas", type=int, help="Ray: autoscale from this many replicas (default 1)."),
+        click.option("--max-replicas", type=int, help="Ray: autoscale up to this many replicas."),
+        click.option("--target-ongoing", type=float,
+                     help="Ray: requests in flight per replica the autoscaler aims at (default: the max batch)."),
+        click.option("--replica-cpus", type=float, help="Ray: CPUs each replica reserves, its runner's threads "
+                                                        "(default 1)."),
+        click.option("--upscale-delay-s", type=float, help="Ray: seconds over target before a replica is added "
+                                                           f"(default {DEFAULT_UPSCALE_DELAY_S:g})."),
+        click.option("--downscale-delay-s", type=float, help="Ray: seconds under target before one is removed "
+                                                             f"(default {DEFAULT_DOWNSCALE_DELAY_S:g})."),
+        click.option("--look-back-s", type=float, help="Ray: seconds the requests in flight are averaged over "
+                                                       f"(default {DEFAULT_LOOK_BACK_S:g})."),
+    ]):
+        func = option(func)
+    return func
+
+
 def _backend_flags(func: Any) -> Any:
     """Each backend's own options as flags (from its row's options type): ``--cuda-graphs``, ``--torch-fp16``..."""
     for backend in reversed(BACKENDS.values()):
@@ -582,21 +611,57 @@ def doctor_command(as_json: bool) -> None:
 @click.option("--ensemble", is_flag=True,
               help="Also NAME_preprocess (encoded images in, the export's preprocessing, Triton's python backend) "
                    "and NAME_ensemble chaining it to NAME: clients send JPEG/PNG bytes.")
+@click.option("--threads", type=int, help="CPU threads the CPU instances share (default: this machine's physical "
+                                           "cores; set it to the CPUs a pod gets).")
 @click.option("--force", is_flag=True, help="Replace a model of another export, or one resnet-deploy did not write.")
 def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: int | None, preferred: str | None,
                    queue_delay_us: int, instances: int, kind: str, model_version: int | None, backend: str,
-                   ensemble: bool, force: bool) -> None:
+                   ensemble: bool, threads: int | None, force: bool) -> None:
     """Write ARTIFACT into a Triton Inference Server model repository, destroying nothing there."""
     from .serving.triton import TritonOptions, write_model_repository
 
     options = TritonOptions(model_name=model_name, max_batch=max_batch,
                             preferred=tuple(_int_list(preferred, "--preferred")) if preferred else (),
                             queue_delay_us=queue_delay_us, instances=instances, kind=kind, version=model_version,
-                            backend=backend, ensemble=ensemble)
+                            backend=backend, ensemble=ensemble, threads=threads)
     written = write_model_repository(artifact, repo, options, force=force)
     if written.selection:
         _say(written.selection)
     click.echo(written.to_text())
+
+
+@main.command("kserve")
+@click.argument("source", type=click.Path())
+@click.option("--name", required=True, help="The InferenceService's name (lowercase letters, digits, '-').")
+@click.option("--storage-uri", required=True,
+              help="Where KServe fetches the model: the repository root (triton), or the artifact's folder (serve).")
+@click.option("--runtime", type=click.Choice(KSERVE_RUNTIMES), default="triton", show_default=True,
+              help="triton: SOURCE is a Triton repository (kserve-tritonserver); serve: SOURCE is an artifact run by "
+                   "`resnet-deploy serve` from --image.")
+@click.option("--namespace", default="default", show_default=True)
+@click.option("--gpus", type=int, default=0, show_default=True, help="nvidia.com/gpu per replica.")
+@click.option("--cpus", type=float, help="CPUs per replica (default: the threads the models compute with).")
+@click.option("--memory", help=f"Memory per replica, e.g. 4Gi (default: {KSERVE_HEADROOM:g} x the models' measured "
+                               "peak).")
+@click.option("--min-replicas", type=int, help="Fewest replicas (0: scale to zero, Knative mode).")
+@click.option("--max-replicas", type=int, help="Most replicas.")
+@click.option("--scale-metric", type=click.Choice(KSERVE_SCALE_METRICS),
+              help="What the autoscaler watches: concurrency or rps (Knative), cpu (an HPA).")
+@click.option("--scale-target", type=int, help="Its target per replica (cpu: percent of the CPUs requested).")
+@click.option("--canary", type=int, help="Percent of traffic to this revision, the rest to the last ready one.")
+@click.option("--runtime-version", help=f"The tritonserver image tag (default: {TESTED_TRITON_CONTAINER}, the release "
+                                        "the repositories are tested with).")
+@click.option("--mode", type=click.Choice(KSERVE_MODES), default="knative", show_default=True,
+              help="KServe's deployment mode: knative (Serverless) or standard (a plain Deployment).")
+@click.option("--image", help="The serving image: serve's (required), or Triton's where a model needs Pillow.")
+@click.option("--model-name", help="serve: the model's name in the URLs (default: the artifact's stem).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write NAME.yaml into.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def kserve_command(source: str, out: str, as_json: bool, **options: Any) -> None:
+    """Write a KServe InferenceService (and ServingRuntime) for SOURCE, checked before it reaches a cluster."""
+    from .serving.kserve import KServeOptions, write_kserve
+
+    _emit(write_kserve(source, out, KServeOptions(**options)), as_json)
 
 
 @main.command("serve")
@@ -616,18 +681,32 @@ def triton_command(artifact: str, repo: str, model_name: str | None, max_batch: 
 @click.option("--max-request-mb", type=float, default=DEFAULT_REQUEST_MB, show_default=True, help="Largest request body.")
 @click.option("--backend", type=click.Choice(backend_choices()), default="auto", show_default=True)
 @_runtime_options
+@_ray_serve_options
 def serve_command(artifact: str, model_name: str | None, host: str, port: int, grpc_port: int | None,
                   max_batch: int | None,
                   max_delay_ms: float, queue_size: int, workers: int, max_request_mb: float, backend: str,
-                  device: str | None, threads: int | None) -> None:
-    """Serve ARTIFACT over the Open Inference Protocol (KServe v2 REST, and gRPC), with dynamic batching."""
+                  device: str | None, threads: int | None, ray_address: str | None, **ray_options: Any) -> None:
+    """Serve ARTIFACT over the Open Inference Protocol (KServe v2 REST, and gRPC), with dynamic batching;
+    with --ray, as a Ray Serve deployment of replicas."""
     from .serving.limits import ServeLimits
+    from .serving.ray_serve import RayServeOptions, serve_on_ray
     from .serving.server import serve
 
+    given = {key: value for key, value in ray_options.items() if value is not None}
     limits = ServeLimits(max_batch=max_batch, max_delay_ms=max_delay_ms, queue_size=queue_size, workers=workers,
                          max_request_mb=max_request_mb)
-    serve(artifact, host=host, port=port, grpc_port=grpc_port, model_name=model_name, limits=limits, backend=backend,
-          device=device, threads=threads, announce=_say)
+    if ray_address is None:
+        if given:
+            raise DeployError(f"--{next(iter(given)).replace('_', '-')} sizes the Ray Serve deployment: give --ray too")
+        serve(artifact, host=host, port=port, grpc_port=grpc_port, model_name=model_name, limits=limits,
+              backend=backend, device=device, threads=threads, announce=_say)
+        return
+    if grpc_port is not None:
+        raise DeployError("--grpc-port is not served on Ray Serve (its proxy routes HTTP): leave it out with --ray")
+    if threads is not None:
+        raise DeployError("--threads is each replica's CPUs on Ray Serve: give --replica-cpus instead")
+    serve_on_ray(artifact, RayServeOptions(None if ray_address == "local" else ray_address, **given), host=host,
+                 port=port, model_name=model_name, limits=limits, backend=backend, device=device, announce=_say)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -192,3 +192,46 @@ def wait_until_ready(url: str, process: subprocess.Popen, seconds: float, why_no
             pass
         time.sleep(0.2)
     raise RuntimeError(f"the server was not ready in {seconds} s:\n{why_not()}")
+
+
+RAY_FIXTURE = "local_ray"
+# the local S3's (moto's) keys: in the environment of the tests that read from it, and of Ray's workers, which
+# inherit the environment Ray started with, not the driver's later one
+LOCAL_S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray on 2 CPUs for every Ray test of the session (Ray Data's batch job, Ray Serve's deployment):
+    its start-up takes 7-13 s here. The modules that use it run one after another (see
+    :func:`pytest_collection_modifyitems`) and it is shut down after the last test that needs it, so its
+    processes hold no CPU or memory through the rest of the suite."""
+    ray = pytest.importorskip("ray", reason="the ray extra runs batch --ray and serve --ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": LOCAL_S3_KEYS})
+    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The modules that use the session's Ray, moved together at the first one's place (each module's tests in
+    their order): Ray starts once and stays busy while up."""
+    modules = list(dict.fromkeys(item.module for item in items))
+    uses_ray = {m for m in modules if any(RAY_FIXTURE in i.fixturenames for i in items if i.module is m)}
+    if len(uses_ray) < 2:
+        return
+    first = next(i for i, item in enumerate(items) if item.module in uses_ray)
+    together = [item for item in items if item.module in uses_ray]
+    rest = [item for item in items if item.module not in uses_ray]
+    items[:] = rest[:first] + together + rest[first:]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After the last test that uses the session's Ray (and its module's fixtures, torn down before this),
+    shut Ray down."""
+    if RAY_FIXTURE not in item.fixturenames or "ray" not in sys.modules:
+        return
+    later = item.session.items[item.session.items.index(item) + 1:]
+    if not any(RAY_FIXTURE in other.fixturenames for other in later) and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()

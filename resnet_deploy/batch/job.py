@@ -26,7 +26,7 @@ from ..fileio import locked, sha256_file
 from ..imageprep import ImagePreprocess
 from ..target.pipeline import Item, lane_plan, run_pipelined
 from ..target.predict import DEFAULT_TOPK, class_names
-from ..target.runtime import load
+from ..target.runtime import identity, load
 from .check import MAX_CHECK, CheckPicker, run_check
 from .inputs import Filesystems, decode_pixels, inputs_digest, list_inputs, model_input
 from .ray_data import ActorSpec, RayOptions, RayPool, ray_pool, run_on_ray
@@ -214,9 +214,7 @@ class BatchJob:
     def outputs(self, shards: list[int]) -> Iterator[list[Item]]:
         """The outputs of ``shards``' images, in order: on Ray Data or in local lanes."""
         if self.pool is not None:
-            runner = self.runner
-            expected = {"file": Path(runner.artifact).name, "backend": runner.name, "precision": runner.precision,
-                        "sha256": self.sha256}
+            expected = identity(self.runner, self.sha256)
             spec = ActorSpec(str(Path(self.artifact).resolve()), self.options.backend, self.options.device, expected,
                              self.rows.output, self.filesystems, self.batch_size)
             return run_on_ray(self.numbered(shards), spec, self.pool)

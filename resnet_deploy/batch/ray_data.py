@@ -15,19 +15,15 @@ job hangs (ray#44687).
 
 from __future__ import annotations
 
-import logging
 import math
-import signal
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DeployError
-from ..fileio import sha256_file
+from ..raycluster import connect, import_ray
 from ..imageprep import ImagePreprocess
 from ..target.pipeline import Item, lane_plan, run_pipelined
 from .inputs import Filesystems, decode_pixels, model_input
@@ -58,37 +54,11 @@ class ActorSpec:
     batch_size: int
 
 
+RAY_DATA_MISSING = "--ray needs Ray Data, which is not installed: pip install 'resnet-deploy[ray]'"
+
+
 def _ray() -> Any:
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ModuleNotFoundError:
-        raise DeployError("--ray needs Ray Data, which is not installed: pip install 'resnet-deploy[ray]'") from None
-    return ray
-
-
-def connect(address: str | None) -> bool:
-    """Join the Ray cluster at ``address`` (None: start a local one), unless this process already has.
-
-    Returns:
-        Whether this call started the connection (so the job ends it).
-    """
-    ray = _ray()
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the job reports its own progress and figures
-    if ray.is_initialized():
-        return False
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise DeployError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None
-    finally:  # Ray's own SIGTERM handler exits at once: the job's unwinds, writing its record as stopped
-        if threading.current_thread() is threading.main_thread():
-            for sig, handler in handlers.items():
-                if handler is not None:
-                    signal.signal(sig, handler)
-    return True
+    return import_ray("ray.data", RAY_DATA_MISSING)
 
 
 READ_RESERVE = 0.25  # Ray CPUs left to the read stage, which must never be starved (ray#44687)
@@ -123,14 +93,13 @@ class Classify:
 
     def __init__(self, artifact: str, backend: str, device: str | None, cpus: float, expected: dict[str, str],
                  output: str, filesystems: Filesystems) -> None:
-        from ..target.runtime import load
+        from ..target.runtime import identity, load
 
         wanted = lane_plan(device or "cpu", cores=max(1, round(cpus)))
         self.runner = load(artifact, backend=backend, device=device, threads=wanted.threads, lanes=wanted.lanes,
                            shared_cores=True)
         self.plan = lane_plan(self.runner.device, cores=max(1, round(cpus)))
-        found = {"file": Path(self.runner.artifact).name, "backend": self.runner.name,
-                 "precision": self.runner.precision, "sha256": sha256_file(self.runner.artifact)}
+        found = identity(self.runner)
         if found != expected:
             raise DeployError(f"a Ray actor loaded {found}, not the driver's {expected}: every node must hold the "
                               "same artifact (and, for --backend auto, the same tune plan)")
@@ -194,7 +163,7 @@ class RayPool:
 
 def ray_pool(options: RayOptions) -> RayPool:
     """Connect to Ray (:func:`connect`) and size the actor pool (:func:`actor_pool`) on its CPUs."""
-    started = connect(options.address)
+    started = connect(_ray(), options.address, quiet=("ray.data",))
     try:
         cluster_cpus = float(_ray().cluster_resources().get("CPU", 0))
         actors, cpus = actor_pool(options, cluster_cpus)

@@ -64,7 +64,7 @@ class Service:
 
 def prepare(artifact: str | os.PathLike[str] | Runner, *, model_name: str | None = None,
             limits: ServeLimits | None = None, backend: str = "auto", device: str | None = None,
-            threads: int | None = None) -> Service:
+            threads: int | None = None, shared_cores: bool = False) -> Service:
     """A :class:`Service` for ``artifact``: loaded as :func:`resnet_deploy.target.runtime.load` loads it
     (``auto``: tune's plan), the limits checked against the runner, the app built, the runner warmed, and
     told to hand back the memory of batches above the profile's opt (a server's memory returns after an
@@ -75,7 +75,7 @@ def prepare(artifact: str | os.PathLike[str] | Runner, *, model_name: str | None
         model_name: the model's name in the URLs (default: the artifact's stem).
         limits: batching, queue and request limits (default :class:`ServeLimits`: the profile's MAX batch,
             at most 32).
-        backend, device, threads: as ``runtime.load`` takes them (ignored for a runner).
+        backend, device, threads, shared_cores: as ``runtime.load`` takes them (ignored for a runner).
 
     Returns:
         The service, not yet listening.
@@ -83,12 +83,12 @@ def prepare(artifact: str | os.PathLike[str] | Runner, *, model_name: str | None
     Raises:
         DeployError: the serve extra is missing, the artifact cannot be loaded, or a limit is out of range.
     """
-    create_app = _app_factory()
+    create_app = app_factory()
     if isinstance(artifact, Runner):
         return _service(create_app, artifact, model_name, limits)
     from ..target.runtime import load
 
-    runner = load(artifact, backend=backend, device=device, threads=threads)
+    runner = load(artifact, backend=backend, device=device, threads=threads, shared_cores=shared_cores)
     try:
         return _service(create_app, runner, model_name, limits)
     except BaseException:  # a limit that does not fit, a failed warm-up: the runner loaded here is released
@@ -98,11 +98,16 @@ def prepare(artifact: str | os.PathLike[str] | Runner, *, model_name: str | None
 
 def _service(create_app: Callable[..., Any], runner: Runner, model_name: str | None,
              limits: ServeLimits | None) -> Service:
-    name = model_name or (split_artifact_name(runner.artifact)[0] if runner.artifact else "model")
+    name = model_name or default_model_name(runner)
     app = create_app(runner, model_name=name, limits=limits)
     runner.release_memory_above(runner.manifest.batch.opt if runner.manifest else None)
     runner.warmup()
     return Service(runner, app, app.state.limits, name)
+
+
+def default_model_name(runner: Runner) -> str:
+    """The model's name in the URLs where none is given: the artifact's stem (``resnet50``)."""
+    return split_artifact_name(runner.artifact)[0] if runner.artifact else "model"
 
 
 def serve(artifact: str | os.PathLike[str] | Runner, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -122,7 +127,7 @@ def serve(artifact: str | os.PathLike[str] | Runner, *, host: str = DEFAULT_HOST
     Raises:
         DeployError: the address cannot be listened on, or as :func:`prepare` and :meth:`Service.run`.
     """
-    _app_factory()  # a missing extra first, before the address and the model
+    app_factory()  # a missing extra first, before the address and the model
     _http_server_factory()
     within("--port", port, 1, 65535)
     check_listen(host, port)
@@ -143,7 +148,7 @@ def serve(artifact: str | os.PathLike[str] | Runner, *, host: str = DEFAULT_HOST
             service.runner.close()
 
 
-def _app_factory() -> Callable[..., Any]:
+def app_factory() -> Callable[..., Any]:
     """:func:`.app.create_app`, or a one-line error naming the serve extra where it is not installed."""
     try:
         import pydantic  # noqa: F401  (the request schema)

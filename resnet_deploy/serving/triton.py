@@ -36,6 +36,10 @@ LABELS_FILE = "imagenet_labels.txt"
 PREPROCESS_SUFFIX, ENSEMBLE_SUFFIX = "_preprocess", "_ensemble"  # the models --ensemble adds beside NAME
 RECORD_FILE = "resnet_deploy.json"  # which artifact each version holds
 KINDS = ("auto", "gpu", "cpu")  # Triton instance group kinds; auto: cpu for ONNX where no GPU is visible
+# The Triton the written repositories are tested against (the suite's real server: nvidia-pytriton 0.7.0's
+# tritonserver, which reports this version), and NVIDIA's container of that release: KServe's runtimeVersion
+TESTED_TRITON_VERSION = "2.51.0"
+TESTED_TRITON_CONTAINER = "24.10-py3"
 MAX_INSTANCES = 64
 MAX_QUEUE_DELAY_US = 10_000_000
 
@@ -285,6 +289,8 @@ def _check(options: TritonOptions, manifest: Manifest, backend: Backend) -> Trit
     if bad:
         raise DeployError(f"--preferred sizes {bad} must lie between 1 and the max batch {max_batch}")
     within("--instances", options.instances, 1, MAX_INSTANCES, "per device")
+    if options.threads is not None:
+        within("--threads", options.threads, options.instances, 4096, "at least one per instance")
     if options.version is not None:
         within("--version", options.version, 1, 2**31 - 1)
     within("--queue-delay-us", options.queue_delay_us, 0, MAX_QUEUE_DELAY_US)

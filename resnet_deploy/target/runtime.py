@@ -92,3 +92,13 @@ def load(
     runner = open_runner(path, manifest, precision, backend, options)
     runner.selection = selection
     return runner
+
+
+def identity(runner: Runner, sha256: str | None = None) -> dict[str, str]:
+    """What ``runner`` computes with, as a copy loaded elsewhere (a Ray actor, a Serve replica) must find it:
+    the file, backend, precision and the file's sha256 (``sha256``: already read, else read here). Another node
+    holding another file, or another tune plan under ``--backend auto``, shows here as a difference."""
+    from ..fileio import sha256_file
+
+    return {"file": Path(runner.artifact).name, "backend": runner.name, "precision": runner.precision,
+            "sha256": sha256 or sha256_file(runner.artifact)}

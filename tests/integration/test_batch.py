@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import TOOLS, assert_one_line_error, free_port
+from tests.conftest import LOCAL_S3_KEYS, TOOLS, assert_one_line_error, free_port
 
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow (the batch extra) writes the shards")
 
@@ -225,9 +225,8 @@ def s3_photos(photos):
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
+    saved = {k: os.environ.get(k) for k in LOCAL_S3_KEYS}
+    os.environ.update(LOCAL_S3_KEYS)
     try:
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         client.create_bucket(Bucket="images")
@@ -258,16 +257,6 @@ def test_s3_inputs_give_the_local_rows(small_export, s3_photos, local_rows, tmp_
     assert all(r["path"].startswith("s3://images/set/") for r in rows) and report.passed
     _same_rows(rows, _rows(local_rows[0]))
     assert "cannot read s3://images/set/" + BROKEN in [r["error"] for r in rows if r["error"]][0]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for this module's Ray tests (start-up 7-13 s here), shut down after them: its raylet,
-    GCS and workers would otherwise hold CPU and memory through the rest of the suite."""
-    ray = pytest.importorskip("ray", reason="ray[data] (the ray extra) runs batch --ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def test_ray_gives_the_local_rows_from_local_and_s3_inputs(local_ray, small_export, photos, s3_photos, local_rows,

@@ -45,6 +45,8 @@ def _base_args(name: str, small_export, tmp_path) -> list[str]:
         "bench": [artifact, "--batch-sizes", "1", "--iters", "2", "--warmup", "0"],
         "triton": [artifact, "--repo", str(tmp_path / "repo")],
         "serve": [artifact],
+        "kserve": [artifact, "--runtime", "serve", "--image", "registry.example.com/rd:1", "--name", "classifier",
+                   "--storage-uri", "s3://models/resnet18", "--out", str(tmp_path / f"kserve-{uuid.uuid4().hex}")],
         "tune": [artifact, "--batch-sizes", "1", "--budget-s", "5", "--no-write"],
     }[name]
 
@@ -53,7 +55,7 @@ COMMANDS = sorted(name for name, command in main.commands.items() if _numeric_op
 
 
 def test_the_walk_finds_the_numeric_options():
-    assert {"export", "verify", "bench", "triton", "serve", "predict", "tune", "batch"} <= set(COMMANDS)
+    assert {"export", "verify", "bench", "triton", "serve", "predict", "tune", "batch", "kserve"} <= set(COMMANDS)
     assert "--max-request-mb" in {o.opts[0] for o in _numeric_options(main.commands["serve"])}
 
 

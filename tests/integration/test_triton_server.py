@@ -283,3 +283,20 @@ def _same_fields(ours, theirs, where="stats"):
         assert type(ours[key]) is type(value) or (isinstance(value, list) and not value), f"{where}.{key}"
         if isinstance(value, dict):
             _same_fields(ours[key], value, f"{where}.{key}")
+
+
+def test_the_tested_release_and_the_kserve_urls_are_tritons(triton, tmp_path):
+    """What `kserve` writes for a repository holds for the Triton that loaded it: the release it names as
+    KServe's runtimeVersion is this server's, and every URL it prints names a model this server has ready
+    (the folder's name, kserve#2755), from the repository root it was started on (kserve#1075)."""
+    from resnet_deploy.serving.kserve import KServeOptions, write_kserve
+    from resnet_deploy.serving.triton import TESTED_TRITON_VERSION
+
+    server, repo = triton
+    client = httpclient.InferenceServerClient(server.url)
+    assert client.get_server_metadata()["version"] == TESTED_TRITON_VERSION
+    written = write_kserve(repo, tmp_path, KServeOptions(name="classifier", storage_uri="s3://models/repository",
+                                                         image="registry.example.com/triton-pillow:1"))
+    models = [path.split("/")[3] for path in written.urls]
+    assert set(models) == {"resnet18", "resnet18_fp16", "resnet18_ensemble", "pixels", "pixels_ensemble"}
+    assert all(client.is_model_ready(model) for model in models)
