@@ -13,12 +13,14 @@ repository was tested with as ``runtimeVersion`` (the stock runtime pins an old 
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ArgumentError, DeployError, within
+from .limits import MODEL_NAME
 from ..fileio import atomic_open
 from .triton import TESTED_TRITON_CONTAINER
 
@@ -39,6 +41,9 @@ MEMORY_HEADROOM = 1.5  # default memory request: the measured peak with room for
 MEMORY_STEP = 256 << 20  # requests rounded up to 256 MiB
 NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS-1035 label: the service's name is part of its hosts
 NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS-1123 label
+PREDICTOR_SUFFIX = "-predictor"  # KServe's predictor service: NAME-predictor, NAME-predictor-NAMESPACE as a host label
+DNS_LABEL = 63
+MAX_MEMORY = 16 << 40
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,13 @@ class KServeOptions:
         work together."""
         if not NAME.fullmatch(self.name):
             raise ArgumentError(f"--name {self.name!r}: an InferenceService name is lowercase letters, digits and "
-                                "'-', starting with a letter, at most 63 (it is part of the service's hosts)")
+                                "'-', starting with a letter (it is part of the service's hosts)")
         if not NAMESPACE.fullmatch(self.namespace):
             raise ArgumentError(f"--namespace {self.namespace!r} is not a Kubernetes namespace name")
+        label = f"{self.name}{PREDICTOR_SUFFIX}-{self.namespace}"
+        if len(label) > DNS_LABEL:
+            raise ArgumentError(f"--name {self.name!r} with --namespace {self.namespace!r}: KServe builds the host "
+                                f"label {label!r}, {len(label)} characters, over DNS's {DNS_LABEL}: a shorter name")
         _choice("--runtime", self.runtime, RUNTIMES)
         _choice("--mode", self.mode, tuple(MODES))
         _check_storage_uri(self.storage_uri)
@@ -93,6 +102,13 @@ class KServeOptions:
         if self.runtime == "triton" and self.model_name:
             raise ArgumentError("--model-name is for --runtime serve: Triton serves each model under its "
                                 "repository folder's name")
+        if self.model_name is not None and not MODEL_NAME.fullmatch(self.model_name):
+            raise ArgumentError(f"--model-name {self.model_name!r}: a model name is letters, digits, '_', '.' and "
+                                "'-' (serve refuses others, and the pod would restart for ever)")
+        if self.runtime_version and (self.runtime == "serve" or self.image):
+            raise ArgumentError("--runtime-version is the tag of KServe's tritonserver image; with "
+                                f"{'--runtime serve' if self.runtime == 'serve' else '--image'} the image is yours: "
+                                "put the tag in --image")
         return self
 
     def _check_scaling(self) -> None:
@@ -155,6 +171,9 @@ def _choice(option: str, value: str, choices: tuple[str, ...]) -> None:
 
 def _check_storage_uri(uri: str) -> None:
     scheme, _, rest = uri.partition("://")
+    if any(c.isspace() or c in "?#" for c in uri):
+        raise ArgumentError(f"--storage-uri {uri!r}: a URI without spaces, query or fragment (the storage "
+                            "initializer takes the path as it is)")
     if scheme not in STORAGE_SCHEMES or not rest.strip("/"):
         raise ArgumentError(f"--storage-uri {uri!r}: KServe's storage initializer fetches "
                             f"{', '.join(s + '://' for s in STORAGE_SCHEMES)} URIs, with a path")
@@ -174,11 +193,13 @@ def memory_bytes(quantity: str) -> int:
         value = 0
     if value <= 0:
         raise ArgumentError(f"--memory {quantity!r} is not a memory quantity such as 4Gi or 512Mi")
+    if value > MAX_MEMORY:
+        raise ArgumentError(f"--memory {quantity} is more than {MAX_MEMORY >> 40}Ti: no node holds it")
     return value
 
 
-def _mebibytes(count: int) -> str:
-    return f"{math.ceil(count / 2**20)}Mi"
+def _mebibytes(count: float) -> str:
+    return f"{-(-int(count) // 2**20)}Mi"
 
 
 def _cpu_quantity(cpus: float) -> str:
@@ -199,7 +220,7 @@ class PredictorPlan:
     urls: dict[str, str]
     serving_runtime: dict[str, Any] | None = None
     dockerfile: str | None = None
-    notes: list[str] = field(default_factory=list)
+    unmeasured: list[str] = field(default_factory=list)  # what needs memory the floor does not count
 
 
 def _model_urls(models: dict[str, str]) -> dict[str, str]:
@@ -213,17 +234,17 @@ def triton_plan(repo: str | Path, options: KServeOptions) -> PredictorPlan:
 
     repository = read_repository(repo)
     last = options.storage_uri.rstrip("/").rsplit("/", 1)[-1]
-    if last in repository.models:
+    if last in repository.models and last != Path(repo).resolve().name:
         raise ArgumentError(f"--storage-uri ends in {last}/, a model folder: Triton reads the folder it names as the "
                             f"repository root and would look for {last}/1/config.pbtxt (kserve#1075); give the "
                             "repository's own URI")
     on_gpu = [m.name for m in repository.models.values() if m.on_gpu]
-    floor, basis = _repository_memory(repository)
+    floor, basis, unmeasured = _repository_memory(repository)
     plan = PredictorPlan(
         model={"model_format": ("triton", "2"), "runtime": TRITON_RUNTIME, "protocol_version": "v2",
                "storage_uri": options.storage_uri, "runtime_version": options.runtime_version or TESTED_TRITON_CONTAINER},
         threads=sum(m.cpu_threads for m in repository.models.values()), gpus=options.gpus,
-        memory_floor=floor, memory_basis=basis,
+        memory_floor=floor, memory_basis=basis, unmeasured=unmeasured,
         urls=_model_urls({m.name: "encoded images (BYTES)" if m.takes_images else f"tensors {list(m.input_dims)}"
                           for m in repository.models.values() if m.backend != "python"}))
     if on_gpu and not options.gpus:
@@ -252,28 +273,37 @@ def _triton_image(plan: PredictorPlan, python_models: list[str], options: KServe
     plan.model["image"] = options.image
 
 
-def _repository_memory(repository: Any) -> tuple[int, str]:
-    """The memory the repository's models take: their CPU instances measured (one fresh process each, peaks
-    above the process's baseline summed, plus one baseline); GPU and python models by their files' size."""
+def _repository_memory(repository: Any) -> tuple[int, str, list[str]]:
+    """The memory the repository's models take, measured: each model with CPU instances in a fresh process
+    (its config's threads, a session per instance, a batch of its max_batch_size), the peaks above the
+    process's baseline summed, plus one baseline. Returns the floor, how it was found, and the models that
+    could not be measured here (GPU instances, Triton's python stubs, symbolic dims)."""
     from ..target.memory import MemorySpec, measure_peak
 
-    measured, sizes, notes, baseline = 0, 0, [], 0
+    measured, baseline, notes, unmeasured = 0, 0, [], []
     for model in repository.models.values():
         cpu = model.instances.get("KIND_CPU", 0)
-        if model.backend in ("onnxruntime", "openvino") and cpu and not model.on_gpu:
-            peak = measure_peak(MemorySpec(batch=max(1, model.max_batch), threads=model.threads, sessions=cpu,
-                                           model_file=str(model.model_file), engine=model.backend,
-                                           input_dims=model.input_dims, input_dtype=model.input_dtype))
-            measured += peak.peak_bytes - peak.baseline_bytes
-            baseline = max(baseline, peak.baseline_bytes)
-            notes.append(f"{model.name}: {peak.describe()}")
-        elif model.backend == "python":
-            notes.append(f"{model.name}: not measured (Triton's python backend runs it in a stub process of its own)")
-        elif model.model_file is not None:
-            sizes += model.model_file.stat().st_size * max(1, sum(model.instances.values()))
-            notes.append(f"{model.name}: its file's size per instance (not measured here: {model.backend} on "
-                         f"{'GPU' if model.on_gpu else 'Triton'} instances)")
-    return measured + baseline + sizes, "; ".join(notes)
+        if model.backend == "ensemble":
+            continue
+        if model.backend not in ("onnxruntime", "openvino") or not cpu or model.on_gpu or min(model.input_dims) < 0:
+            unmeasured.append(f"{model.name} ({_why_unmeasured(model)})")
+            continue
+        peak = measure_peak(MemorySpec(batch=model.max_batch, threads=model.threads, sessions=cpu, model_file=str(model.model_file),
+                                       engine=model.backend, input_dims=model.input_dims, input_dtype=model.input_dtype))
+        measured += peak.peak_bytes - peak.baseline_bytes
+        baseline = max(baseline, peak.baseline_bytes)
+        notes.append(f"{model.name}: {peak.describe()}")
+    return measured + baseline, "; ".join(notes) or "nothing measured", unmeasured
+
+
+def _why_unmeasured(model: Any) -> str:
+    if model.on_gpu:
+        return "GPU instances"
+    if model.backend == "python":
+        return "Triton's python backend, a stub process of its own"
+    if min(model.input_dims, default=0) < 0:
+        return "symbolic input dims"
+    return f"Triton's {model.backend} backend"
 
 
 def serve_plan(artifact: str | Path, options: KServeOptions) -> PredictorPlan:
@@ -294,14 +324,15 @@ def serve_plan(artifact: str | Path, options: KServeOptions) -> PredictorPlan:
     if artifact_format(precision) == "engine" and not options.gpus:
         raise ArgumentError(f"{path.name} is a TensorRT engine, which runs on a GPU: give --gpus 1")
     threads = max(1, math.floor(options.cpus or 1))
-    served, backend, max_batch = _served_configuration(path, manifest, precision, threads, on_gpu=bool(options.gpus))
+    here = min(threads, os.cpu_count() or 1)  # loaded and measured with the threads this machine has
+    served, backend, max_batch = _served_configuration(path, manifest, precision, here, on_gpu=bool(options.gpus))
     name = options.model_name or split_artifact_name(path)[0]
-    floor, basis = _artifact_memory(served, backend, threads, max_batch, on_gpu=bool(options.gpus))
+    floor, basis, unmeasured = _artifact_memory(served, backend, here, max_batch, on_gpu=bool(options.gpus))
     args = [f"{MODEL_ROOT}/{served.name}", "--model-name", name, "--backend", backend, "--threads", str(threads)]
     return PredictorPlan(
         model={"model_format": SERVE_FORMAT, "runtime": options.name + "-runtime", "protocol_version": "v2",
                "storage_uri": options.storage_uri, "args": args},
-        threads=threads, gpus=options.gpus, memory_floor=floor, memory_basis=basis,
+        threads=threads, gpus=options.gpus, memory_floor=floor, memory_basis=basis, unmeasured=unmeasured,
         urls=_model_urls({name: f"tensors {list(manifest.example_shape)}"}),
         serving_runtime=_serving_runtime(options),
         dockerfile=_serve_dockerfile(backend, bool(options.gpus)))
@@ -323,13 +354,15 @@ def _served_configuration(path: Path, manifest: Any, precision: str, threads: in
         return Path(runner.artifact), runner.backend, ServeLimits().for_runner(runner).max_batch
 
 
-def _artifact_memory(path: Path, backend: str, threads: int, batch: int, *, on_gpu: bool) -> tuple[int, str]:
+def _artifact_memory(path: Path, backend: str, threads: int, batch: int, *,
+                     on_gpu: bool) -> tuple[int, str, list[str]]:
+    """(floor, how it was found, what could not be measured): the artifact run as serve runs it, on CPU."""
     from ..target.memory import MemorySpec, measure_peak
 
     if on_gpu:
-        return path.stat().st_size, f"{path.name}: its size (not measured here: it runs on a GPU)"
+        return 0, "nothing measured", [f"{path.name} (it runs on a GPU)"]
     peak = measure_peak(MemorySpec(batch=batch, threads=threads, artifact=str(path), backend=backend))
-    return peak.peak_bytes, peak.describe()
+    return peak.peak_bytes, peak.describe(), []
 
 
 def _serve_dockerfile(backend: str, gpu: bool) -> str:
@@ -359,19 +392,24 @@ def _serving_runtime(options: KServeOptions) -> dict[str, Any]:
 
 
 def _resources(plan: PredictorPlan, options: KServeOptions) -> tuple[dict[str, str], list[str]]:
-    """The container's requests (= limits: a Guaranteed pod, whose threads get the CPUs they count on) and the
-    lines saying how each was chosen.
+    """The container's requests, equal to its limits (the runtimes' threads get the CPUs they count on, and
+    the memory is what the scheduler reserves), and the lines saying how each was chosen.
 
     Raises:
-        ArgumentError: fewer CPUs than the runtimes' threads, or less memory than the models' floor.
+        ArgumentError: fewer CPUs than the runtimes' threads; less memory than the measured floor; no
+            ``--memory`` where part of what runs could not be measured here.
     """
     cpus = options.cpus if options.cpus is not None else max(1, plan.threads)
     if cpus < plan.threads:
+        fewer = "a smaller --cpus for the pod is --cpus itself" if options.runtime == "serve" else (
+            "or write the repository with fewer `triton --threads` or `--instances`")
         raise ArgumentError(f"the models compute with {plan.threads} threads at once but --cpus is {cpus:g}: they "
-                            f"would contend for {cpus:g} CPUs; give --cpus {plan.threads} or more, or write the "
-                            "repository with fewer --threads or --instances")
+                            f"would contend for {cpus:g} CPUs; give --cpus {plan.threads} or more, {fewer}")
+    if plan.unmeasured and not options.memory:
+        rest = f" (at least {_mebibytes(plan.memory_floor)} measured for the rest)" if plan.memory_floor else ""
+        raise ArgumentError(f"the memory of {', '.join(plan.unmeasured)} cannot be measured here: give --memory{rest}")
     floor = plan.memory_floor
-    memory = memory_bytes(options.memory) if options.memory else math.ceil(floor * MEMORY_HEADROOM / MEMORY_STEP) * MEMORY_STEP
+    memory = memory_bytes(options.memory) if options.memory else -(-int(floor * MEMORY_HEADROOM) // MEMORY_STEP) * MEMORY_STEP
     if memory < floor:
         raise ArgumentError(f"--memory {options.memory} is below the models' {_mebibytes(floor)} ({plan.memory_basis}): "
                             f"the pod would be OOMKilled (kserve#2361); give --memory {_mebibytes(floor * MEMORY_HEADROOM)}"
@@ -379,10 +417,14 @@ def _resources(plan: PredictorPlan, options: KServeOptions) -> tuple[dict[str, s
     resources = {"cpu": _cpu_quantity(cpus), "memory": _mebibytes(memory)}
     if plan.gpus:
         resources["nvidia.com/gpu"] = str(plan.gpus)
+    threads = (f"{plan.threads} thread{'s' if plan.threads != 1 else ''} compute at once" if plan.threads
+               else "no CPU instance computes: the server's own")
+    measured = f"floor {_mebibytes(floor)}: {plan.memory_basis}" + (
+        f"; not measured: {', '.join(plan.unmeasured)}" if plan.unmeasured else "")
     how = [f"cpu {resources['cpu']}: " + ("given" if options.cpus is not None else "the models' threads") +
-           f" ({plan.threads} thread{'s' if plan.threads != 1 else ''} compute at once)",
+           f" ({threads})",
            f"memory {resources['memory']}: " + ("given" if options.memory else f"{MEMORY_HEADROOM:g} x the floor") +
-           f" (floor {_mebibytes(floor)}: {plan.memory_basis})"]
+           f" ({measured})"]
     return resources, how
 
 
@@ -498,7 +540,7 @@ class KServeManifests:
 
     def url(self, path: str) -> str:
         """``path`` on the predictor's in-cluster address."""
-        return f"http://{self.name}-predictor.{self.namespace}.svc.cluster.local{path}"
+        return f"http://{self.name}{PREDICTOR_SUFFIX}.{self.namespace}.svc.cluster.local{path}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"manifest": str(self.manifest), "dockerfile": str(self.dockerfile) if self.dockerfile else None,
@@ -546,11 +588,14 @@ def write_kserve(source: str | Path, out: str | Path, options: KServeOptions) ->
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DeployError(f"cannot create {folder}: {exc.strerror}") from None
-    manifest, dockerfile = folder / f"{options.name}.yaml", None
-    with atomic_open(manifest) as handle:
-        yaml.safe_dump_all([document for document, _ in documents], handle, sort_keys=False)
-    if plan.dockerfile:
-        dockerfile = folder / f"{options.name}.Dockerfile"
+    manifest, dockerfile = folder / f"{options.name}.yaml", folder / f"{options.name}.Dockerfile"
+    if plan.dockerfile:  # the image first, the manifest that needs it last
         with atomic_open(dockerfile) as handle:
             handle.write(plan.dockerfile)
+    else:
+        if dockerfile.is_file():
+            dockerfile.unlink()  # a Dockerfile of an earlier run is not this manifest's
+    with atomic_open(manifest) as handle:
+        yaml.safe_dump_all([document for document, _ in documents], handle, sort_keys=False)
+    dockerfile = dockerfile if plan.dockerfile else None
     return KServeManifests(manifest, dockerfile, options.name, options.namespace, plan.urls, resources, how)

@@ -28,6 +28,7 @@ MAX_DELAY_S = 86_400.0  # a day: longer is a misconfiguration, not a delay
 DEFAULT_UPSCALE_DELAY_S = 30.0  # Ray Serve's own defaults: add replicas after 30 s over target,
 DEFAULT_DOWNSCALE_DELAY_S = 600.0  # remove them after 10 minutes under it
 DEFAULT_LOOK_BACK_S = 30.0  # the window the requests in flight are averaged over
+AUTOSCALING_DEFAULTS = (DEFAULT_UPSCALE_DELAY_S, DEFAULT_DOWNSCALE_DELAY_S, DEFAULT_LOOK_BACK_S)
 READY_TIMEOUT_S = 600.0  # replicas that load a large model on a busy node take minutes, not hours
 
 
@@ -71,7 +72,13 @@ class RayServeOptions:
             raise ArgumentError("--replicas is a fixed count; --min-replicas, --max-replicas and --target-ongoing "
                                 "autoscale: give one or the other")
         within("--replica-cpus", self.replica_cpus, 0.001, MAX_REPLICA_CPUS)
+        within("--upscale-delay-s", self.upscale_delay_s, 0, MAX_DELAY_S)
+        within("--downscale-delay-s", self.downscale_delay_s, 0, MAX_DELAY_S)
+        within("--look-back-s", self.look_back_s, 0.1, MAX_DELAY_S)
         if not self.autoscaling:
+            if (self.upscale_delay_s, self.downscale_delay_s, self.look_back_s) != AUTOSCALING_DEFAULTS:
+                raise ArgumentError("--upscale-delay-s, --downscale-delay-s and --look-back-s tune autoscaling: give "
+                                    "--min-replicas and --max-replicas, or leave them out")
             replicas = 1 if self.replicas is None else self.replicas
             within("--replicas", replicas, 1, MAX_REPLICAS)
             return replace(self, replicas=replicas)
@@ -82,16 +89,23 @@ class RayServeOptions:
         within("--max-replicas", high, max(1, low), MAX_REPLICAS, "at least --min-replicas and 1")
         if self.target_ongoing is not None:
             within("--target-ongoing", self.target_ongoing, 0.001, MAX_QUEUE)
-        within("--upscale-delay-s", self.upscale_delay_s, 0, MAX_DELAY_S)
-        within("--downscale-delay-s", self.downscale_delay_s, 0, MAX_DELAY_S)
-        within("--look-back-s", self.look_back_s, 0.1, MAX_DELAY_S)
         return replace(self, min_replicas=low, max_replicas=high)
 
-    def deployment_options(self, limits: ServeLimits) -> dict[str, Any]:
-        """``serve.deployment``'s keywords: the replicas or their autoscaling, the CPUs each reserves, and the
-        requests Ray routes to one replica at once (its batcher's queue: beyond it the replica answers 503)."""
-        options: dict[str, Any] = {"ray_actor_options": {"num_cpus": self.replica_cpus},
-                                   "max_ongoing_requests": limits.queue_size + limits.workers * limits.max_batch}
+    def deployment_options(self, limits: ServeLimits, *, gpu: bool = False) -> dict[str, Any]:
+        """``serve.deployment``'s keywords: the replicas or their autoscaling, the CPUs (and, for a runner on a
+        GPU, the GPU) each reserves, the requests Ray routes to one replica at once (what its batcher holds:
+        its queue, and a batch of one-image requests per worker), and the requests the proxy holds beyond
+        those (the batcher's queue size: past it the proxy answers 503, as ``serve`` does past its queue).
+
+        Raises:
+            ArgumentError: a target of requests in flight no replica can reach.
+        """
+        ongoing = limits.queue_size + limits.workers * limits.max_batch
+        if self.target_ongoing is not None and self.target_ongoing > ongoing:
+            raise ArgumentError(f"--target-ongoing {self.target_ongoing:g} is more than the {ongoing} requests a "
+                                "replica takes at once (--queue plus a batch per worker): it would never scale up")
+        options: dict[str, Any] = {"ray_actor_options": {"num_cpus": self.replica_cpus, "num_gpus": int(gpu)},
+                                   "max_ongoing_requests": ongoing, "max_queued_requests": limits.queue_size}
         if not self.autoscaling:
             return {**options, "num_replicas": self.replicas}
         return {**options, "autoscaling_config": {
@@ -127,6 +141,12 @@ class OipReplica:
     def __serve_build_asgi_app__(self) -> Any:
         return self.service.app
 
+    def __del__(self) -> None:
+        """Ray Serve removes the replica (after the app's lifespan stopped its batcher): its runner released."""
+        service = getattr(self, "service", None)
+        if service is not None:
+            service.runner.close()
+
     def check_health(self) -> None:
         """Ray Serve's health check: a replica whose model stopped being ready is replaced."""
         model = self.service.app.state.model
@@ -142,7 +162,8 @@ def _serve() -> Any:
 
 
 def application(artifact: str, options: RayServeOptions, *, model_name: str, limits: ServeLimits,
-                expected: dict[str, str], backend: str = "auto", device: str | None = None) -> Any:
+                expected: dict[str, str], backend: str = "auto", device: str | None = None,
+                gpu: bool = False) -> Any:
     """The Ray Serve application (``Deployment.bind(...)``) serving ``artifact``: what :func:`serve_on_ray`
     runs, and what a user's own ``serve.run`` or config takes.
 
@@ -153,12 +174,14 @@ def application(artifact: str, options: RayServeOptions, *, model_name: str, lim
         limits: each replica's batching, queue and request limits, resolved against the runner.
         expected: :func:`~resnet_deploy.target.runtime.identity` of the runner the driver checked.
         backend, device: as ``runtime.load`` takes them.
+        gpu: the runner computes on a GPU (each replica reserves one).
 
     Returns:
         The bound application.
     """
     _, serve = _serve()
-    replica = serve.deployment(name=model_name, **options.deployment_options(limits))(serve.ingress()(OipReplica))
+    replica = serve.deployment(name=model_name, **options.deployment_options(limits, gpu=gpu))(
+        serve.ingress()(OipReplica))
     return replica.bind(artifact, model_name, limits, backend, device, options.threads, expected)
 
 
@@ -193,47 +216,82 @@ def serve_on_ray(artifact: str, options: RayServeOptions, *, host: str = DEFAULT
     with load(artifact, backend=backend, device=device, threads=options.threads) as runner:
         limits = (limits or ServeLimits()).for_runner(runner)
         expected, name = identity(runner), model_name or default_model_name(runner)
-    started = connect(ray, options.address, quiet=("ray.serve",))
+        gpu = runner.device.startswith("cuda")  # each replica reserves one, which Ray makes its only visible one
+        options.deployment_options(limits, gpu=gpu)  # a target no replica reaches: refused before Ray starts
+    started, deployed = connect(ray, options.address, quiet=("ray.serve",)), False
     try:
         serve.start(http_options={"host": host, "port": port})
+        if name in serve.status().applications:
+            raise ArgumentError(f"Ray Serve on this cluster already runs an application named {name}: give another "
+                                "--model-name, or take that one down (serve.delete)")
         app = application(str(artifact), options, model_name=name, limits=limits, expected=expected,
-                          backend=backend, device=device)
+                          backend=backend, device="cuda" if device and device.startswith("cuda") else device, gpu=gpu)
+        deployed = True
         _run(serve, app, name)
         if announce:
             announce(f"serving {artifact} ({expected['backend']}, {expected['precision']}) on Ray Serve, "
                      f"{options.describe()}, at http://{address(host, port)}/v2/models/{name}")
         _wait(stop)
     finally:
-        _take_down(ray, serve, name, started)
+        _take_down(ray, serve, name if deployed else None, started, local=options.address is None)
 
 
-def _run(serve: Any, app: Any, name: str) -> None:
-    """``serve.run`` (which returns once every replica is ready), its failures as one line."""
-    try:
-        serve.run(app, name=name, route_prefix="/", blocking=False)
-    except Exception as exc:  # DeploymentFailed, RayActorError, TimeoutError: the replica's reason, in one line
-        reason = next((line for line in reversed(str(exc).splitlines()) if "DeployError" in line), None)
+def _run(serve: Any, app: Any, name: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """``serve.run`` (which returns once every replica is ready), within ``timeout_s``, its failures as one line.
+
+    Raises:
+        DeployError: the deployment failed, or it was not ready in time (a replica the cluster cannot place
+            waits for ever).
+    """
+    failures: list[BaseException] = []
+
+    def deploy() -> None:
+        try:
+            serve.run(app, name=name, route_prefix="/")
+        except Exception as exc:  # noqa: BLE001  (DeploymentFailed, RayActorError: reported below)
+            failures.append(exc)
+
+    thread = threading.Thread(target=deploy, name=f"deploy {name}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise DeployError(f"the Ray Serve deployment {name} was not ready in {timeout_s:g} s: a replica the cluster "
+                          "cannot place (more --replica-cpus, or GPUs, than a node has) waits for ever")
+    if failures:
+        text = str(failures[0])
+        reason = next((line for line in reversed(text.splitlines()) if "DeployError" in line), None)
         raise DeployError(f"the Ray Serve deployment {name} did not start: "
-                          f"{(reason or str(exc).splitlines()[0]).strip()}") from None
+                          f"{(reason or text.splitlines()[0]).strip()}")
 
 
 def _wait(stop: threading.Event | None) -> None:
-    """Until ``stop`` is set, or (None) SIGINT or SIGTERM arrive."""
+    """Until ``stop`` is set, or (None) SIGINT or SIGTERM arrive; the caller's handlers put back after."""
     import signal
 
-    if stop is None:
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-
-
-def _take_down(ray: Any, serve: Any, name: str, started: bool) -> None:
-    logging.getLogger("ray.serve").setLevel(logging.ERROR)
+    if stop is not None:
+        stop.wait()
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise ArgumentError("serve_on_ray off the main thread needs stop= (signals reach the main thread only)")
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        serve.delete(name)
-    except Exception:  # noqa: BLE001  (not deployed, or the cluster is gone: nothing to take down)
-        pass
-    if started:
+        stop.wait()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _take_down(ray: Any, serve: Any, name: str | None, started: bool, local: bool) -> None:
+    """This deployment (``name``: None where it was never deployed) deleted; Serve and Ray shut down only where this call started a local Ray (on a cluster
+    it joined, the driver disconnects: other applications keep running)."""
+    logging.getLogger("ray.serve").setLevel(logging.ERROR)
+    if name is not None:
+        try:
+            serve.delete(name)
+        except Exception:  # noqa: BLE001  (never ready, or the cluster is gone: nothing to take down)
+            pass
+    if started and local:
         serve.shutdown()
+    if started:
         ray.shutdown()

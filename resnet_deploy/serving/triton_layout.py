@@ -7,6 +7,7 @@ file``, kserve#1075), and the model's name in every URL is its folder's name (ks
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,25 @@ def read_repository(root: str | Path) -> Repository:
     return repository
 
 
+def _threads(path: Path, config: Any, backend: str) -> int:
+    """The threads each CPU instance computes with: the backend's parameter (python models: one).
+
+    Raises:
+        DeployError: the parameter missing or 0, which the backend reads as every core of the node (no count
+            of CPUs can be checked against that), or not a number.
+    """
+    parameter = THREAD_PARAMETERS.get(backend)
+    if parameter is None:
+        return 1
+    value = config.parameters[parameter].string_value if parameter in config.parameters else "0"
+    if not value.isdigit():
+        raise DeployError(f"{path}: {parameter} is {value!r}, not a thread count")
+    if int(value) == 0:
+        raise DeployError(f"{path} leaves {parameter} to {backend} (every core of the node, whatever the pod "
+                          "requests): write the repository with `triton --threads N` for a pod of N CPUs")
+    return int(value)
+
+
 def _read_model(folder: Path) -> RepositoryModel:
     from google.protobuf import text_format
 
@@ -126,29 +146,39 @@ def _read_model(folder: Path) -> RepositoryModel:
     for group in config.instance_group:
         name = kinds.Name(group.kind)
         instances[name] = instances.get(name, 0) + max(1, group.count)
-    parameter = THREAD_PARAMETERS.get(backend)
-    threads = 1
-    if parameter is not None and parameter in config.parameters:
-        value = config.parameters[parameter].string_value
-        if not value.isdigit() or int(value) < 1:
-            raise DeployError(f"{path}: {parameter} is {value!r}, not a thread count")
-        threads = int(value)
+    if backend != "ensemble" and set(instances) - {"KIND_CPU", "KIND_GPU"} or not (instances or backend == "ensemble"):
+        raise DeployError(f"{path} leaves its instances' kind to Triton (on a GPU where the pod has one, else on "
+                          "CPU), which decides the resources it needs: write it with `triton --kind cpu|gpu`")
+    threads = _threads(path, config, backend) if "KIND_CPU" in instances else 1
     steps = tuple(step.model_name for step in config.ensemble_scheduling.step)
     data_types = messages.DataType
     return RepositoryModel(folder.name, backend, config.max_batch_size, instances, threads,
-                           None if backend == "ensemble" else _latest_file(folder, backend, config.default_model_filename),
+                           _latest_version(folder) and None if backend == "ensemble"
+                           else _latest_file(folder, backend, config.default_model_filename),
                            steps,
                            tuple(config.input[0].dims) if config.input else (),
                            data_types.Name(config.input[0].data_type) if config.input else "")
 
 
-def _latest_file(folder: Path, backend: str, filename: str) -> Path:
-    """The file of the highest version (Triton's default version policy loads the latest one): ``filename``
-    where the config names it, else the backend's default."""
-    versions = sorted((int(p.name), p) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+VERSION_FOLDER = re.compile(r"[1-9][0-9]*")  # Triton ignores version folders that start with 0
+
+
+def _latest_version(folder: Path) -> Path:
+    """The highest version folder (Triton's default version policy loads the latest one).
+
+    Raises:
+        DeployError: none (an ensemble needs one too, empty).
+    """
+    versions = sorted((int(p.name), p) for p in folder.iterdir() if p.is_dir() and VERSION_FOLDER.fullmatch(p.name))
     if not versions:
-        raise DeployError(f"{folder} has no version folder (1/, 2/...): Triton loads no version of it")
-    latest = versions[-1][1]
+        raise DeployError(f"{folder} has no version folder (1/, 2/...; Triton ignores names starting with 0): "
+                          "Triton loads no version of it")
+    return versions[-1][1]
+
+
+def _latest_file(folder: Path, backend: str, filename: str) -> Path:
+    """The file of the version Triton loads: ``filename`` where the config names it, else the backend's default."""
+    latest = _latest_version(folder)
     names = {"python": "model.py", "tensorrt": MODEL_FILES["engine"]}
     wanted = latest / (filename or names.get(backend, MODEL_FILES["onnx"]))
     if not wanted.is_file():

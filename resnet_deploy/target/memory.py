@@ -13,6 +13,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,7 +24,8 @@ MEASURE_TIMEOUT_S = 600.0  # loading and one batch of a large model on a busy ma
 
 @dataclass(frozen=True)
 class MemorySpec:
-    """What to load and run: an ``artifact`` (with ``backend``) or a bare ONNX ``model_file`` run by ``engine``
+    """What to load and run, at ``batch`` (0: a model whose dims hold the batch, Triton's max_batch_size 0): an
+    ``artifact`` (with ``backend``) or a bare ONNX ``model_file`` run by ``engine``
     (``onnxruntime`` or ``openvino``, as Triton's backends of those names load it) with ``input_dims`` (no batch
     axis) and ``input_dtype`` (numpy's name); ``sessions`` copies, ``threads`` each, at ``batch``."""
 
@@ -58,18 +60,21 @@ def measure_peak(spec: MemorySpec) -> PeakMemory:
     Raises:
         DeployError: the model did not load or run there (its one-line reason), or took over the bound.
     """
+    what = spec.artifact or spec.model_file
+    with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: a child that writes much costs no memory here
+        try:
+            done = subprocess.run([sys.executable, "-m", __name__, json.dumps(asdict(spec))], stdout=subprocess.PIPE,
+                                  stderr=errors, text=True, timeout=MEASURE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise DeployError(f"measuring the memory of {what} took over {MEASURE_TIMEOUT_S:g} s") from None
+        errors.seek(max(0, errors.seek(0, 2) - 4096))
+        lines = [line for line in errors.read().splitlines() if line.strip()]
     try:
-        done = subprocess.run([sys.executable, "-m", __name__, json.dumps(asdict(spec))], capture_output=True,
-                              text=True, timeout=MEASURE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise DeployError(f"measuring the memory of {spec.artifact or spec.model_file} took over "
-                          f"{MEASURE_TIMEOUT_S:g} s") from None
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise DeployError(f"measuring the memory of {spec.artifact or spec.model_file} failed: "
-                          f"{lines[-1] if lines else 'exit ' + str(done.returncode)}")
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
-    return PeakMemory(figures["peak_bytes"], figures["baseline_bytes"], spec)
+        figures = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+        return PeakMemory(int(figures["peak_bytes"]), int(figures["baseline_bytes"]), spec)
+    except (IndexError, ValueError, TypeError, KeyError):
+        reason = lines[-1] if lines else f"exit {done.returncode}"
+        raise DeployError(f"measuring the memory of {what} failed: {reason}") from None
 
 
 def _peak_rss() -> int:
@@ -90,7 +95,8 @@ def _artifact_calls(spec: MemorySpec) -> list[Any]:
 def _model_file_calls(spec: MemorySpec) -> list[Any]:
     import numpy as np
 
-    batch = np.zeros((spec.batch, *spec.input_dims), np.dtype(spec.input_dtype))
+    shape = (spec.batch, *spec.input_dims) if spec.batch else spec.input_dims
+    batch = np.zeros(shape, np.dtype(spec.input_dtype))
     calls = []
     for _ in range(spec.sessions):
         if spec.engine == "openvino":
@@ -114,8 +120,9 @@ def _main(argument: str) -> None:
     raw = json.loads(argument)
     spec = MemorySpec(**{**raw, "input_dims": tuple(raw.get("input_dims", ()))})
     import numpy  # noqa: F401  (the baseline holds the libraries a server holds before any model)
-    import onnxruntime  # noqa: F401
 
+    if spec.engine == "onnxruntime" or spec.artifact:
+        import onnxruntime  # noqa: F401
     baseline = _peak_rss()
     for call in _artifact_calls(spec) if spec.artifact else _model_file_calls(spec):
         call()

@@ -43,8 +43,11 @@ def _kserve(cli, source, out, *args):
 
 def test_gpu_repository_manifest(cli, repositories, tmp_path):
     gpu, _ = repositories
+    unmeasured = _kserve(cli, gpu, tmp_path, "--storage-uri", "s3://models/repo", "--gpus", "1")
+    assert_one_line_error(unmeasured, contains="resnet18 (GPU instances) cannot be measured here: give --memory")
     result = _kserve(cli, gpu, tmp_path, "--storage-uri", "s3://models/repo", "--gpus", "1", "--min-replicas", "1",
-                     "--max-replicas", "4", "--scale-metric", "concurrency", "--scale-target", "8", "--json")
+                     "--max-replicas", "4", "--scale-metric", "concurrency", "--scale-target", "8", "--memory", "4Gi",
+                     "--json")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     [service] = _documents(tmp_path / "classifier.yaml")
@@ -62,8 +65,8 @@ def test_gpu_repository_manifest(cli, repositories, tmp_path):
     # the URL's model name is the repository folder's (kserve#2755)
     assert summary["urls"] == {
         "http://classifier-predictor.default.svc.cluster.local/v2/models/resnet18/infer": "tensors [3, 64, 64]"}
-    assert summary["dockerfile"] is None
-    assert "not measured here" in " ".join(summary["how"])  # GPU instances: the file's size, said so
+    assert summary["dockerfile"] is None and model["resources"]["limits"]["memory"] == "4096Mi"
+    assert "not measured: resnet18 (GPU instances)" in " ".join(summary["how"])
 
     refused = _kserve(cli, gpu, tmp_path / "x", "--storage-uri", "s3://models/repo")
     assert_one_line_error(refused, contains="--gpus 1")
@@ -74,8 +77,11 @@ def test_cpu_repository_with_the_image_ensemble(cli, repositories, tmp_path):
     _, cpu = repositories
     refused = _kserve(cli, cpu, tmp_path / "no-image", "--storage-uri", "gs://bucket/triton")
     assert_one_line_error(refused, contains="Pillow")
+    unmeasured = _kserve(cli, cpu, tmp_path / "no-memory", "--storage-uri", "gs://bucket/triton", "--image", IMAGE)
+    assert_one_line_error(unmeasured, contains="resnet18_preprocess (Triton's python backend")
+    (tmp_path / "classifier.Dockerfile").write_text("an earlier run's")
     result = _kserve(cli, cpu, tmp_path, "--storage-uri", "gs://bucket/triton", "--image", IMAGE, "--mode",
-                     "standard", "--scale-metric", "cpu", "--scale-target", "70", "--json")
+                     "standard", "--scale-metric", "cpu", "--scale-target", "70", "--memory", "1Gi", "--json")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     [service] = _documents(tmp_path / "classifier.yaml")
@@ -86,9 +92,10 @@ def test_cpu_repository_with_the_image_ensemble(cli, repositories, tmp_path):
     assert f"tritonserver:{TESTED_TRITON_CONTAINER}" in (tmp_path / "classifier.Dockerfile").read_text()
     # 2 threads for the network's instance, 1 for the python preprocessing instance
     assert model["resources"]["requests"]["cpu"] == "3" == model["resources"]["limits"]["cpu"]
-    memory = memory_bytes(model["resources"]["requests"]["memory"])
-    assert 64 << 20 < memory < 8 << 30  # measured: a process holding ONNX Runtime and the small model
-    assert "measured in a fresh process" in " ".join(summary["how"])
+    assert memory_bytes(model["resources"]["requests"]["memory"]) == 1 << 30
+    how = " ".join(summary["how"])
+    floor = int(how.split("floor ")[1].split("Mi")[0]) << 20  # measured: a process holding ONNX Runtime and the model
+    assert 64 << 20 < floor < 1 << 30 and "measured in a fresh process" in how
     urls = {url.rsplit("/v2/models/", 1)[1]: takes for url, takes in summary["urls"].items()}
     assert urls == {"resnet18/infer": "tensors [3, 64, 64]", "resnet18_ensemble/infer": "encoded images (BYTES)"}
     assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
@@ -96,12 +103,19 @@ def test_cpu_repository_with_the_image_ensemble(cli, repositories, tmp_path):
 
 def test_refusals_name_the_reason(cli, repositories, small_export, tmp_path):
     gpu, cpu = repositories
-    cpu_args = ["--storage-uri", "s3://models/repo", "--image", IMAGE]
+    cpu_args = ["--storage-uri", "s3://models/repo", "--image", IMAGE, "--memory", "2Gi"]
     cases = [
         ([cpu, *cpu_args, "--cpus", "2"], "compute with 3 threads"),
         ([cpu, *cpu_args, "--memory", "16Mi"], "OOMKilled"),
         ([cpu, *cpu_args, "--memory", "lots"], "not a memory quantity"),
-        ([cpu, "--storage-uri", "s3://models/repo/resnet18", "--image", IMAGE], "kserve#1075"),
+        ([cpu, "--storage-uri", "s3://models/repo/resnet18", "--image", IMAGE, "--memory", "2Gi"], "kserve#1075"),
+        ([cpu, *cpu_args[:-1], "64Ti"], "no node holds it"),
+        ([cpu, "--storage-uri", "s3://models/repo?version=2", *cpu_args[2:]], "query"),
+        ([cpu, *cpu_args, "--runtime-version", "24.12-py3"], "the image is yours"),
+        ([small_export.onnx_path, "--runtime", "serve", "--image", IMAGE, "--storage-uri", "s3://m/a",
+          "--model-name", "resnet 18"], "a model name is"),
+        ([small_export.onnx_path, "--runtime", "serve", "--image", IMAGE, "--storage-uri", "s3://m/a",
+          "--namespace", "n" * 50], "over DNS's 63"),
         ([cpu / "resnet18", *cpu_args], "a model folder"),
         ([cpu, *cpu_args, "--gpus", "1"], "hold GPUs idle"),
         ([cpu, *cpu_args, "--scale-metric", "rps", "--scale-target", "5", "--mode", "standard"], "Knative"),
@@ -109,7 +123,7 @@ def test_refusals_name_the_reason(cli, repositories, small_export, tmp_path):
         ([cpu, *cpu_args, "--canary", "10", "--mode", "standard"], "Knative mode"),
         ([cpu, *cpu_args, "--min-replicas", "0", "--mode", "standard"], "scales to zero"),
         ([cpu, *cpu_args, "--max-replicas", "2", "--min-replicas", "3"], "--max-replicas"),
-        ([cpu, "--storage-uri", "ftp://host/repo", "--image", IMAGE], "storage initializer"),
+        ([cpu, "--storage-uri", "ftp://host/repo", *cpu_args[2:]], "storage initializer"),
         ([cpu, *cpu_args, "--model-name", "x"], "folder's name"),
         ([small_export.onnx_path, "--runtime", "serve", "--storage-uri", "s3://m/a"], "--image"),
         ([cpu, "--runtime", "serve", *cpu_args], "artifact file"),
@@ -122,6 +136,40 @@ def test_refusals_name_the_reason(cli, repositories, small_export, tmp_path):
     bad_name = cli("kserve", str(cpu), "--name", "Classifier_1", "--out", str(tmp_path / "out"), *cpu_args)
     assert_one_line_error(bad_name, contains="InferenceService name")
     assert not (tmp_path / "out").exists()
+
+
+def _edited_copy(source: Path, target: Path, edit) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    edit(target)
+    return target
+
+
+def test_repositories_triton_would_not_load_as_written_are_refused(cli, repositories, tmp_path):
+    _, cpu = repositories
+    args = ["--storage-uri", "s3://models/repo", "--image", IMAGE, "--memory", "2Gi"]
+
+    def config_edit(old: str, new: str):
+        def edit(root: Path) -> None:
+            config = root / "resnet18" / "config.pbtxt"
+            config.write_text(config.read_text().replace(old, new))
+        return edit
+
+    cases = [
+        (lambda root: (root / "resnet18" / "1").rename(root / "resnet18" / "01"), "no version folder"),
+        (lambda root: (root / "resnet18_ensemble" / "1").rmdir(), "no version folder"),
+        (config_edit('string_value: "2"', 'string_value: "0"'), "every core of the node"),
+        (config_edit("KIND_CPU", "KIND_AUTO"), "--kind cpu|gpu"),
+        (config_edit('name: "resnet18"', 'name: "resnet-18"'), "its folder is"),
+    ]
+    for index, (edit, reason) in enumerate(cases):
+        repo = _edited_copy(cpu, tmp_path / f"repo{index}", edit)
+        assert_one_line_error(_kserve(cli, repo, tmp_path / "out", *args), contains=reason)
+    # a repository folder named like its model: the URI's last segment is the root's name, not a model folder
+    named = _edited_copy(cpu, tmp_path / "named" / "resnet18", lambda root: None)
+    result = _kserve(cli, named, tmp_path / "ok", "--storage-uri", "s3://models/resnet18", *args[2:])
+    assert result.exit_code == 0, result.stderr
 
 
 def test_serve_runtime_manifests(cli, small_export, tmp_path):

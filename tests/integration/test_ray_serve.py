@@ -134,11 +134,26 @@ def test_options_ray_serve_cannot_take_are_refused(cli, small_export):
                             (RayServeOptions(min_replicas=2), "needs --max-replicas"),
                             (RayServeOptions(min_replicas=3, max_replicas=2), "--max-replicas"),
                             (RayServeOptions(replica_cpus=0), "--replica-cpus"),
-                            (RayServeOptions(max_replicas=2, target_ongoing=float("nan")), "--target-ongoing")):
+                            (RayServeOptions(max_replicas=2, target_ongoing=float("nan")), "--target-ongoing"),
+                            (RayServeOptions(replicas=2, look_back_s=5), "tune autoscaling"),
+                            (RayServeOptions(upscale_delay_s=float("inf")), "--upscale-delay-s")):
         with pytest.raises(ArgumentError, match=reason):
             options.check()
+    scaling = RayServeOptions(min_replicas=1, max_replicas=3).check().deployment_options(
+        ServeLimits(max_batch=8, queue_size=64))
+    assert scaling["autoscaling_config"]["target_ongoing_requests"] == 8  # a replica fills its batches first
+    assert scaling["max_ongoing_requests"] == 64 + 8 and "num_replicas" not in scaling
+    fixed = RayServeOptions(replica_cpus=2).check().deployment_options(ServeLimits(max_batch=8), gpu=True)
+    assert fixed["num_replicas"] == 1 and fixed["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1}
+    assert RayServeOptions(replica_cpus=2.5).threads == 2  # whole CPUs
+    with pytest.raises(ArgumentError, match="never scale up"):
+        RayServeOptions(max_replicas=2, target_ongoing=500).check().deployment_options(ServeLimits(max_batch=8))
     artifact = str(small_export.onnx_path)
-    signal.alarm(120)  # a refusal that regressed would serve until stopped: SIGALRM ends the run instead
+    def overdue(*_):
+        raise TimeoutError("a refusal that regressed served until stopped")
+
+    previous = signal.signal(signal.SIGALRM, overdue)
+    signal.alarm(120)
     try:
         assert_one_line_error(cli("serve", artifact, "--replicas", "2"), contains="give --ray too")
         assert_one_line_error(cli("serve", artifact, "--ray", "--grpc-port", "9001"), contains="--grpc-port")
@@ -146,3 +161,4 @@ def test_options_ray_serve_cannot_take_are_refused(cli, small_export):
         assert_one_line_error(cli("serve", artifact, "--ray", "--replicas", "0"), contains="--replicas")
     finally:
         signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

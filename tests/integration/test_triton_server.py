@@ -296,7 +296,7 @@ def test_the_tested_release_and_the_kserve_urls_are_tritons(triton, tmp_path):
     client = httpclient.InferenceServerClient(server.url)
     assert client.get_server_metadata()["version"] == TESTED_TRITON_VERSION
     written = write_kserve(repo, tmp_path, KServeOptions(name="classifier", storage_uri="s3://models/repository",
-                                                         image="registry.example.com/triton-pillow:1"))
+                                                         image="registry.example.com/triton-pillow:1", memory="4Gi"))
     models = [path.split("/")[3] for path in written.urls]
     assert set(models) == {"resnet18", "resnet18_fp16", "resnet18_ensemble", "pixels", "pixels_ensemble"}
     assert all(client.is_model_ready(model) for model in models)
