@@ -228,10 +228,11 @@ def pytest_collection_modifyitems(session, config, items):
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item, nextitem):
-    """After the last test that uses the session's Ray (and its module's fixtures, torn down before this),
-    shut Ray down."""
-    if RAY_FIXTURE not in item.fixturenames or "ray" not in sys.modules:
+    """Once no later test uses the session's Ray, at the end of a module (after its fixtures, which may hold a
+    deployment on it, were torn down), shut Ray down."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized() or (nextitem is not None and nextitem.module is item.module):
         return
     later = item.session.items[item.session.items.index(item) + 1:]
-    if not any(RAY_FIXTURE in other.fixturenames for other in later) and sys.modules["ray"].is_initialized():
-        sys.modules["ray"].shutdown()
+    if not any(RAY_FIXTURE in other.fixturenames for other in later):
+        ray.shutdown()

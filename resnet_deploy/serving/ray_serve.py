@@ -286,6 +286,8 @@ def _take_down(ray: Any, serve: Any, name: str | None, started: bool, local: boo
     """This deployment (``name``: None where it was never deployed) deleted; Serve and Ray shut down only where this call started a local Ray (on a cluster
     it joined, the driver disconnects: other applications keep running)."""
     logging.getLogger("ray.serve").setLevel(logging.ERROR)
+    if not ray.is_initialized():  # disconnected already: Serve's calls would start a new local Ray
+        return
     if name is not None:
         try:
             serve.delete(name)
