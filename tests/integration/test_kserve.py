@@ -215,3 +215,16 @@ def test_round_trip_catches_a_renamed_or_unknown_field(cli, small_export, tmp_pa
     with pytest.raises(DeployError, match="replicas"):
         round_trip(made_up, "V1beta1InferenceService")
     round_trip(service, "V1beta1InferenceService")
+
+
+def test_the_measured_peak_is_the_models_not_the_callers(repositories):
+    """The measuring process's own peak: not inflated by what the caller holds (an exec keeps the forked
+    parent's ru_maxrss, which made a 1.3 GB test process read a 200 MB model as 1.4 GB)."""
+    from resnet_deploy.target.memory import MemorySpec, measure_peak
+
+    _, cpu = repositories
+    held = bytearray(1 << 30)
+    held[::4096] = b"\x01" * len(held[::4096])  # touched: resident in this process
+    peak = measure_peak(MemorySpec(batch=8, threads=1, model_file=str(cpu / "resnet18" / "1" / "model.onnx"),
+                                   input_dims=(3, 64, 64)))
+    assert peak.baseline_bytes < peak.peak_bytes < len(held) // 2, peak
