@@ -152,10 +152,12 @@ def _read_model(folder: Path) -> RepositoryModel:
     threads = _threads(path, config, backend) if "KIND_CPU" in instances else 1
     steps = tuple(step.model_name for step in config.ensemble_scheduling.step)
     data_types = messages.DataType
-    return RepositoryModel(folder.name, backend, config.max_batch_size, instances, threads,
-                           _latest_version(folder) and None if backend == "ensemble"
-                           else _latest_file(folder, backend, config.default_model_filename),
-                           steps,
+    if backend == "ensemble":
+        _latest_version(folder)  # an ensemble needs a version folder too (empty): checked, no file in it
+        model_file = None
+    else:
+        model_file = _latest_file(folder, backend, config.default_model_filename)
+    return RepositoryModel(folder.name, backend, config.max_batch_size, instances, threads, model_file, steps,
                            tuple(config.input[0].dims) if config.input else (),
                            data_types.Name(config.input[0].data_type) if config.input else "")
 
