@@ -239,14 +239,6 @@ def triton_plan(repo: str | Path, options: KServeOptions) -> PredictorPlan:
                             f"repository root and would look for {last}/1/config.pbtxt (kserve#1075); give the "
                             "repository's own URI")
     on_gpu = [m.name for m in repository.models.values() if m.on_gpu]
-    floor, basis, unmeasured = _repository_memory(repository)
-    plan = PredictorPlan(
-        model={"model_format": ("triton", "2"), "runtime": TRITON_RUNTIME, "protocol_version": "v2",
-               "storage_uri": options.storage_uri, "runtime_version": options.runtime_version or TESTED_TRITON_CONTAINER},
-        threads=sum(m.cpu_threads for m in repository.models.values()), gpus=options.gpus,
-        memory_floor=floor, memory_basis=basis, unmeasured=unmeasured,
-        urls=_model_urls({m.name: "encoded images (BYTES)" if m.takes_images else f"tensors {list(m.input_dims)}"
-                          for m in repository.models.values() if m.backend != "python"}))
     if on_gpu and not options.gpus:
         raise ArgumentError(f"{', '.join(on_gpu)} run on GPU instances (KIND_GPU): give --gpus 1, or the pod lands on "
                             "a node without a GPU and Triton fails to load them; or write the repository with "
@@ -254,23 +246,29 @@ def triton_plan(repo: str | Path, options: KServeOptions) -> PredictorPlan:
     if options.gpus and not on_gpu:
         raise ArgumentError(f"no model of {repo} has GPU instances: --gpus {options.gpus} would hold GPUs idle (and "
                             "the pod waits for `Insufficient nvidia.com/gpu`); write it with `triton --kind gpu`")
-    if repository.python_models:
-        _triton_image(plan, repository.python_models, options)
-    return plan
+    model = {"model_format": ("triton", "2"), "runtime": TRITON_RUNTIME, "protocol_version": "v2",
+             "storage_uri": options.storage_uri, "runtime_version": options.runtime_version or TESTED_TRITON_CONTAINER}
+    dockerfile = _triton_image(model, repository.python_models, options) if repository.python_models else None
+    floor, basis, unmeasured = _repository_memory(repository)  # last: seconds per model, after every refusal
+    return PredictorPlan(
+        model=model, threads=sum(m.cpu_threads for m in repository.models.values()), gpus=options.gpus,
+        memory_floor=floor, memory_basis=basis, unmeasured=unmeasured, dockerfile=dockerfile,
+        urls=_model_urls({m.name: "encoded images (BYTES)" if m.takes_images else f"tensors {list(m.input_dims)}"
+                          for m in repository.models.values() if m.backend != "python"}))
 
 
-def _triton_image(plan: PredictorPlan, python_models: list[str], options: KServeOptions) -> None:
+def _triton_image(model: dict[str, Any], python_models: list[str], options: KServeOptions) -> str:
     """Models on Triton's python backend need numpy and Pillow, which NVIDIA's tritonserver image lacks: the
-    image to build, and the service pointed at it."""
+    service pointed at the image given (``model``'s fields), and the Dockerfile of what it must contain."""
     tag = options.runtime_version or TESTED_TRITON_CONTAINER
-    plan.dockerfile = (f"# {', '.join(python_models)}: Triton's python backend decoding images with Pillow\n"
-                       f"FROM nvcr.io/nvidia/tritonserver:{tag}\nRUN pip install --no-cache-dir numpy pillow\n")
     if not options.image:
         raise ArgumentError(f"{', '.join(python_models)} run on Triton's python backend with Pillow, which "
                             f"nvcr.io/nvidia/tritonserver:{tag} lacks: build FROM it with `pip install numpy "
                             "pillow`, push it and give --image")
-    plan.model.pop("runtime_version")  # the image given is the whole image, its tag included
-    plan.model["image"] = options.image
+    model.pop("runtime_version")  # the image given is the whole image, its tag included
+    model["image"] = options.image
+    return (f"# {', '.join(python_models)}: Triton's python backend decoding images with Pillow\n"
+            f"FROM nvcr.io/nvidia/tritonserver:{tag}\nRUN pip install --no-cache-dir numpy pillow\n")
 
 
 def _repository_memory(repository: Any) -> tuple[int, str, list[str]]:
