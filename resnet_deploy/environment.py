@@ -54,12 +54,15 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+CPUINFO = "/proc/cpuinfo"  # the CPU's description, read by the functions below
+
+
 def physical_cores() -> int:
     """Physical cores (ONNX Runtime's best intra-op thread count), from /proc/cpuinfo where it exists."""
     try:
         cores = set()
         physical = core = None
-        with open("/proc/cpuinfo") as handle:
+        with open(CPUINFO) as handle:
             for line in handle:
                 key, _, value = line.partition(":")
                 key = key.strip()
@@ -80,10 +83,11 @@ def physical_cores() -> int:
 
 
 def first_cpu_fields() -> dict[str, str]:
-    """The first processor's entry of /proc/cpuinfo (model name, flags, ...); empty where there is none."""
+    """The first processor's entry of /proc/cpuinfo (x86: model name, flags; ARM: Features, CPU implementer,
+    CPU part); empty where there is none."""
     fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as handle:
+        with open(CPUINFO) as handle:
             for line in handle:
                 if not line.strip():
                     break  # the first processor says it all
@@ -94,32 +98,72 @@ def first_cpu_fields() -> dict[str, str]:
     return fields
 
 
+def cpu_architecture() -> str:
+    """``"x86"`` (x86-64, the 32-bit kind too), ``"arm"`` (AArch64) or ``"other"``: the family whose
+    instruction-set names, INT8 kernels and bf16 support apply."""
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i386", "i686"):
+        return "x86"
+    return "arm" if machine in ("aarch64", "arm64") else "other"
+
+
+# the instruction sets that decide CPU inference speed, in each family's own /proc/cpuinfo names (ARM's
+# `Features`: asimddp is the int8 dot product SDOT/UDOT, i8mm the int8 matrix multiply SMMLA/UMMLA, bf16
+# BFDOT/BFMMLA)
+SPEED_FLAGS = {"x86": ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"),
+               "arm": ("asimd", "asimddp", "i8mm", "bf16", "sve", "sve2"),
+               "other": ()}
 # x86 flags with an int8 dot product that accumulates in int32 (no int16 saturation in ONNX Runtime's kernels)
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 INT8_ISA_WORDS = {  # what each answer of int8_isa() means for an INT8 artifact, in doctor's words
     "vnni": "VNNI: x86 INT8 kernels (ONNX Runtime's, OpenVINO's) accumulate in int32 (any INT8 artifact runs exactly)",
     "avx2": "no VNNI: x86 INT8 kernels (ONNX Runtime's, OpenVINO's) add u8 x s8 pairs in int16 and saturate on "
             "8-bit weights; export --int8-target cpu uses 7-bit weights (reduce_range) here",
-    "other": "not x86: INT8 kernels accumulate in int32",
+    "i8mm": "i8mm: ARM INT8 kernels use the int8 matrix multiply (SMMLA/UMMLA), the fastest kind, and accumulate in "
+            "int32 (any INT8 artifact runs exactly)",
+    "dotprod": "dotprod: ARM INT8 kernels use the int8 dot product (SDOT/UDOT) and accumulate in int32 (any INT8 "
+               "artifact runs exactly); no i8mm, the faster matrix multiply",
+    "neon": "no dot product: ARM INT8 kernels widen to int16 products and accumulate in int32 (any INT8 artifact "
+            "runs exactly, but INT8 gains little over fp32 here)",
+    "other": "neither x86 nor ARM: INT8 kernels of this CPU were never examined",
 }
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (Cooper Lake, Zen 4/5, Sapphire Rapids on)
+# ARM's own cores by `CPU part` (`CPU implementer` 0x41), and the boxes they are in: /proc/cpuinfo on AArch64
+# names no model
+ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72 (Raspberry Pi 4)",
+             "0xd0b": "Cortex-A76 (Raspberry Pi 5)", "0xd0c": "Neoverse-N1 (Graviton2, Ampere Altra)",
+             "0xd40": "Neoverse-V1 (Graviton3)", "0xd41": "Cortex-A78", "0xd42": "Cortex-A78AE (Jetson Orin)",
+             "0xd49": "Neoverse-N2", "0xd4f": "Neoverse-V2 (Graviton4, Grace)", "0xd84": "Neoverse-V3"}
 
 
 def cpu_flags() -> set[str]:
-    return set(first_cpu_fields().get("flags", "").split())
+    """The first processor's instruction-set flags: x86's ``flags`` line or ARM's ``Features``."""
+    fields = first_cpu_fields()
+    return set((fields.get("flags") or fields.get("Features") or "").split())
 
 
 def int8_isa() -> str:
-    """How this CPU runs ONNX Runtime's INT8 kernels: ``"vnni"`` (int32 accumulation), ``"avx2"`` (x86
-    without VNNI: u8 x s8 pairs are summed in int16 and can saturate) or ``"other"`` (not x86)."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return "other"
-    return "vnni" if cpu_flags() & set(VNNI_FLAGS) else "avx2"
+    """How this CPU runs ONNX Runtime's INT8 kernels: on x86 ``"vnni"`` (int32 accumulation) or ``"avx2"``
+    (without VNNI: u8 x s8 pairs are summed in int16 and can saturate); on ARM ``"i8mm"``, ``"dotprod"`` or
+    ``"neon"`` (all accumulate in int32); ``"other"`` elsewhere."""
+    family, flags = cpu_architecture(), cpu_flags()
+    if family == "x86":
+        return "vnni" if flags & set(VNNI_FLAGS) else "avx2"
+    if family == "arm":
+        return "i8mm" if "i8mm" in flags else "dotprod" if "asimddp" in flags else "neon"
+    return "other"
 
 
 def bf16_problem() -> str | None:
-    """Why this CPU cannot run bf16 inference natively (OpenVINO would emulate it, slower than f32), or None."""
-    if cpu_flags() & set(BF16_FLAGS):
+    """Why this CPU cannot run bf16 inference natively (OpenVINO's CPU plugin, the one bf16 runtime here), or
+    None: on x86 emulated bf16 would be slower than f32; on ARM the plugin computes f32 and f16 only."""
+    family, flags = cpu_architecture(), cpu_flags()
+    if family == "arm":
+        has = "has bf16 instructions (BFDOT, BFMMLA)" if "bf16" in flags else "has no bf16 instructions"
+        return f"this ARM CPU {has}, and OpenVINO's CPU plugin computes f32 and f16 on ARM, not bf16"
+    if family != "x86":
+        return f"OpenVINO's CPU plugin does not compute bf16 on {platform.machine()}"
+    if flags & set(BF16_FLAGS):
         return None
     return f"this CPU has no native bf16 ({', '.join(BF16_FLAGS)}): bf16 inference would be emulated, slower than f32"
 
@@ -135,14 +179,25 @@ def int8_kernel_problem(cpu_isa: str) -> str | None:
     return None
 
 
+def cpu_model(fields: dict[str, str]) -> str:
+    """The CPU's name: x86's ``model name``; on ARM, which core its implementer and part numbers say."""
+    if fields.get("model name"):
+        return fields["model name"]
+    implementer, part = fields.get("CPU implementer", "").lower(), fields.get("CPU part", "").lower()
+    if implementer:
+        known = ARM_PARTS.get(part) if implementer == "0x41" else None
+        return f"ARM {known}" if known else f"ARM CPU (implementer {implementer}, part {part or '?'})"
+    return platform.processor() or platform.machine()
+
+
 def cpu_description() -> dict[str, object]:
-    """CPU model, core counts and the instruction sets that decide CPU speed (AVX2, AVX-512, VNNI, AMX)."""
-    fields = first_cpu_fields()
-    flags = set(fields.get("flags", "").split())
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-    return {"model": fields.get("model name") or platform.processor() or platform.machine(),
-            "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
-            "isa": [f for f in wanted if f in flags], "int8_isa": int8_isa(), "bf16": bf16_problem() or "native"}
+    """CPU family and model, core counts and the instruction sets that decide CPU speed (x86: AVX2, AVX-512,
+    VNNI, AMX; ARM: NEON, dot product, i8mm, bf16, SVE)."""
+    fields, family = first_cpu_fields(), cpu_architecture()
+    flags = cpu_flags()
+    return {"model": cpu_model(fields), "arch": family, "logical_cores": os.cpu_count(),
+            "physical_cores": physical_cores(), "isa": [f for f in SPEED_FLAGS[family] if f in flags],
+            "int8_isa": int8_isa(), "bf16": bf16_problem() or "native"}
 
 
 # PyTorch's own index of CPU-only builds: pip's default `torch` on Linux x86-64 is a CUDA build of several GB

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from click.testing import CliRunner
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers share the cores: an idle OpenMP thread sleeps, not spins
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 try:  # the target-side runs of .ci/run have no PyTorch
     import torch
 except ImportError:
@@ -61,7 +64,8 @@ def digits(request):
     trains (about 2 min on 2 cores)."""
     pytest.importorskip("sklearn", reason="scikit-learn (a test dependency) bundles the digits data set")
     out = Path(request.config.cache.mkdir("digits"))
-    return out, train_digits(out)
+    with cache_lock(out):
+        return out, train_digits(out)
 
 
 def train_digits(out: Path) -> dict:
@@ -132,13 +136,26 @@ def cached_venv(venv: Path, *installs: list[str]) -> Path:
     """A virtual environment at ``venv`` with each ``pip install`` of ``installs`` run in order, made once
     (a marker file says it is complete) and reused by later runs: the real servers' and clients' own
     environments, apart from the project's."""
-    if not (venv / ".complete").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        for arguments in installs:
-            pip("install", "--quiet", *arguments, python=str(venv / "bin" / "python"))
-        (venv / ".complete").touch()
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with cache_lock(venv.parent):
+        if not (venv / ".complete").exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            for arguments in installs:
+                pip("install", "--quiet", *arguments, python=str(venv / "bin" / "python"))
+            (venv / ".complete").touch()
     return venv
+
+
+@contextlib.contextmanager
+def cache_lock(folder: Path):
+    """An exclusive lock on a folder of pytest's cache, held while it is made or read: two pytest-xdist workers
+    (or two runs) never build the same cached thing at once."""
+    import fcntl
+
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def free_port() -> int:
@@ -207,10 +224,54 @@ def local_ray():
     :func:`pytest_collection_modifyitems`) and it is shut down after the last test that needs it, so its
     processes hold no CPU or memory through the rest of the suite."""
     ray = pytest.importorskip("ray", reason="the ray extra runs batch --ray and serve --ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": LOCAL_S3_KEYS})
+    for attempt in (1, 2):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": LOCAL_S3_KEYS})
+            break
+        except Exception as error:  # Ray gives its raylet a fixed 30 s to register: a busy machine can miss it
+            if attempt == 2 or "timed out during startup" not in str(error):
+                raise
+            ray.shutdown()
     yield ray
     if ray.is_initialized():
         ray.shutdown()
+
+
+# session fixtures too costly to make twice: under pytest-xdist (`-n 2 --dist loadgroup`), the modules that use
+# one of them run on the same worker, one after another; every other module runs whole on one worker
+SHARED_ON_ONE_WORKER = (RAY_FIXTURE, "precision_export", "digits", "embedded_export")
+
+
+def module_groups(rootpath: Path) -> dict[str, str]:
+    """Each test module (as node ids name it) -> its group: modules that name a fixture of
+    :data:`SHARED_ON_ONE_WORKER` are joined under it (one of a group naming another joins both groups), every
+    other module is a group of its own."""
+    used = {path.relative_to(rootpath).as_posix(): set(re.findall(r"\b(?:%s)\b" % "|".join(SHARED_ON_ONE_WORKER),
+                                                                   path.read_text()))
+            for path in sorted(Path(__file__).parent.rglob("test_*.py"))}
+    group = {module: module for module in used}
+    for fixture in SHARED_ON_ONE_WORKER:
+        joined = {group[module] for module, names in used.items() if fixture in names}
+        group = {module: fixture if name in joined else name for module, name in group.items()}
+    return group
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``: whole modules to a worker, grouped by :func:`module_groups` (pytest-xdist's own
+    loadgroup reads ``xdist_group`` marks into node ids, which pytest 9 no longer lets it change)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups = module_groups(config.rootpath)
+
+    class SharedFixtureGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return groups.get(module, module)
+
+    return SharedFixtureGroups(config, log)
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -6,7 +6,7 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
-from ..environment import INT8_ISA_WORDS, cpu_description, package_version, torch_build
+from ..environment import INT8_ISA_WORDS, SPEED_FLAGS, cpu_description, package_version, torch_build
 from . import detect
 from .registry import variants
 
@@ -28,7 +28,7 @@ class DoctorReport:
         lines = [
             f"python       {report['python']} ({report['platform']})",
             f"cpu          {cpu['model']}, {cpu['physical_cores']} physical / {cpu['logical_cores']} logical cores, "
-            f"{' '.join(cpu['isa']) or 'no AVX2'}",
+            f"{_isa_words(cpu)}",
             f"int8 kernels {INT8_ISA_WORDS[cpu['int8_isa']]}",
             "bf16         " + ("native: the bf16 precision runs here (OpenVINO on the fp32 file: export --bf16, "
                                "--openvino-bf16, tune)" if cpu["bf16"] == "native" else cpu["bf16"]),
@@ -45,6 +45,12 @@ class DoctorReport:
         lines += [f"  {name:<21} {'yes' if state['usable'] else 'no: ' + state['reason']}"
                   for name, state in report["backends"].items()]
         return "\n".join(lines)
+
+
+def _isa_words(cpu: dict[str, Any]) -> str:
+    """The speed-deciding instruction sets this CPU has, in its own family's names (never x86's on ARM)."""
+    known = SPEED_FLAGS[cpu.get("arch", "x86")]
+    return " ".join(cpu["isa"]) or (f"none of {' '.join(known)}" if known else f"{platform.machine()}: none examined")
 
 
 def _cuda_line(cuda: dict[str, Any]) -> str:

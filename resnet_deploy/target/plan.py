@@ -2,9 +2,9 @@
 the machine it was measured on; what ``--backend auto`` reads.
 
 A plan applies where it was made: the same export (the chosen file's sha256 in the manifest) on a CPU of the
-same kind (the same instruction sets that decide its speed: AVX2, AVX-512, VNNI, bf16, AMX). Elsewhere auto is
-the file's own backend, and says why the plan was not used. Light on purpose: `predict` and `serve` on a
-target without PyTorch read it.
+same kind (the same family, x86 or ARM, and the instruction sets that decide its speed: AVX2, AVX-512, VNNI,
+bf16, AMX; NEON, dot product, i8mm, SVE). Elsewhere auto is the file's own backend, and says why the plan was
+not used. Light on purpose: `predict` and `serve` on a target without PyTorch read it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def plan_path(folder: str | os.PathLike[str], stem: str) -> Path:
 
 def cpu_kind(cpu: dict[str, Any]) -> dict[str, Any]:
     """What makes two CPUs the same kind for a plan: the instruction sets that decide which kernels run."""
-    return {"isa": sorted(cpu.get("isa", [])), "int8_isa": cpu.get("int8_isa"), "bf16": cpu.get("bf16")}
+    return {"arch": cpu.get("arch", "x86"), "isa": sorted(cpu.get("isa", [])), "int8_isa": cpu.get("int8_isa"), "bf16": cpu.get("bf16")}
 
 
 @dataclass(frozen=True)

@@ -271,7 +271,9 @@ def test_doctor_reports_what_can_run(cli):
     from resnet_deploy.environment import int8_isa
 
     assert report["cpu"]["int8_isa"] == int8_isa()
-    words = {"vnni": "int8 kernels VNNI", "avx2": "int8 kernels no VNNI", "other": "int8 kernels not x86"}
+    words = {"vnni": "int8 kernels VNNI", "avx2": "int8 kernels no VNNI", "i8mm": "int8 kernels i8mm",
+             "dotprod": "int8 kernels dotprod", "neon": "int8 kernels no dot product",
+             "other": "int8 kernels neither x86 nor ARM"}
     assert words[int8_isa()] in text.stdout
 
 

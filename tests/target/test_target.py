@@ -29,12 +29,13 @@ from tests.conftest import free_port, wait_until_ready
 GIVEN = os.environ.get("RESNET_DEPLOY_TARGET_ARTIFACTS")
 
 
-def export_target_artifacts(out: Path) -> Path:
-    """The artifacts the target tests run: resnet18 at 64 px, fp32 and INT8 for the CPU, golden outputs."""
+def export_target_artifacts(out: Path, int8_target: str = "cpu") -> Path:
+    """The artifacts the target tests run: resnet18 at 64 px, fp32, fp16 and INT8 (for ``int8_target``),
+    golden outputs (.ci/run's emulated ARM64 step verifies the ``trt`` target's too)."""
     from resnet_deploy import export
 
-    export("resnet18", input_size=64, batch="1:2:4", int8=True, int8_target="cpu", calib_data="random",
-           calib_size=8, out=out, quiet=True)
+    export("resnet18", input_size=64, batch="1:2:4", fp16=True, int8=True, int8_target=int8_target,
+           calib_data="random", calib_size=8, out=out, quiet=True)
     return out
 
 

@@ -75,7 +75,11 @@ def test_isa_read_from_cpu_flags(monkeypatch):
     for flag in environment.VNNI_FLAGS:
         monkeypatch.setattr(environment, "cpu_flags", lambda flag=flag: {"avx2", flag})
         assert environment.int8_isa() == "vnni"
-    monkeypatch.setattr(environment.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(environment.platform, "machine", lambda: "aarch64")  # ARM's from its Features
+    for flags, isa in (({"asimd"}, "neon"), ({"asimd", "asimddp"}, "dotprod"), ({"asimd", "asimddp", "i8mm"}, "i8mm")):
+        monkeypatch.setattr(environment, "cpu_flags", lambda flags=flags: flags)
+        assert environment.int8_isa() == isa
+    monkeypatch.setattr(environment.platform, "machine", lambda: "riscv64")
     assert environment.int8_isa() == "other"
 
 
