@@ -119,12 +119,12 @@ INT8_ISA_WORDS = {  # what each answer of int8_isa() means for an INT8 artifact,
     "vnni": "VNNI: x86 INT8 kernels (ONNX Runtime's, OpenVINO's) accumulate in int32 (any INT8 artifact runs exactly)",
     "avx2": "no VNNI: x86 INT8 kernels (ONNX Runtime's, OpenVINO's) add u8 x s8 pairs in int16 and saturate on "
             "8-bit weights; export --int8-target cpu uses 7-bit weights (reduce_range) here",
-    "i8mm": "i8mm: ARM INT8 kernels use the int8 matrix multiply (SMMLA/UMMLA), the fastest kind, and accumulate in "
-            "int32 (any INT8 artifact runs exactly)",
+    "i8mm": "i8mm: ARM INT8 kernels use the int8 matrix multiply (SMMLA/UMMLA: twice the multiply-adds per "
+            "instruction of the dot product) and accumulate in int32 (any INT8 artifact runs exactly)",
     "dotprod": "dotprod: ARM INT8 kernels use the int8 dot product (SDOT/UDOT) and accumulate in int32 (any INT8 "
-               "artifact runs exactly); no i8mm, the faster matrix multiply",
-    "neon": "no dot product: ARM INT8 kernels widen to int16 products and accumulate in int32 (any INT8 artifact "
-            "runs exactly, but INT8 gains little over fp32 here)",
+               "artifact runs exactly); no i8mm matrix multiply",
+    "neon": "no dot product: ARM INT8 kernels multiply into 16-bit products (exact for 8-bit operands) and add them "
+            "into int32 (any INT8 artifact runs exactly), with more instructions per product than SDOT/SMMLA",
     "other": "neither x86 nor ARM: INT8 kernels of this CPU were never examined",
 }
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (Cooper Lake, Zen 4/5, Sapphire Rapids on)
