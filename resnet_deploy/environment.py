@@ -130,10 +130,11 @@ INT8_ISA_WORDS = {  # what each answer of int8_isa() means for an INT8 artifact,
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (Cooper Lake, Zen 4/5, Sapphire Rapids on)
 # ARM's own cores by `CPU part` (`CPU implementer` 0x41), and the boxes they are in: /proc/cpuinfo on AArch64
 # names no model
-ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72 (Raspberry Pi 4)",
-             "0xd0b": "Cortex-A76 (Raspberry Pi 5)", "0xd0c": "Neoverse-N1 (Graviton2, Ampere Altra)",
-             "0xd40": "Neoverse-V1 (Graviton3)", "0xd41": "Cortex-A78", "0xd42": "Cortex-A78AE (Jetson Orin)",
-             "0xd49": "Neoverse-N2", "0xd4f": "Neoverse-V2 (Graviton4, Grace)", "0xd84": "Neoverse-V3"}
+ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+             "0xd08": "Cortex-A72 (Raspberry Pi 4)", "0xd0b": "Cortex-A76 (Raspberry Pi 5)",
+             "0xd0c": "Neoverse-N1 (Graviton2, Ampere Altra)", "0xd40": "Neoverse-V1 (Graviton3)",
+             "0xd41": "Cortex-A78", "0xd42": "Cortex-A78AE (Jetson Orin)", "0xd49": "Neoverse-N2",
+             "0xd4f": "Neoverse-V2 (Graviton4, Grace)", "0xd84": "Neoverse-V3"}
 
 
 def cpu_flags() -> set[str]:

@@ -54,25 +54,25 @@ def cpuinfo() -> str:
 
 def write_sysfs(folder: str) -> None:
     """What Linux shows under /sys/devices/system/cpu for this CPU: the processor lists, which PyTorch's cpuinfo
-    library (inside ONNX Runtime) needs to start, and each core's MIDR_EL1, which oneDNN (inside OpenVINO)
-    reads; qemu-user shows the host's /sys, which has neither for an ARM CPU."""
+    library (inside ONNX Runtime) needs to start; each core's MIDR_EL1, which oneDNN (inside OpenVINO) reads; the
+    topology and caches, without which OpenVINO's compile_model crashed (hwloc, under its TBB). qemu-user shows
+    the host's /sys, which has none of them for an ARM CPU."""
     count, value = os.cpu_count() or 1, midr()
     all_cores = f"0-{count - 1}" if count > 1 else "0"
     write_files(folder, {"possible": all_cores, "present": all_cores, "online": all_cores})
     for n in range(count):
-        regs = os.path.join(folder, f"cpu{n}", "regs", "identification")
-        os.makedirs(regs, exist_ok=True)
-        with open(os.path.join(regs, "midr_el1"), "w") as handle:
-            handle.write(f"0x{value:016x}\n")
+        write_files(os.path.join(folder, f"cpu{n}", "regs", "identification"), {"midr_el1": f"0x{value:016x}"})
         one, every = f"{1 << n:08x}", f"{(1 << count) - 1:08x}"  # a core alone, all cores: as bit masks
         write_files(os.path.join(folder, f"cpu{n}", "topology"), {
             "core_id": n, "physical_package_id": 0, "cluster_id": 0, "thread_siblings_list": n, "thread_siblings": one,
             "core_cpus_list": n, "core_cpus": one, "core_siblings_list": all_cores, "core_siblings": every,
-            "package_cpus_list": all_cores, "package_cpus": every, "cluster_cpus_list": all_cores, "cluster_cpus": every})
+            "package_cpus_list": all_cores, "package_cpus": every, "cluster_cpus_list": all_cores,
+            "cluster_cpus": every})
         for index, (level, kind, size, shared) in enumerate(CACHES):
             write_files(os.path.join(folder, f"cpu{n}", "cache", f"index{index}"), {
                 "level": level, "type": kind, "size": size, "coherency_line_size": 64, "ways_of_associativity": 4,
-                "number_of_sets": int(size[:-1]) * 1024 // 64 // 4, "shared_cpu_list": n if shared == "core" else all_cores})
+                "number_of_sets": int(size[:-1]) * 1024 // 64 // 4,
+                "shared_cpu_list": n if shared == "core" else all_cores})
 
 
 # the caches of a typical server core (Neoverse-N1's): level, type, size, shared by the core or by all

@@ -88,7 +88,8 @@ def doctor_cpu_lines(cpu: dict) -> str:
     report = {"python": "3.11", "platform": "Linux", "cpu": cpu, "torch": {"version": None, "cuda": False,
               "reason": "not installed", "build": None}, "onnxruntime": {"version": "1", "providers": []},
               "cuda": {"cuda_python": None, "runtime": None, "driver": None, "problem": "none", "gpus": 0},
-              "tensorrt": {"version": None}, "backends": {}, **{name: {"version": None} for name in doctor.OPTIONAL_TOOLS}}
+              "tensorrt": {"version": None}, "backends": {},
+              **{name: {"version": None} for name in doctor.OPTIONAL_TOOLS}}
     lines = doctor.DoctorReport(report).to_text().splitlines()
     return "\n".join(line for line in lines if line.startswith(("cpu ", "int8 kernels", "bf16 ")))
 
