@@ -139,7 +139,10 @@ ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57"
 
 def cpu_flags() -> set[str]:
     """The first processor's instruction-set flags: x86's ``flags`` line or ARM's ``Features``."""
-    fields = first_cpu_fields()
+    return _flags(first_cpu_fields())
+
+
+def _flags(fields: dict[str, str]) -> set[str]:
     return set((fields.get("flags") or fields.get("Features") or "").split())
 
 
@@ -195,7 +198,7 @@ def cpu_description() -> dict[str, object]:
     """CPU family and model, core counts and the instruction sets that decide CPU speed (x86: AVX2, AVX-512,
     VNNI, AMX; ARM: NEON, dot product, i8mm, bf16, SVE)."""
     fields, family = first_cpu_fields(), cpu_architecture()
-    flags = cpu_flags()
+    flags = _flags(fields)
     return {"model": cpu_model(fields), "arch": family, "logical_cores": os.cpu_count(),
             "physical_cores": physical_cores(), "isa": [f for f in SPEED_FLAGS[family] if f in flags],
             "int8_isa": int8_isa(), "bf16": bf16_problem() or "native"}

@@ -31,8 +31,10 @@ def plan_path(folder: str | os.PathLike[str], stem: str) -> Path:
 
 
 def cpu_kind(cpu: dict[str, Any]) -> dict[str, Any]:
-    """What makes two CPUs the same kind for a plan: the instruction sets that decide which kernels run."""
-    return {"arch": cpu.get("arch", "x86"), "isa": sorted(cpu.get("isa", [])), "int8_isa": cpu.get("int8_isa"), "bf16": cpu.get("bf16")}
+    """What makes two CPUs the same kind for a plan: the family and instruction sets that decide which kernels
+    run (a plan written before the family was recorded was measured on x86)."""
+    return {"arch": cpu.get("arch", "x86"), "isa": sorted(cpu.get("isa", [])), "int8_isa": cpu.get("int8_isa"),
+            "bf16": cpu.get("bf16")}
 
 
 @dataclass(frozen=True)
